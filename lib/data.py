@@ -1,0 +1,259 @@
+"""Data: find the images, split them, decode each once, and serve augmented batches.
+
+``data_dir`` is an ImageFolder tree: ``train/`` (+ optional ``val/``, ``test/``) of class folders,
+or class folders only. Missing splits are carved from the training images, stratified by class with
+``seed``. Every image is decoded once (EXIF rotation applied, any mode to RGB, first frame of an
+animation), resized so its shorter side is the model's resize size and centre-cropped square, and
+kept as uint8. Files that cannot be used are skipped and listed with the reason - never a crash,
+never a silent drop.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+SPLITS = ("train", "val", "test")
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is reported, not half-decoded
+
+
+class DataError(ValueError):
+    """The data cannot be used at all (no folder, fewer than two classes); one line, exit code 2."""
+
+
+@dataclass
+class Splits:
+    classes: list[str]
+    items: dict[str, list[tuple[str, int]]]      # split -> [(path relative to data_dir, label)]
+    skipped: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_record(self) -> dict:
+        return {s: [p for p, _ in self.items[s]] for s in SPLITS}
+
+
+def _list_files(folder: Path) -> list[Path]:
+    """All files under ``folder``, sorted; symlinked folders are not followed (no loops)."""
+    out = []
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        dirs.sort()
+        out += [Path(root) / f for f in sorted(files)]
+    return out
+
+
+def _scan_classes(folder: Path, root: Path, skipped: list[dict]) -> dict[str, list[str]]:
+    classes = {}
+    for entry in sorted(folder.iterdir()):
+        if not entry.is_dir():
+            skipped.append({"path": str(entry.relative_to(root)), "reason": "file outside any class folder"})
+            continue
+        files = []
+        for f in _list_files(entry):
+            rel = str(f.relative_to(root))
+            if f.suffix.lower() in IMAGE_EXTENSIONS:
+                files.append(rel)
+            else:
+                skipped.append({"path": rel, "reason": "not an image file"})
+        classes[entry.name] = files
+    return classes
+
+
+def _carve(items: list[tuple[str, int]], fraction: float, seed: int) -> tuple[list, list]:
+    """Stratified split: ``fraction`` of each class (rounded, at least one when asked for and the
+    class has two or more) goes to the second list."""
+    rng = random.Random(seed)
+    by_class: dict[int, list] = {}
+    for it in items:
+        by_class.setdefault(it[1], []).append(it)
+    keep, out = [], []
+    for label in sorted(by_class):
+        group = sorted(by_class[label])
+        rng.shuffle(group)
+        k = int(round(len(group) * fraction))
+        if fraction > 0 and k == 0 and len(group) >= 2:
+            k = 1
+        out += group[:k]
+        keep += group[k:]
+    return sorted(keep), sorted(out)
+
+
+def discover(data_dir: str, val_fraction: float, test_fraction: float, seed: int) -> Splits:
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"data_dir {data_dir!r} is not a folder: expected an ImageFolder tree "
+                        "(train/, val/, test/ of class folders, or class folders only)")
+    skipped: list[dict] = []
+    notes: list[str] = []
+    has_splits = (root / "train").is_dir()
+    found = {s: _scan_classes(root / s, root, skipped) for s in SPLITS if (root / s).is_dir()} \
+        if has_splits else {"train": _scan_classes(root, root, skipped)}
+    train_classes = found["train"]
+    for name, files in train_classes.items():
+        if not files:
+            notes.append(f"class folder {name!r} has no images in train: left out")
+    classes = sorted(n for n, f in train_classes.items() if f)
+    if len(classes) < 2:
+        raise DataError(f"data_dir {data_dir!r} has {len(classes)} class folder(s) with images: "
+                        "a classifier needs at least two")
+    index = {c: i for i, c in enumerate(classes)}
+    items = {s: [] for s in SPLITS}
+    for split, by_class in found.items():
+        for name, files in by_class.items():
+            if name not in index:
+                if split != "train" and files:
+                    notes.append(f"{split}/{name} is not a training class: {len(files)} images left out")
+                    skipped += [{"path": f, "reason": f"class {name!r} not in train"} for f in files]
+                continue
+            items[split] += [(f, index[name]) for f in files]
+    # Carve what is missing from train (test first, so val comes from what remains).
+    for split, fraction, salt in (("test", test_fraction, 1), ("val", val_fraction, 2)):
+        if split not in found and fraction > 0:
+            share = fraction / (1.0 - (test_fraction if split == "val" and "test" not in found else 0.0))
+            items["train"], items[split] = _carve(items["train"], share, seed * 1000 + salt)
+            if has_splits:
+                notes.append(f"no {split}/ folder: {len(items[split])} images carved from train/")
+    return Splits(classes, items, skipped, notes)
+
+
+def decode(path: Path, side: int, interpolation: str, min_side: int) -> tuple[np.ndarray, str]:
+    """Decode one image to a ``side`` x ``side`` RGB uint8 array (HWC) and its content hash.
+    Raises ValueError with the reason when the file cannot be used."""
+    data = path.read_bytes()
+    if not data:
+        raise ValueError("empty file")
+    digest = hashlib.sha1(data).hexdigest()
+    try:
+        with Image.open(path) as img:
+            # Checked by hand: Pillow only warns between 1x and 2x its limit (and warnings are global).
+            if img.size[0] * img.size[1] > (Image.MAX_IMAGE_PIXELS or float("inf")):
+                raise Image.DecompressionBombError("too many pixels")
+            img.seek(0)  # first frame of an animation
+            img.load()
+            img = _to_rgb(ImageOps.exif_transpose(img))
+    except Image.DecompressionBombError:
+        raise ValueError("larger than Pillow's decompression-bomb limit") from None
+    except UnidentifiedImageError:
+        raise ValueError("not a readable image") from None
+    except (OSError, SyntaxError, EOFError) as e:
+        raise ValueError(f"corrupt or truncated: {str(e).splitlines()[0][:120]}") from None
+    if min(img.size) < min_side:
+        raise ValueError(f"smaller than min_image_side={min_side} px ({img.size[0]}x{img.size[1]})")
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
+                "lanczos": Image.LANCZOS}.get(interpolation, Image.BILINEAR)
+    img = ImageOps.fit(img, (side, side), method=resample)  # shorter side to `side`, centre crop
+    return np.asarray(img, dtype=np.uint8), digest
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: keep the top 8 bits, not a clipped white
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 257.0 if arr.max() > 255 else 1.0
+        img = Image.fromarray(np.clip(arr / scale, 0, 255).astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        rgba = img.convert("RGBA")
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+@dataclass
+class Decoded:
+    images: torch.Tensor          # (N, 3, S, S) uint8
+    labels: torch.Tensor          # (N,) int64
+    paths: list[str]
+    hashes: list[str]
+
+
+def decode_split(root: Path, items: list[tuple[str, int]], side: int, interpolation: str, min_side: int,
+                 skipped: list[dict], desc: str, threads: int | None = None) -> Decoded:
+    def one(item):
+        try:
+            return item, *decode(root / item[0], side, interpolation, min_side), None
+        except (ValueError, OSError) as e:
+            return item, None, None, str(e)
+
+    arrays, labels, paths, hashes = [], [], [], []
+    with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
+        for (path, label), arr, digest, err in tqdm(pool.map(one, items), total=len(items), desc=desc,
+                                                    leave=False, disable=None, unit="img"):
+            if err is not None:
+                skipped.append({"path": path, "reason": err})
+                continue
+            arrays.append(arr)
+            labels.append(label)
+            paths.append(path)
+            hashes.append(digest)
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous() if arrays \
+        else torch.empty(0, 3, side, side, dtype=torch.uint8)
+    return Decoded(images, torch.tensor(labels, dtype=torch.long), paths, hashes)
+
+
+def transforms(data_cfg: dict, augment: str, train: bool) -> v2.Compose:
+    size = data_cfg["input_size"][-1]
+    norm = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(data_cfg["mean"], data_cfg["std"])]
+    if not train or augment == "none":
+        return v2.Compose([v2.CenterCrop(size), *norm])
+    if augment == "light":
+        return v2.Compose([v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
+                           v2.RandomHorizontalFlip(), *norm])
+    return v2.Compose([v2.RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+                       v2.RandAugment(num_ops=2, magnitude=9), *norm, v2.RandomErasing(p=0.25)])
+
+
+class TensorImages(Dataset):
+    def __init__(self, decoded: Decoded, transform):
+        self.decoded, self.transform = decoded, transform
+
+    def __len__(self):
+        return len(self.decoded.labels)
+
+    def __getitem__(self, i):
+        return self.transform(self.decoded.images[i]), self.decoded.labels[i]
+
+
+def loader(decoded: Decoded, transform, batch_size: int, num_workers: int, seed: int,
+           train: bool, drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(TensorImages(decoded, transform), batch_size=batch_size, shuffle=train,
+                      drop_last=drop_last and len(decoded.labels) > batch_size, generator=gen,
+                      num_workers=num_workers, pin_memory=pin_memory,
+                      persistent_workers=num_workers > 0)
+
+
+def resize_side(data_cfg: dict) -> int:
+    """Side at which images are stored: timm's eval resize (input / crop_pct)."""
+    return int(round(data_cfg["input_size"][-1] / data_cfg["crop_pct"]))
+
+
+def data_warnings(classes: list[str], decoded: dict[str, Decoded]) -> list[str]:
+    """What a careful reviewer would flag about the data itself."""
+    out = []
+    counts = Counter(decoded["train"].labels.tolist())
+    present = [counts.get(i, 0) for i in range(len(classes))]
+    if min(present) == 0:
+        empty = [c for c, n in zip(classes, present) if n == 0]
+        out.append(f"classes with no usable training image: {', '.join(empty)}")
+    elif max(present) / min(present) >= 5:
+        detail = ", ".join(f"{c}={n}" for c, n in zip(classes, present))
+        out.append(f"class imbalance {max(present) / min(present):.0f}:1 in train ({detail}); "
+                   "consider --class_weighting=true")
+    train_hashes = set(decoded["train"].hashes)
+    for split in ("val", "test"):
+        dup = [p for p, h in zip(decoded[split].paths, decoded[split].hashes) if h in train_hashes]
+        if dup:
+            out.append(f"{len(dup)} {split} image(s) are exact copies of training images "
+                       f"(e.g. {dup[0]}): {split} accuracy is inflated")
+    return out

@@ -1,0 +1,190 @@
+"""One fine-tuning run end to end: config -> data -> model -> training -> test -> record (+ W&B)."""
+from __future__ import annotations
+
+import os
+import secrets
+import string
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from timm.loss import SoftTargetCrossEntropy
+from torch import nn
+
+from lib import config as config_lib
+from lib import data, models, training
+from lib.config import Config, ConfigError
+from lib.data import DataError
+from lib.records import RunRecord
+from lib.weights import WeightsError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def new_run_id() -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def resolve_config(argv: list[str]) -> Config:
+    """defaults < --config FILE < command line; checked before any work."""
+    config_file, overrides = config_lib.parse_args(argv)
+    layers = [config_lib.load_yaml(config_file)] if config_file else []
+    cfg = config_lib.build(*layers, overrides)
+    models.check_name(cfg)
+    models.check_weights(cfg)
+    return cfg
+
+
+def apply_sweep(cfg: Config, tracker) -> Config:
+    """Under a W&B sweep, wandb.config (the agent's parameters file) wins over everything."""
+    overrides = {k: v for k, v in tracker.sweep_overrides().items()
+                 if not k.startswith("_") and k != "wandb_version"}  # W&B's own bookkeeping
+    changed = {k: v for k, v in overrides.items() if k not in config_lib.FIELDS or getattr(cfg, k) != v}
+    if not changed:
+        return cfg
+    cfg = config_lib.build(changed, base=cfg)
+    models.check_name(cfg)
+    models.check_weights(cfg)
+    return cfg
+
+
+def load_data(cfg: Config, splits: data.Splits, data_cfg: dict, record: RunRecord) -> dict:
+    """Decode every split once; drop what cannot be used (listed in ``splits.skipped``)."""
+    side = data.resize_side(data_cfg)
+    decoded = {s: data.decode_split(Path(cfg.data_dir), splits.items[s], side, data_cfg["interpolation"],
+                                    cfg.min_image_side, splits.skipped, desc=f"decode {s}")
+               for s in data.SPLITS}
+    for split in ("train", "val"):
+        if len(decoded[split].labels) == 0:
+            reasons = Counter(s["reason"].split(" (")[0] for s in splits.skipped)
+            why = f"; most skipped files: {reasons.most_common(1)[0][0]}" if reasons else ""
+            raise DataError(f"no usable {split} images in {cfg.data_dir!r} "
+                            f"({len(splits.skipped)} file(s) skipped{why})")
+    splits.warnings += data.data_warnings(splits.classes, decoded)
+    splits.items = {s: [(p, int(l)) for p, l in zip(d.paths, d.labels)] for s, d in decoded.items()}
+    for w in splits.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if splits.skipped:
+        print(f"skipped {len(splits.skipped)} file(s); see {record.path}", file=sys.stderr)
+    return decoded
+
+
+def make_loaders(cfg: Config, data_cfg: dict, decoded: dict, mixing: bool, pin: bool) -> dict:
+    def one(split, train):
+        return data.loader(decoded[split], data.transforms(data_cfg, cfg.augment, train), cfg.batch_size,
+                           cfg.num_workers, cfg.seed, train=train, drop_last=train and mixing, pin_memory=pin)
+    return {"train": one("train", True), "val": one("val", False), "test": one("test", False)}
+
+
+def make_loss(cfg: Config, decoded: data.Decoded, num_classes: int, mixing: bool) -> nn.Module:
+    if mixing:
+        return SoftTargetCrossEntropy()  # timm's Mixup already smooths the mixed targets
+    weight = None
+    if cfg.class_weighting:
+        counts = torch.bincount(decoded.labels, minlength=num_classes).float().clamp(min=1)
+        weight = counts.sum() / (num_classes * counts)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+
+
+def test_metrics(result: dict, classes: list[str]) -> tuple[dict, list[dict], list[list[int]]]:
+    y_true, y_pred = result["y_true"], result["y_pred"]
+    if not len(y_true):
+        return {k: None for k in ("test_acc", "test_loss", "test_precision_macro", "test_recall_macro",
+                                  "test_f1_macro")}, [], []
+    labels = list(range(len(classes)))
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    pm, rm, fm, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro",
+                                                    zero_division=0)
+    per_class = [{"class": c, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                  "support": int(s[i])} for i, c in enumerate(classes)]
+    summary = {"test_acc": result["acc"], "test_loss": result["loss"], "test_precision_macro": float(pm),
+               "test_recall_macro": float(rm), "test_f1_macro": float(fm)}
+    return summary, per_class, confusion_matrix(y_true, y_pred, labels=labels).tolist()
+
+
+def execute(cfg: Config, env: dict) -> int:
+    """Run one experiment. The caller has prepared W&B's environment (lib.tracking)."""
+    from lib.tracking import Tracker, in_sweep
+
+    run_id = cfg.run_id or (env.get("WANDB_RUN_ID") if in_sweep(env) else "") or new_run_id()
+    tracker = Tracker(cfg, Path(cfg.runs_dir) / run_id, run_id)
+    try:
+        cfg = apply_sweep(cfg, tracker)
+    except ConfigError:
+        tracker.finish(exit_code=EXIT_BAD_INPUT)
+        raise
+    cfg.run_id = run_id
+    tracker.update_config(cfg)
+    record = RunRecord(cfg.runs_dir, run_id)
+    started = time.time()
+    record.update(id=run_id, name=cfg.run_name or cfg.default_run_name(), state="running",
+                  config=cfg.to_dict(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  wandb={"mode": env.get("WANDB_MODE"), "run_id": tracker.run.id,
+                         "sweep_id": env.get("WANDB_SWEEP_ID")})
+    try:
+        summary = _train(cfg, record, tracker)
+    except (ConfigError, DataError, WeightsError) as e:
+        record.update(state="failed", error=str(e))
+        tracker.finish(exit_code=EXIT_BAD_INPUT)
+        raise
+    except Exception as e:  # noqa: BLE001 - recorded, then re-raised for the traceback
+        record.update(state="failed", error=f"{type(e).__name__}: {e}")
+        tracker.finish(exit_code=EXIT_FAILED)
+        raise
+    record.update(state="finished", summary=summary, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  wall_time_s=round(time.time() - started, 2))
+    tracker.finish(exit_code=EXIT_OK)
+    print(f"run {run_id} finished: best_val_acc {summary['best_val_acc']:.4f}"
+          + (f", test_acc {summary['test_acc']:.4f}" if summary["test_acc"] is not None else "")
+          + f" -> {record.dir}")
+    return EXIT_OK
+
+
+def _train(cfg: Config, record: RunRecord, tracker) -> dict:
+    training.seed_everything(cfg.seed)
+    device = training.pick_device(cfg.device)
+    # The head needs the class count and decoding needs the model's preprocessing: discover first.
+    splits = data.discover(cfg.data_dir, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    model, source, data_cfg = models.create(cfg, len(splits.classes), Path(cfg.cache_dir) / "weights")
+    decoded = load_data(cfg, splits, data_cfg, record)
+    record.update(classes=splits.classes, split=splits.as_record(), skipped=splits.skipped,
+                  warnings=splits.warnings, weights_source=source, data_config=data_cfg,
+                  device=str(device), counts={s: len(d.labels) for s, d in decoded.items()})
+    trainable0, total = models.count_params(model)
+    accel = training.Accel.for_config(cfg, device)
+    model.to(device, memory_format=accel.memory_format)
+    mixup = training.make_mixup(cfg, len(splits.classes))
+    loaders = make_loaders(cfg, data_cfg, decoded, mixup is not None, pin=device.type == "cuda")
+    loss_fn = make_loss(cfg, decoded["train"], len(splits.classes), mixup is not None).to(device)
+    fitted = training.fit(cfg, model, loaders, accel, loss_fn, mixup,
+                          on_epoch=lambda row: (record.log_epoch(row), tracker.log(row)),
+                          on_best=record.save_weights)
+    test = training.evaluate(model, loaders["test"], accel)
+    test_summary, per_class, cm = test_metrics(test, splits.classes)
+    weights_file = record.dir / "model.safetensors"
+    summary = {**fitted, **test_summary, "total_params": total,
+               "model_size_mb": round(weights_file.stat().st_size / 2**20, 3)}
+    record.update(per_class=per_class, confusion_matrix=cm,
+                  test_predictions={"y_true": test["y_true"].tolist(), "y_pred": test["y_pred"].tolist()})
+    tracker.finish_run(summary, splits.classes, test["y_true"], test["y_pred"], per_class,
+                       [weights_file, record.path], cfg.log_model)
+    return summary
+
+
+def main(argv: list[str], env=os.environ) -> int:
+    from lib import tracking
+
+    if any(a in ("-h", "--help") for a in argv):
+        print(config_lib.help_text())
+        return EXIT_OK
+    try:
+        cfg = resolve_config(argv)
+        tracking.prepare_environment(env)  # before wandb is imported anywhere
+        return execute(cfg, env)
+    except (ConfigError, DataError, WeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT

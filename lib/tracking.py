@@ -1,0 +1,98 @@
+"""Weights & Biases: one run per fine-tuning run, offline when there is no API key.
+
+``prepare_environment`` must run before ``wandb`` is imported: W&B reads its mode from the
+environment at import/setup time, and in offline mode we also switch off its background error
+reporting so an air-gapped run makes no network call at all.
+"""
+from __future__ import annotations
+
+import netrc
+from pathlib import Path
+from typing import Any, MutableMapping
+from urllib.parse import urlparse
+
+from lib.config import Config
+
+QUIET_MODES = ("offline", "disabled", "dryrun")
+
+
+def _has_api_key(env: MutableMapping[str, str]) -> bool:
+    if env.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(env.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:
+        return netrc.netrc(env.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def prepare_environment(env: MutableMapping[str, str]) -> str:
+    """Pick W&B's mode (offline unless an API key is configured) and return it."""
+    if not env.get("WANDB_MODE"):
+        env["WANDB_MODE"] = "online" if _has_api_key(env) else "offline"
+    if env["WANDB_MODE"] in QUIET_MODES:
+        env.setdefault("WANDB_ERROR_REPORTING", "false")  # else a background post with a 10 s timeout
+    env.setdefault("WANDB_SILENT", "true")
+    env.setdefault("WANDB_CONSOLE", "off")
+    return env["WANDB_MODE"]
+
+
+def in_sweep(env: MutableMapping[str, str]) -> bool:
+    return bool(env.get("WANDB_SWEEP_ID"))
+
+
+class Tracker:
+    """Thin wrapper over one ``wandb`` run: config, per-epoch metrics, summary, artifacts."""
+
+    def __init__(self, cfg: Config, run_dir: Path, run_id: str):
+        import wandb
+
+        self.wandb = wandb
+        run_dir.mkdir(parents=True, exist_ok=True)
+        extra = [t.strip() for t in cfg.tags.split(",") if t.strip()]
+        self.run = wandb.init(
+            project=cfg.project, entity=cfg.entity or None, group=cfg.group or None, id=run_id,
+            name=cfg.run_name or cfg.default_run_name(), tags=[cfg.model, cfg.strategy, *extra],
+            config=cfg.to_dict(), dir=str(run_dir), resume="allow", job_type="finetune",
+            reinit="finish_previous")
+        self.run.define_metric("epoch")
+        self.run.define_metric("*", step_metric="epoch")
+        self.run.define_metric("val_acc", summary="max")
+        self.run.define_metric("best_val_acc", summary="max")
+        self.run.define_metric("val_loss", summary="min")
+
+    def sweep_overrides(self) -> dict[str, Any]:
+        """Config values W&B holds: ours, plus a sweep's parameters file (which wins)."""
+        return dict(self.run.config)
+
+    def update_config(self, cfg: Config) -> None:
+        self.run.config.update(cfg.to_dict(), allow_val_change=True)
+        self.run.name = cfg.run_name or cfg.default_run_name()
+        self.run.tags = tuple(dict.fromkeys([*self.run.tags, cfg.model, cfg.strategy]))
+
+    def log(self, row: dict[str, Any]) -> None:
+        self.run.log({k: v for k, v in row.items() if isinstance(v, (int, float))})
+
+    def finish_run(self, summary: dict[str, Any], classes: list[str], y_true, y_pred,
+                   per_class: list[dict], files: list[Path], log_model: bool) -> None:
+        self.run.summary.update(summary)
+        if len(y_true):
+            self.run.log({"test_confusion_matrix": self.wandb.plot.confusion_matrix(
+                y_true=list(map(int, y_true)), preds=list(map(int, y_pred)), class_names=classes)})
+            cols = ["class", "precision", "recall", "f1", "support"]
+            self.run.log({"test_per_class": self.wandb.Table(
+                columns=cols, data=[[r[c] for c in cols] for r in per_class])})
+        if log_model:
+            art = self.wandb.Artifact(f"model-{self.run.id}", type="model",
+                                      metadata={k: v for k, v in summary.items() if v is not None})
+            for f in files:
+                if f.exists():
+                    art.add_file(str(f))
+            self.run.log_artifact(art, aliases=["best"])
+
+    def mark_preempting(self) -> None:
+        self.run.mark_preempting()
+
+    def finish(self, exit_code: int = 0) -> None:
+        self.run.finish(exit_code=exit_code)
+

@@ -1,0 +1,89 @@
+"""The run record: run.json, metrics.jsonl and model.safetensors, readable without W&B; the best
+checkpoint is what the test metrics come from; `wandb agent`'s contract (parameters file + env)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import timm
+import torch
+import yaml
+
+from lib import data, models, training
+from lib.config import Config
+from lib.records import RunRecord, read_json
+from lib.run import main
+
+SUMMARY_KEYS = {"best_val_acc", "best_epoch", "test_acc", "test_loss", "test_precision_macro",
+                "test_recall_macro", "test_f1_macro", "train_val_gap", "trainable_params", "total_params",
+                "model_size_mb", "epochs_run", "stopped_early", "train_time_s", "train_images_per_s"}
+ROW_KEYS = {"epoch", "phase", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "time_s"}
+
+
+def only_run(runs_dir):
+    (run_dir,) = list(Path(runs_dir).iterdir())
+    return run_dir, read_json(run_dir / "run.json")
+
+
+def test_record_contents(base_args, tmp_path, animals):
+    assert main(base_args + ["--model=small_cnn", "--strategy=full", "--run_id=rec1"]) == 0
+    run_dir, rec = only_run(tmp_path / "runs")
+    assert run_dir.name == "rec1" and rec["id"] == "rec1" and rec["state"] == "finished"
+    assert rec["config"]["model"] == "small_cnn" and rec["config"]["run_id"] == "rec1"
+    assert set(rec["summary"]) >= SUMMARY_KEYS
+    assert rec["classes"] == ["bear", "bird", "cat", "cow"]
+    split = rec["split"]
+    assert len(split["train"]) + len(split["val"]) + len(split["test"]) == 160
+    assert not set(split["train"]) & set(split["test"])
+    assert all((Path(animals) / p).is_file() for p in split["test"])
+    assert rec["skipped"] == [] and rec["weights_source"]["kind"] == "none"
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and all(set(r) >= ROW_KEYS for r in rows)
+    assert not list(run_dir.glob(".*.tmp"))                      # atomic writes leave no temp files
+    assert rec["summary"]["best_val_acc"] == max(r["val_acc"] for r in rows)
+
+
+def test_best_checkpoint_reproduces_test_metrics(base_args, tmp_path, animals):
+    assert main(base_args + ["--model=mobilenetv2_100", "--strategy=freeze", "--epochs=3", "--lr=0.02"]) == 0
+    run_dir, rec = only_run(tmp_path / "runs")
+    cfg = Config(**rec["config"])
+    model = timm.create_model("mobilenetv2_100", num_classes=len(rec["classes"]))
+    model.load_state_dict(RunRecord(cfg.runs_dir, rec["id"]).load_weights())
+    dc = rec["data_config"]
+    items = [(p, rec["classes"].index(Path(p).parent.name)) for p in rec["split"]["test"]]
+    decoded = data.decode_split(Path(animals), items, data.resize_side(dc), dc["interpolation"], 16, [], "t")
+    loader = data.loader(decoded, data.transforms(dc, "none", False), 16, 0, 0, train=False)
+    result = training.evaluate(model, loader, training.Accel.for_config(cfg, torch.device("cpu")))
+    assert result["acc"] == rec["summary"]["test_acc"]
+    assert result["y_pred"].tolist() == rec["test_predictions"]["y_pred"]
+
+
+def test_wandb_agent_contract(base_args, tmp_path):
+    """`wandb agent` starts the program with ${args} and hands the run its parameters in a file named by
+    WANDB_SWEEP_PARAM_PATH, plus WANDB_SWEEP_ID and WANDB_RUN_ID. With W&B offline, the run must pick
+    the parameters up from wandb.config (which wins) and take the agent's run id."""
+    params = tmp_path / "sweep-params.yaml"
+    params.write_text(yaml.safe_dump({"wandb_version": 1, "lr": {"value": 0.003},
+                                      "strategy": {"value": "full"}, "model": {"value": "small_cnn"}}))
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SWEEP_ID": "abc123", "WANDB_RUN_ID": "agentrun1",
+           "WANDB_SWEEP_PARAM_PATH": str(params), "WANDB_PROJECT": "p"}
+    cmd = [sys.executable, "finetune_resnet.py", *base_args, "--lr=0.1", "--model=small_cnn", "--epochs=1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_dir, rec = only_run(tmp_path / "runs")
+    assert run_dir.name == "agentrun1"
+    assert rec["config"]["lr"] == 0.003 and rec["config"]["strategy"] == "full"
+    assert rec["wandb"] == {"mode": "offline", "run_id": "agentrun1", "sweep_id": "abc123"}
+    assert list((run_dir / "wandb").glob("offline-run-*/run-agentrun1.wandb"))
+
+
+def test_bad_sweep_parameter_fails_with_exit_2(base_args, tmp_path):
+    params = tmp_path / "sweep-params.yaml"
+    params.write_text(yaml.safe_dump({"lr": {"value": "fast"}}))
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SWEEP_ID": "s", "WANDB_RUN_ID": "badrun",
+           "WANDB_SWEEP_PARAM_PATH": str(params)}
+    proc = subprocess.run([sys.executable, "finetune_resnet.py", *base_args, "--model=small_cnn"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "lr='fast' is not valid" in proc.stderr.strip().splitlines()[-1]
