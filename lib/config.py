@@ -8,6 +8,7 @@ naming the key, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,17 +160,21 @@ def _check_range(key: str, value: Any) -> None:
         raise bad
 
 
-def parse_args(argv: Iterable[str]) -> tuple[str | None, dict[str, str]]:
-    """Parse ``--key=value``, ``--key value`` and bare ``--flag`` (true), the forms `wandb agent`
-    passes through ``${args}`` and ``${args_no_boolean_flags}``. Returns (config file, overrides)."""
+def parse_args(argv: Iterable[str]) -> tuple[str | None, dict[str, Any]]:
+    """Parse the forms `wandb agent` passes: ``--key=value`` and ``--key value`` (``${args}``), bare
+    ``--flag`` for true (``${args_no_boolean_flags}``), ``key=value`` (``${args_no_hyphens}``), a JSON
+    object (``${args_json}``) or a .json file of one (``${args_json_file}``).
+    Returns (config file, overrides)."""
     argv = list(argv)
     out: dict[str, str] = {}
     config_file = None
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if not arg.startswith("--") or arg == "--":
-            raise ConfigError(f"unexpected argument {arg!r}: use --key=value or --key value")
+        if not arg.startswith("--"):
+            out.update(_positional(arg))  # ${args_json}, ${args_json_file}, ${args_no_hyphens}
+            i += 1
+            continue
         key, eq, value = arg[2:].partition("=")
         key = key.replace("-", "_")
         if not eq:
@@ -189,6 +194,24 @@ def parse_args(argv: Iterable[str]) -> tuple[str | None, dict[str, str]]:
             out[key] = value
         i += 1
     return config_file, out
+
+
+def _positional(arg: str) -> dict[str, Any]:
+    if arg.lstrip().startswith("{"):
+        try:
+            data = json.loads(arg)
+        except json.JSONDecodeError:
+            raise ConfigError(f"argument {arg[:40]!r} is not valid JSON") from None
+    elif arg.endswith(".json") and Path(arg).is_file():
+        data = json.loads(Path(arg).read_text())
+    elif "=" in arg and not arg.startswith("="):
+        key, _, value = arg.partition("=")
+        return {key.replace("-", "_"): value}
+    else:
+        raise ConfigError(f"unexpected argument {arg!r}: use --key=value or --key value")
+    if not isinstance(data, dict):
+        raise ConfigError(f"argument {arg[:40]!r} must be a JSON object of key: value")
+    return data
 
 
 def load_yaml(path: str) -> dict[str, Any]:

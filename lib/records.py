@@ -10,10 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import load_file, save_file
 
-STATES = ("running", "finished", "failed", "preempted")
+STATES = ("running", "finished", "failed", "preempted", "pruned")
 
 
 def atomic_write(path: Path, write) -> None:
@@ -57,6 +55,12 @@ class RunRecord:
             lines = (self.dir / "metrics.jsonl").read_text().splitlines()
             self.metrics = [json.loads(line) for line in lines if line.strip()]
 
+    def start_fresh(self) -> None:
+        """Forget epochs of an earlier attempt with this id (a requeued or repeated run)."""
+        self.metrics = []
+        (self.dir / "metrics.jsonl").unlink(missing_ok=True)
+        self.data = {}
+
     def update(self, **fields) -> None:
         self.data.update(fields)
         self.data["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -67,11 +71,15 @@ class RunRecord:
         text = "".join(json.dumps(r, default=_plain) + "\n" for r in self.metrics)
         atomic_write(self.dir / "metrics.jsonl", lambda tmp: Path(tmp).write_text(text))
 
-    def save_weights(self, state_dict: dict[str, torch.Tensor], name: str = "model.safetensors") -> Path:
+    def save_weights(self, state_dict: dict, name: str = "model.safetensors") -> Path:
+        from safetensors.torch import save_file  # here: reading records must not need torch
+
         tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
         path = self.dir / name
         atomic_write(path, lambda tmp: save_file(tensors, tmp))
         return path
 
-    def load_weights(self, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
+    def load_weights(self, name: str = "model.safetensors") -> dict:
+        from safetensors.torch import load_file
+
         return load_file(self.dir / name)

@@ -39,9 +39,20 @@ def resolve_config(argv: list[str]) -> Config:
     return cfg
 
 
+def flatten(values: dict) -> dict:
+    """Nested sweep parameter groups only organise: their leaves are flat config keys."""
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, dict) and k not in config_lib.FIELDS and not k.startswith("_"):
+            out.update(flatten(v))
+        else:
+            out[k] = v
+    return out
+
+
 def apply_sweep(cfg: Config, tracker) -> Config:
     """Under a W&B sweep, wandb.config (the agent's parameters file) wins over everything."""
-    overrides = {k: v for k, v in tracker.sweep_overrides().items()
+    overrides = {k: v for k, v in flatten(tracker.sweep_overrides()).items()
                  if not k.startswith("_") and k != "wandb_version"}  # W&B's own bookkeeping
     changed = {k: v for k, v in overrides.items() if k not in config_lib.FIELDS or getattr(cfg, k) != v}
     if not changed:
@@ -111,7 +122,8 @@ def execute(cfg: Config, env: dict) -> int:
     from lib.tracking import Tracker, in_sweep
 
     run_id = cfg.run_id or (env.get("WANDB_RUN_ID") if in_sweep(env) else "") or new_run_id()
-    tracker = Tracker(cfg, Path(cfg.runs_dir) / run_id, run_id)
+    # WANDB_DIR (W&B's own variable) lets a sweep runner put W&B's files next to the record.
+    tracker = Tracker(cfg, Path(env.get("WANDB_DIR") or Path(cfg.runs_dir) / run_id), run_id)
     try:
         cfg = apply_sweep(cfg, tracker)
     except ConfigError:
@@ -120,6 +132,7 @@ def execute(cfg: Config, env: dict) -> int:
     cfg.run_id = run_id
     tracker.update_config(cfg)
     record = RunRecord(cfg.runs_dir, run_id)
+    record.start_fresh()
     started = time.time()
     record.update(id=run_id, name=cfg.run_name or cfg.default_run_name(), state="running",
                   config=cfg.to_dict(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

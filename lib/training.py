@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from timm.data import Mixup
-from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 from tqdm import tqdm
 

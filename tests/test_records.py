@@ -10,7 +10,7 @@ import timm
 import torch
 import yaml
 
-from lib import data, models, training
+from lib import data, training
 from lib.config import Config
 from lib.records import RunRecord, read_json
 from lib.run import main

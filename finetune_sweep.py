@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""Run fine-tuning sweeps on W&B or fully offline, with the same sweep YAML.
+
+    python finetune_sweep.py create sweeps/strategy_grid.yaml --project dogs      # W&B: create the sweep
+    python finetune_sweep.py agent ENTITY/PROJECT/ID --gpus 0,1                    # W&B: one agent per GPU
+    python finetune_sweep.py local sweeps/demo.yaml --workers 2                     # no W&B server at all
+    python finetune_sweep.py status runs/sweeps/demo                               # table of trials, best so far
+
+Exit codes: 0 done, 1 stopped by failures, 2 bad sweep file or arguments, 130 interrupted.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from lib import cloud, sweep_local
+from lib.sweep_spec import SweepError
+
+
+def _fixed(pairs):
+    out = {}
+    for pair in pairs or []:
+        key, eq, value = pair.partition("=")
+        if not eq:
+            raise SweepError(f"--set {pair!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def cmd_create(a):
+    cloud.create(a.sweep_file, a.project, a.entity)
+    return 0
+
+
+def cmd_agent(a):
+    return cloud.agent(a.sweep_id, a.count, a.gpus.split(",") if a.gpus else None)
+
+
+def cmd_local(a):
+    sweep_dir = Path(a.sweep_dir or Path("runs") / "sweeps" / Path(a.sweep_file).stem)
+    opts = sweep_local.Options(sweep_dir=sweep_dir, workers=a.workers, count=a.count, storage=a.storage,
+                               seed=a.seed, max_failures=a.max_failures)
+    return sweep_local.run_local(a.sweep_file, opts, _fixed(a.set))
+
+
+def cmd_status(a):
+    print(sweep_local.status_table(Path(a.sweep_dir)))
+    return 0
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("create", help="create the sweep on W&B and print the agent command")
+    c.add_argument("sweep_file")
+    c.add_argument("--project")
+    c.add_argument("--entity")
+    c.set_defaults(fn=cmd_create)
+    g = sub.add_parser("agent", help="run `wandb agent` once per GPU (CUDA_VISIBLE_DEVICES), staggered")
+    g.add_argument("sweep_id", help="ENTITY/PROJECT/SWEEP_ID")
+    g.add_argument("--count", type=int, help="runs per agent")
+    g.add_argument("--gpus", help="comma-separated GPU indices, e.g. 0,1,2,3")
+    g.set_defaults(fn=cmd_agent)
+    loc = sub.add_parser("local", help="run the sweep offline (Optuna); run again to continue it")
+    loc.add_argument("sweep_file")
+    loc.add_argument("--workers", type=int, default=1, help="trials at once on this machine")
+    loc.add_argument("--count", type=int, help="at most this many trials in this invocation")
+    loc.add_argument("--storage", help="Optuna RDB URL shared by workers on several machines "
+                                       "(default: a journal file in the sweep dir)")
+    loc.add_argument("--sweep_dir", help="default: runs/sweeps/<sweep file name>")
+    loc.add_argument("--seed", type=int, help="seed the search so a random/bayes study can be repeated")
+    loc.add_argument("--max_failures", type=int, default=3, help="consecutive failed trials that stop the sweep")
+    loc.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="fix a config key for every trial (e.g. data_dir, epochs), overriding the YAML")
+    loc.set_defaults(fn=cmd_local)
+    s = sub.add_parser("status", help="table of a local sweep's trials and the best so far")
+    s.add_argument("sweep_dir")
+    s.set_defaults(fn=cmd_status)
+    return p
+
+
+def main(argv):
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (SweepError, cloud.SweepError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,35 @@
+"""A stand-in for finetune_resnet.py that honours the run contract the sweep runner relies on
+(W&B agent environment + parameters file in, run.json + metrics.jsonl out) in a fraction of a second,
+so the engine's search, pruning and recovery can be tested on many trials. Its "val_acc" per epoch is
+a known function of the parameters: lr * epoch / epochs (capped at 1)."""
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from lib.config import parse_args  # noqa: E402
+from lib.records import RunRecord  # noqa: E402
+
+params = {k: v["value"] for k, v in yaml.safe_load(open(os.environ["WANDB_SWEEP_PARAM_PATH"])).items()
+          if isinstance(v, dict)}
+_, cli = parse_args(sys.argv[1:])
+cfg = {**cli, **params}
+if cfg.get("fail") in (True, "true", "True"):
+    print("boom: this trial was told to fail", file=sys.stderr)
+    sys.exit(1)
+record = RunRecord(cfg["runs_dir"], os.environ["WANDB_RUN_ID"])
+record.start_fresh()
+record.update(id=os.environ["WANDB_RUN_ID"], state="running", config=cfg, argv=sys.argv[1:])
+epochs, lr, sleep = int(cfg.get("epochs", 3)), float(cfg.get("lr", 0.5)), float(cfg.get("sleep", 0.0))
+best = 0.0
+for epoch in range(1, epochs + 1):
+    time.sleep(sleep)
+    acc = min(1.0, lr * epoch / epochs)
+    best = max(best, acc)
+    record.log_epoch({"epoch": epoch, "val_acc": acc, "best_val_acc": best})
+record.update(state="finished", summary={"best_val_acc": best})
+print(json.dumps({"finished": record.dir.name}))
