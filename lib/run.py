@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import string
 import sys
 import time
@@ -18,10 +19,11 @@ from lib import config as config_lib
 from lib import data, models, training
 from lib.config import Config, ConfigError
 from lib.data import DataError
-from lib.records import RunRecord
+from lib.records import RunRecord, atomic_write
 from lib.weights import WeightsError
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED = 0, 1, 2, 3
+CHECKPOINT = "last.ckpt"   # model, optimizer, schedule, RNG states, progress: written every epoch
 
 
 def new_run_id() -> str:
@@ -132,14 +134,27 @@ def execute(cfg: Config, env: dict) -> int:
     cfg.run_id = run_id
     tracker.update_config(cfg)
     record = RunRecord(cfg.runs_dir, run_id)
-    record.start_fresh()
+    resume = load_checkpoint(record)
+    if not resume:
+        record.start_fresh()
     started = time.time()
     record.update(id=run_id, name=cfg.run_name or cfg.default_run_name(), state="running",
                   config=cfg.to_dict(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  resumed_from_epoch=resume["progress"]["epoch"] if resume else None,
                   wandb={"mode": env.get("WANDB_MODE"), "run_id": tracker.run.id,
                          "sweep_id": env.get("WANDB_SWEEP_ID")})
+    stop = training.StopFlag()
+    previous = {sig: signal.signal(sig, lambda n, _f: setattr(stop, "signal", signal.Signals(n).name))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        summary = _train(cfg, record, tracker)
+        summary = _train(cfg, record, tracker, stop, resume)
+    except training.Interrupted as e:
+        # Resumable: the last epoch's checkpoint is on disk; the same run_id continues it.
+        record.update(state="preempted", preempted_by=str(e))
+        tracker.mark_preempting()
+        tracker.finish(exit_code=EXIT_PREEMPTED)
+        print(f"run {run_id} preempted by {e}: start it again with --run_id={run_id} to resume", file=sys.stderr)
+        return EXIT_PREEMPTED
     except (ConfigError, DataError, WeightsError) as e:
         record.update(state="failed", error=str(e))
         tracker.finish(exit_code=EXIT_BAD_INPUT)
@@ -148,8 +163,12 @@ def execute(cfg: Config, env: dict) -> int:
         record.update(state="failed", error=f"{type(e).__name__}: {e}")
         tracker.finish(exit_code=EXIT_FAILED)
         raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     record.update(state="finished", summary=summary, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   wall_time_s=round(time.time() - started, 2))
+    (record.dir / CHECKPOINT).unlink(missing_ok=True)  # large, and only needed to resume
     tracker.finish(exit_code=EXIT_OK)
     print(f"run {run_id} finished: best_val_acc {summary['best_val_acc']:.4f}"
           + (f", test_acc {summary['test_acc']:.4f}" if summary["test_acc"] is not None else "")
@@ -157,7 +176,39 @@ def execute(cfg: Config, env: dict) -> int:
     return EXIT_OK
 
 
-def _train(cfg: Config, record: RunRecord, tracker) -> dict:
+class Hooks:
+    """What the training loop hands back each epoch: the record, W&B and the checkpoint."""
+
+    def __init__(self, record: RunRecord, tracker):
+        self.record, self.tracker = record, tracker
+
+    def epoch(self, row: dict) -> None:
+        self.record.log_epoch(row)
+        self.tracker.log(row)
+
+    def best(self, state: dict) -> None:
+        self.record.save_weights(state)
+
+    def load_best(self) -> dict:
+        return self.record.load_weights()
+
+    def checkpoint(self, state: dict) -> None:
+        atomic_write(self.record.dir / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(record: RunRecord) -> dict | None:
+    """The checkpoint of an unfinished run with this id, with epochs logged after it dropped."""
+    path = record.dir / CHECKPOINT
+    if not path.exists() or record.data.get("state") == "finished":
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    done = state["progress"]["epoch"]
+    for row in [r for r in record.metrics if r["epoch"] > done]:
+        record.metrics.remove(row)
+    return state
+
+
+def _train(cfg: Config, record: RunRecord, tracker, stop: training.StopFlag, resume: dict | None) -> dict:
     training.seed_everything(cfg.seed)
     device = training.pick_device(cfg.device)
     # The head needs the class count and decoding needs the model's preprocessing: discover first.
@@ -173,9 +224,7 @@ def _train(cfg: Config, record: RunRecord, tracker) -> dict:
     mixup = training.make_mixup(cfg, len(splits.classes))
     loaders = make_loaders(cfg, data_cfg, decoded, mixup is not None, pin=device.type == "cuda")
     loss_fn = make_loss(cfg, decoded["train"], len(splits.classes), mixup is not None).to(device)
-    fitted = training.fit(cfg, model, loaders, accel, loss_fn, mixup,
-                          on_epoch=lambda row: (record.log_epoch(row), tracker.log(row)),
-                          on_best=record.save_weights)
+    fitted = training.fit(cfg, model, loaders, accel, loss_fn, mixup, Hooks(record, tracker), stop, resume)
     test = training.evaluate(model, loaders["test"], accel)
     test_summary, per_class, cm = test_metrics(test, splits.classes)
     weights_file = record.dir / "model.safetensors"

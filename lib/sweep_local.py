@@ -199,7 +199,8 @@ class Runner:
             return self._finish(study, trial, TrialState.FAIL, None, f"parameters: {e}")
         trial.set_user_attr("config", params)
         state, value, error = self._execute(trial, run_id, params)
-        if self.stop.is_set() and state != TrialState.COMPLETE:  # interrupted, not failed: run it again later
+        if state is None or (self.stop.is_set() and state != TrialState.COMPLETE):
+            # preempted or interrupted, not failed: requeued under the same run id, which resumes it
             return _requeue(study, trial.number, trial._trial_id, trial.params, run_id, "interrupted")
         self._finish(study, trial, state, value, error)
 
@@ -246,8 +247,11 @@ class Runner:
                 return True
         return False
 
-    def _outcome(self, code: int, run_dir: Path, pruned: bool) -> tuple[TrialState, float | None, str | None]:
+    def _outcome(self, code: int, run_dir: Path, pruned: bool) -> tuple[TrialState | None, float | None, str | None]:
+        """(state, metric value, error); state None: the run was preempted and can resume."""
         record = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
+        if record.get("state") == "preempted":
+            return None, None, None
         if pruned:
             RunRecord(str(run_dir.parent), run_dir.name).update(state="pruned")
             return TrialState.PRUNED, None, None
@@ -269,7 +273,12 @@ class Runner:
                                     f"(last: {(error or '').splitlines()[-1][:200] if error else '?'})")
                 self.stop.set()
             self.bar.update(1)
-            self.bar.set_postfix_str(self._postfix(study))
+            progress = self._postfix(study)
+            self.bar.set_postfix_str(progress)
+            if self.bar.disable:  # not a terminal: one plain line per finished trial
+                shown = f"{value:.4f}" if value is not None else "-"
+                print(f"trial {trial.number} {state.name.lower()} {self.sweep.metric}={shown} | {progress}",
+                      flush=True)
 
     def _postfix(self, study: optuna.Study) -> str:
         trials = _counted(study)

@@ -1,7 +1,7 @@
 """The training loop: phases of a strategy, epochs, early stopping, best checkpoint, test at the end."""
 from __future__ import annotations
 
-import copy
+import dataclasses
 import math
 import random
 import sys
@@ -73,7 +73,8 @@ def make_mixup(cfg: Config, num_classes: int) -> Mixup | None:
                  num_classes=num_classes)
 
 
-def train_epoch(model, loader, opt, schedule, loss_fn, mixup, accel: Accel, desc: str) -> dict:
+def train_epoch(model, loader, opt, schedule, loss_fn, mixup, accel: Accel, desc: str,
+                stop: "StopFlag | None" = None) -> dict:
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
     for x, y in tqdm(loader, desc=desc, leave=False, disable=None, unit="batch"):
@@ -99,6 +100,8 @@ def train_epoch(model, loader, opt, schedule, loss_fn, mixup, accel: Accel, desc
         total_loss += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
+        if stop:
+            stop.check()
     return {"loss": total_loss / max(seen, 1), "acc": correct / max(seen, 1), "images": seen,
             "seconds": time.perf_counter() - start}
 
@@ -131,51 +134,117 @@ class EarlyStopping:
         return bool(self.patience) and self.bad >= self.patience
 
 
+class Interrupted(Exception):
+    """SIGTERM/SIGINT arrived: the run stops at the next batch; the last epoch's checkpoint resumes it."""
+
+
+@dataclass
+class StopFlag:
+    """Set by the signal handler; checked after every batch."""
+    signal: str | None = None
+
+    def check(self) -> None:
+        if self.signal:
+            raise Interrupted(self.signal)
+
+
+@dataclass
+class Progress:
+    """Where a run stands after an epoch: with the checkpoint, enough to continue it exactly."""
+    epoch: int = 0
+    phase_index: int = 0          # the phase to run next
+    phase_epoch: int = 0          # epochs of that phase already done
+    best_val_acc: float = -1.0
+    best_epoch: int = 0
+    best_train_acc: float = math.nan
+    bad_epochs: int = 0
+    images: int = 0
+    train_time: float = 0.0
+    trainable: int = 0
+    stopped_early: bool = False
+
+
+def _rng_state(loader) -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "numpy_rest": [int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            "python": random.getstate(), "loader": loader.generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(state: dict, loader) -> None:
+    torch.set_rng_state(state["torch"])
+    pos, has_gauss, cached = state["numpy_rest"]
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
+    random.setstate(_tuplify(state["python"]))
+    loader.generator.set_state(state["loader"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuplify(x):
+    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
 def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.Module,
-        mixup: Mixup | None, on_epoch, on_best) -> dict:
-    """Run every phase of the strategy. ``on_epoch(row)`` gets each epoch's metrics,
-    ``on_best(state_dict)`` each new best model. Returns what the summary needs."""
-    best = {"val_acc": -1.0, "epoch": 0, "train_acc": math.nan, "state": None}
-    epoch, images, train_time, stopped_early, trainable = 0, 0, 0.0, False, 0
+        mixup: Mixup | None, hooks, stop: StopFlag | None = None, resume: dict | None = None) -> dict:
+    """Run every phase of the strategy, from the start or from a checkpoint (``resume``).
+    ``hooks`` has ``epoch(row)``, ``best(state_dict)``, ``checkpoint(dict)`` and ``load_best()``."""
+    stop = stop or StopFlag()
     plan = strategies.phases(cfg)
-    bar = tqdm(total=cfg.epochs, desc="epochs", disable=None, unit="epoch")
-    for index, phase in enumerate(plan):
+    p = Progress(**resume["progress"]) if resume else Progress()
+    if resume:
+        model.load_state_dict(resume["model"])
+        _set_rng_state(resume["rng"], loaders["train"])
+    bar = tqdm(total=cfg.epochs, initial=p.epoch, desc="epochs", disable=None, unit="epoch")
+    for index in range(p.phase_index, len(plan)):
+        phase = plan[index]
         strategies.apply(model, strategies.trainable_names(model, cfg, phase))
         held = strategies.frozen_modules(model, cfg.train_bn)
-        trainable = max(trainable, sum(p.numel() for p in model.parameters() if p.requires_grad))
+        p.trainable = max(p.trainable, sum(q.numel() for q in model.parameters() if q.requires_grad))
         opt = create_optimizer(model, cfg, phase)
         schedule = Schedule(opt, cfg, phase.epochs, max(1, len(loaders["train"])))
         stopper = EarlyStopping(cfg.patience)
-        for _ in range(phase.epochs):
-            epoch += 1
+        if resume and p.phase_epoch and resume.get("optimizer_phase") == index:
+            opt.load_state_dict(resume["optimizer"])
+            schedule.load_state_dict(resume["schedule"])
+            stopper.bad = p.bad_epochs
+        for phase_epoch in range(p.phase_epoch, phase.epochs):
+            stop.check()
+            p.epoch += 1
             strategies.set_train_mode(model, held)
             lr = max(g["lr"] for g in opt.param_groups)
             tr = train_epoch(model, loaders["train"], opt, schedule, loss_fn, mixup, accel,
-                             desc=f"epoch {epoch}/{cfg.epochs} {phase.name}")
+                             desc=f"epoch {p.epoch}/{cfg.epochs} {phase.name}", stop=stop)
             va = evaluate(model, loaders["val"], accel)
             schedule.step_epoch(va["acc"])
-            images, train_time = images + tr["images"], train_time + tr["seconds"]
-            row = {"epoch": epoch, "phase": phase.name, "lr": lr, "train_loss": tr["loss"],
-                   "train_acc": tr["acc"], "val_loss": va["loss"], "val_acc": va["acc"],
-                   "time_s": round(tr["seconds"], 3)}
-            improved = va["acc"] > best["val_acc"]
+            p.images, p.train_time = p.images + tr["images"], p.train_time + tr["seconds"]
+            improved = va["acc"] > p.best_val_acc
             if improved:
-                best.update(val_acc=va["acc"], epoch=epoch, train_acc=tr["acc"],
-                            state=copy.deepcopy(model.state_dict()))
-                on_best(best["state"])
-            row["best_val_acc"] = best["val_acc"]
-            on_epoch(row)
+                p.best_val_acc, p.best_epoch, p.best_train_acc = va["acc"], p.epoch, tr["acc"]
+                hooks.best(model.state_dict())
+            done = stopper.step(improved)
+            p.bad_epochs = stopper.bad
+            p.stopped_early = done and index == len(plan) - 1
+            last = done or phase_epoch + 1 == phase.epochs
+            p.phase_index, p.phase_epoch = (index + 1, 0) if last else (index, phase_epoch + 1)
+            hooks.checkpoint({"progress": dataclasses.asdict(p), "model": model.state_dict(),
+                              "optimizer": opt.state_dict(), "optimizer_phase": index,
+                              "schedule": schedule.state_dict(), "rng": _rng_state(loaders["train"])})
+            row = {"epoch": p.epoch, "phase": phase.name, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
+                   "val_loss": va["loss"], "val_acc": va["acc"], "time_s": round(tr["seconds"], 3),
+                   "best_val_acc": p.best_val_acc}
+            hooks.epoch(row)
             bar.update(1)
-            tqdm.write(f"epoch {epoch:>3} {phase.name:<8} lr {lr:.2e}  train loss {tr['loss']:.4f} "
-                       f"acc {tr['acc']:.3f}  val loss {va['loss']:.4f} acc {va['acc']:.3f}",
-                       file=sys.stderr)
-            if stopper.step(improved):
-                stopped_early = index == len(plan) - 1
+            tqdm.write(f"epoch {p.epoch:>3} {phase.name:<8} lr {lr:.2e}  train loss {tr['loss']:.4f} "
+                       f"acc {tr['acc']:.3f}  val loss {va['loss']:.4f} acc {va['acc']:.3f}", file=sys.stderr)
+            if done:
                 break
+        p.phase_epoch = 0
     bar.close()
-    model.load_state_dict(best["state"])
-    return {"best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
-            "train_val_gap": best["train_acc"] - best["val_acc"], "epochs_run": epoch,
-            "stopped_early": stopped_early, "trainable_params": trainable,
-            "train_time_s": round(train_time, 3),
-            "train_images_per_s": round(images / train_time, 2) if train_time else None}
+    model.load_state_dict(hooks.load_best())
+    return {"best_val_acc": p.best_val_acc, "best_epoch": p.best_epoch,
+            "train_val_gap": p.best_train_acc - p.best_val_acc, "epochs_run": p.epoch,
+            "stopped_early": p.stopped_early, "trainable_params": p.trainable,
+            "train_time_s": round(p.train_time, 3),
+            "train_images_per_s": round(p.images / p.train_time, 2) if p.train_time else None}
