@@ -160,7 +160,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: keep the top 8 bits, not a clipped white
         arr = np.asarray(img, dtype=np.float64)
         scale = 257.0 if arr.max() > 255 else 1.0
-        img = Image.fromarray(np.clip(arr / scale, 0, 255).astype(np.uint8))
+        img = Image.fromarray(np.clip(np.rint(arr / scale), 0, 255).astype(np.uint8))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         background = Image.new("RGB", img.size, (255, 255, 255))
         rgba = img.convert("RGBA")

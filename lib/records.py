@@ -56,10 +56,13 @@ class RunRecord:
             self.metrics = [json.loads(line) for line in lines if line.strip()]
 
     def start_fresh(self) -> None:
-        """Forget epochs of an earlier attempt with this id (a requeued or repeated run)."""
+        """Forget an earlier attempt with this id (a requeued or repeated run)."""
+        self.start_fresh_epochs()
+        self.data = {}
+
+    def start_fresh_epochs(self) -> None:
         self.metrics = []
         (self.dir / "metrics.jsonl").unlink(missing_ok=True)
-        self.data = {}
 
     def update(self, **fields) -> None:
         self.data.update(fields)

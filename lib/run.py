@@ -124,6 +124,7 @@ def execute(cfg: Config, env: dict) -> int:
     from lib.tracking import Tracker, in_sweep
 
     run_id = cfg.run_id or (env.get("WANDB_RUN_ID") if in_sweep(env) else "") or new_run_id()
+    check_writable(cfg.runs_dir)
     # WANDB_DIR (W&B's own variable) lets a sweep runner put W&B's files next to the record.
     tracker = Tracker(cfg, Path(env.get("WANDB_DIR") or Path(cfg.runs_dir) / run_id), run_id)
     try:
@@ -147,7 +148,7 @@ def execute(cfg: Config, env: dict) -> int:
     previous = {sig: signal.signal(sig, lambda n, _f: setattr(stop, "signal", signal.Signals(n).name))
                 for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        summary = _train(cfg, record, tracker, stop, resume)
+        summary = train_with_oom_retries(cfg, record, tracker, stop, resume)
     except training.Interrupted as e:
         # Resumable: the last epoch's checkpoint is on disk; the same run_id continues it.
         record.update(state="preempted", preempted_by=str(e))
@@ -159,6 +160,11 @@ def execute(cfg: Config, env: dict) -> int:
         record.update(state="failed", error=str(e))
         tracker.finish(exit_code=EXIT_BAD_INPUT)
         raise
+    except training.TrainingFailed as e:
+        record.update(state="failed", error=str(e))
+        tracker.finish(exit_code=EXIT_FAILED)
+        print(f"error: run {run_id} failed: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as e:  # noqa: BLE001 - recorded, then re-raised for the traceback
         record.update(state="failed", error=f"{type(e).__name__}: {e}")
         tracker.finish(exit_code=EXIT_FAILED)
@@ -174,6 +180,33 @@ def execute(cfg: Config, env: dict) -> int:
           + (f", test_acc {summary['test_acc']:.4f}" if summary["test_acc"] is not None else "")
           + f" -> {record.dir}")
     return EXIT_OK
+
+
+def train_with_oom_retries(cfg: Config, record: RunRecord, tracker, stop, resume) -> dict:
+    """Out of GPU memory: halve the batch size (recorded) and start the run again, down to 1."""
+    while True:
+        try:
+            return _train(cfg, record, tracker, stop, resume)
+        except torch.OutOfMemoryError:
+            if cfg.batch_size <= 1:
+                raise training.TrainingFailed("out of memory even at batch_size=1") from None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            cfg.batch_size //= 2
+            resume = None
+            record.start_fresh_epochs()
+            record.update(config=cfg.to_dict(), oom_retries=record.data.get("oom_retries", 0) + 1)
+            print(f"warning: out of memory: retrying with batch_size={cfg.batch_size}", file=sys.stderr)
+
+
+def check_writable(runs_dir: str) -> None:
+    """Fail before any work when records cannot be written (a file in the way, permissions, full disk)."""
+    try:
+        Path(runs_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write(Path(runs_dir) / ".write-test", lambda tmp: Path(tmp).write_text("ok"))
+        (Path(runs_dir) / ".write-test").unlink()
+    except OSError as e:
+        raise ConfigError(f"runs_dir={runs_dir!r} is not writable: {e.strerror or e}") from None
 
 
 class Hooks:
