@@ -41,3 +41,15 @@ def test_offline_run_makes_no_network_call(base_args, tmp_path):
     others = [c for c in calls if c not in hub]
     assert others == []                    # W&B offline: nothing leaves the machine
     assert 1 <= len(hub) <= 2              # the audit is live: it saw the one hub reachability probe
+
+
+def test_api_key_never_reaches_records_or_logs(base_args, tmp_path):
+    key = "local-" + "0123456789abcdef" * 2 + "01234567"
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_API_KEY": key}
+    proc = subprocess.run([sys.executable, "finetune_resnet.py", *base_args, "--model=small_cnn", "--epochs=1",
+                           "--run_id=keyed"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert key not in proc.stdout + proc.stderr
+    files = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+    assert any(p.name.endswith(".wandb") for p in files)           # W&B's own offline files are searched too
+    assert not [p for p in files if key.encode() in p.read_bytes()]
