@@ -67,6 +67,9 @@ class Config:
     mixup: float = _opt(0.0, "mixup alpha (0 = off)", min=0.0)
     cutmix: float = _opt(0.0, "cutmix alpha (0 = off)", min=0.0)
     class_weighting: bool = _opt(False, "weight the loss by inverse class frequency (imbalanced data)")
+    # --- speed ---
+    feature_cache: bool = _opt(True, "freeze phases train the head on backbone features computed once "
+                                      "(exact; skipped with augmentation or mixing)")
     # --- run ---
     seed: int = _opt(42, "seed of the split, the initialisation and the data order", min=0)
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N | mps")

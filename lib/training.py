@@ -15,7 +15,7 @@ from timm.data import Mixup
 from torch import nn
 from tqdm import tqdm
 
-from lib import strategies
+from lib import features, strategies
 from lib.config import Config
 from lib.optim import Schedule, create_optimizer
 
@@ -62,7 +62,8 @@ class Accel:
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
 
     def to_device(self, x: torch.Tensor, y: torch.Tensor):
-        x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        fmt = self.memory_format if x.ndim == 4 else torch.contiguous_format  # cached features are 2-D
+        x = x.to(self.device, non_blocking=True, memory_format=fmt)
         return x, y.to(self.device, non_blocking=True)
 
 
@@ -197,6 +198,7 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
         model.load_state_dict(resume["model"])
         _set_rng_state(resume["rng"], loaders["train"])
     bar = tqdm(total=cfg.epochs, initial=p.epoch, desc="epochs", disable=None, unit="epoch")
+    cache_modes: list[str] = []
     for index in range(p.phase_index, len(plan)):
         phase = plan[index]
         strategies.apply(model, strategies.trainable_names(model, cfg, phase))
@@ -205,6 +207,15 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
         opt = create_optimizer(model, cfg, phase)
         schedule = Schedule(opt, cfg, phase.epochs, max(1, len(loaders["train"])))
         stopper = EarlyStopping(cfg.patience)
+        net, data = model, loaders
+        reason = features.why_not(cfg, phase.name)
+        if phase.name == "freeze":
+            cache_modes.append("on" if reason is None else f"off ({reason})")
+        if reason is None:
+            net = features.FeatureHead(model.get_classifier(), cfg.dropout)
+            started = time.perf_counter()
+            data = features.cached_loaders(model, loaders, accel, cfg.batch_size)
+            p.train_time += time.perf_counter() - started  # the one forward pass counts as training time
         if resume and p.phase_epoch and resume.get("optimizer_phase") == index:
             opt.load_state_dict(resume["optimizer"])
             schedule.load_state_dict(resume["schedule"])
@@ -213,10 +224,12 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
             stop.check()
             p.epoch += 1
             strategies.set_train_mode(model, held)
+            if net is not model:
+                net.train()
             lr = max(g["lr"] for g in opt.param_groups)
-            tr = train_epoch(model, loaders["train"], opt, schedule, loss_fn, mixup, accel,
+            tr = train_epoch(net, data["train"], opt, schedule, loss_fn, mixup, accel,
                              desc=f"epoch {p.epoch}/{cfg.epochs} {phase.name}", stop=stop)
-            va = evaluate(model, loaders["val"], accel)
+            va = evaluate(net, data["val"], accel)
             schedule.step_epoch(va["acc"])
             p.images, p.train_time = p.images + tr["images"], p.train_time + tr["seconds"]
             improved = va["acc"] > p.best_val_acc
@@ -247,4 +260,5 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
             "train_val_gap": p.best_train_acc - p.best_val_acc, "epochs_run": p.epoch,
             "stopped_early": p.stopped_early, "trainable_params": p.trainable,
             "train_time_s": round(p.train_time, 3),
-            "train_images_per_s": round(p.images / p.train_time, 2) if p.train_time else None}
+            "train_images_per_s": round(p.images / p.train_time, 2) if p.train_time else None,
+            "feature_cache": cache_modes[0] if cache_modes else "not used (no frozen phase)"}
