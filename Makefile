@@ -20,15 +20,17 @@ data/.animal_mnist.complete: $(STAMP)
 	$(PY) -m lib.demo_data --out data/animal_mnist --per_class 500
 
 demo: $(STAMP) data/.animal_mnist.complete
-	$(PY) finetune_resnet.py --data_dir data/animal_mnist --model mobilenetv2_100 --weights pretrained \
-		--strategy two_phase --phase1_epochs 2 --epochs 5 --unfreeze_blocks 2 --unfreeze_unit stage \
-		--lr 1e-2 --backbone_lr_mult 0.01 --optimizer adam --scheduler constant --weight_decay 0 \
-		--label_smoothing 0.1 --augment none --image_size 64 --min_image_side 16 --batch_size 64 \
-		--val_fraction 0.2 --test_fraction 0.2 --runs_dir runs/demo --run_name demo-mobilenetv2-two_phase
-	@echo "results: runs/demo/<run_id>/run.json, metrics.jsonl, model.safetensors (W&B offline run inside: wandb sync to upload)"
+	# The offline study of sweeps/demo.yaml: every strategy on pretrained MobileNetV2 vs small_cnn from scratch.
+	# Running it again continues an interrupted study; `rm -rf runs/demo` starts over.
+	$(PY) finetune_sweep.py local sweeps/demo.yaml --sweep_dir runs/demo
+	@echo "results: runs/demo/runs/<run_id>/ (run.json, metrics.jsonl, model.safetensors, W&B offline run)"
+	@echo "table again: $(PY) finetune_sweep.py status runs/demo"
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/run.py --quick --out bench/results/quick.json
 
 clean:
 	rm -rf runs data .venv

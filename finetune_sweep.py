@@ -5,6 +5,7 @@
     python finetune_sweep.py agent ENTITY/PROJECT/ID --gpus 0,1                    # W&B: one agent per GPU
     python finetune_sweep.py local sweeps/demo.yaml --workers 2                     # no W&B server at all
     python finetune_sweep.py status runs/sweeps/demo                               # table of trials, best so far
+    python finetune_sweep.py report runs/sweeps/demo                               # report.html: who won, can we trust it
 
 Exit codes: 0 done, 1 stopped by failures, 2 bad sweep file or arguments, 130 interrupted.
 """
@@ -42,6 +43,16 @@ def cmd_local(a):
     return sweep_local.run_local(a.sweep_file, opts, _fixed(a.set))
 
 
+def cmd_report(a):
+    from lib import report
+
+    out = Path(a.out or Path(a.source if Path(a.source).exists() else "reports") / "report")
+    result = report.build_report(a.source, out, metric=a.metric)
+    print(result["verdict"])
+    print(f"report: {out / 'report.html'}\n        {out / 'report.md'}\n        {out / 'runs.csv'}")
+    return 0
+
+
 def cmd_status(a):
     print(sweep_local.status_table(Path(a.sweep_dir)))
     return 0
@@ -72,6 +83,11 @@ def parser():
     loc.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="fix a config key for every trial (e.g. data_dir, epochs), overriding the YAML")
     loc.set_defaults(fn=cmd_local)
+    r = sub.add_parser("report", help="which strategy won, by how much, and can we trust it")
+    r.add_argument("source", help="a local sweep dir, a runs dir, or a W&B sweep path ENTITY/PROJECT/SWEEP_ID")
+    r.add_argument("--out", help="default: SOURCE/report")
+    r.add_argument("--metric", default="best_val_acc")
+    r.set_defaults(fn=cmd_report)
     s = sub.add_parser("status", help="table of a local sweep's trials and the best so far")
     s.add_argument("sweep_dir")
     s.set_defaults(fn=cmd_status)

@@ -84,6 +84,10 @@ def _trial_info(sweep_dir: Path) -> dict[str, dict]:
     """run_id -> {state, error} from the local sweep's study, when it can be read (else nothing)."""
     if not (sweep_dir / "sweep.json").exists():
         return {}
+    with contextlib.suppress(Exception):
+        meta = _read_json(sweep_dir / "sweep.json")
+        if not meta.get("storage") and not (sweep_dir / "optuna.journal").exists():
+            return {}  # opening a missing journal would create one: reading must not write
     try:
         from lib.sweep_local import trials_frame
 
@@ -130,7 +134,14 @@ def load_local(sweep_dir) -> list[dict]:
     else:
         base = root / "runs" if ((root / "sweep.json").exists() or (root / "runs").is_dir()) else root
         folders = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
-    trials = _trial_info(root)
+    trials: dict | None = None  # the study is read only when a folder needs it (it can be slow)
+
+    def trial(run_id: str) -> dict:
+        nonlocal trials
+        if trials is None:
+            trials = _trial_info(root)
+        return trials.get(run_id) or {}
+
     runs = []
     for folder in folders:
         path = folder / "run.json"
@@ -140,16 +151,15 @@ def load_local(sweep_dir) -> list[dict]:
             except (OSError, json.JSONDecodeError) as e:
                 rec = {"id": folder.name, "state": "failed", "error": f"unreadable run.json: {e}"}
         else:
-            stub = _stub_from_folder(folder, trials.get(folder.name))
+            stub = _stub_from_folder(folder, trial(folder.name))
             if stub:
                 runs.append(stub)
             continue
         rec = dict(rec)
         rec.setdefault("id", folder.name)
         rec["state"] = STATE_MAP.get(str(rec.get("state")), str(rec.get("state") or "unknown"))
-        trial = trials.get(rec["id"]) or {}
-        if rec["state"] != "finished" and not rec.get("error") and trial.get("error"):
-            rec["error"] = trial["error"]
+        if rec["state"] != "finished" and not rec.get("error"):
+            rec["error"] = trial(rec["id"]).get("error") or _tail(folder / "output.log") or None
         rec["history"] = _read_metrics(folder / "metrics.jsonl")
         rec["dir"] = str(folder)
         rec["source"] = "local"
@@ -378,6 +388,10 @@ def _num(v, fmt="{:.4g}") -> str:
     return str(v)
 
 
+def _met(v) -> str:
+    return _num(v, "{:.4f}")
+
+
 def _count(v) -> str:
     if _isnan(v):
         return "–"
@@ -386,8 +400,8 @@ def _count(v) -> str:
 
 
 def _hp(value) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.3g}"
     return str(value)
 
 
@@ -428,10 +442,12 @@ class Doc:
         md = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
         md += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
         self.md.append("\n".join(md) + "\n")
-        head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-        body = "".join(
-            f'<tr{" class=\"best\"" if i == highlight else ""}>' + "".join(f"<td>{html.escape(str(c))}</td>" for c in r)
-            + "</tr>" for i, r in enumerate(rows))
+        num = [' class="n"' if all(_NUMISH.fullmatch(str(r[j])) for r in rows) else "" for j in range(len(header))]
+        head = "".join(f"<th{num[j]}>{html.escape(str(h))}</th>" for j, h in enumerate(header))
+        best = ' class="best"'
+        body = "".join(f"<tr{best if i == highlight else ''}>"
+                       + "".join(f"<td{num[j]}>{html.escape(str(c))}</td>" for j, c in enumerate(r))
+                       + "</tr>" for i, r in enumerate(rows))
         self.html.append(f'<div class="tw"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')
         if note:
             self.p(note, cls="note")
@@ -441,6 +457,9 @@ class Doc:
         data = base64.b64encode(png).decode()
         self.html.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
                          f"<figcaption>{html.escape(alt)}</figcaption></figure>")
+
+
+_NUMISH = re.compile(r"[-+−–±\s\d.,%\[\]Mke]*\d[-+−–±\s\d.,%\[\]Mke]*|–")
 
 
 def _inline(text: str) -> str:
@@ -458,8 +477,9 @@ h3{font-size:16px}.meta{color:#666}.note{color:#555;font-size:12.5px}
 .verdict p{margin:6px 0}
 ul.warnings li{margin:4px 0}li.critical b{color:#b00020}li.warning b{color:#b36b00}li.info b{color:#2f6fdf}
 .tw{overflow-x:auto}table{border-collapse:collapse;margin:8px 0;font-size:12.5px}
-th,td{border:1px solid #d9dde3;padding:3px 8px;text-align:right;white-space:nowrap}
-th{background:#f1f3f5}td:first-child,th:first-child{text-align:left}tr.best td{background:#e8f5e9;font-weight:600}
+th,td{border:1px solid #d9dde3;padding:3px 8px;text-align:left;white-space:nowrap}td.n,th.n{text-align:right}
+td{max-width:520px;overflow:hidden;text-overflow:ellipsis}
+th{background:#f1f3f5}tr.best td{background:#e8f5e9;font-weight:600}
 tbody tr:nth-child(even):not(.best){background:#fafbfc}
 figure{margin:12px 0}img{max-width:100%;border:1px solid #eee}figcaption{color:#666;font-size:12px}
 code{background:#f1f3f5;padding:0 3px;border-radius:3px}
@@ -467,10 +487,15 @@ code{background:#f1f3f5;padding:0 3px;border-radius:3px}
 
 
 # --------------------------------------------------------------------------- plots
-def _figure(w, h):
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)[:2]) or text
+
+def _figure(w, h, layout: str | None = "constrained"):
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 
-    return Figure(figsize=(w, h), dpi=90, layout="constrained")
+    return Figure(figsize=(w, h), dpi=90, layout=layout)
 
 
 def _png(fig) -> bytes:
@@ -480,12 +505,17 @@ def _png(fig) -> bytes:
 
 
 def _curves_plot(runs: list[dict], labels: dict[str, str]) -> bytes | None:
+    from matplotlib.ticker import MaxNLocator
+
     runs = [r for r in runs if r.get("history")][:MAX_CURVE_RUNS]
     if not runs:
         return None
-    per_row = 2
+    per_row = 1 if len(runs) == 1 else 2
     nrows = math.ceil(len(runs) / per_row)
-    fig = _figure(13, 2.5 * nrows + 0.4)
+    height = 2.6 * nrows + 0.6
+    fig = _figure(6.5 * per_row, height, layout=None)   # constrained layout is slow with many axes
+    fig.subplots_adjust(left=0.06, right=0.99, wspace=0.32, hspace=0.75, top=1 - 0.85 / height,
+                        bottom=0.45 / height)
     axes = fig.subplots(nrows, per_row * 2, squeeze=False)
     for i in range(nrows * per_row):
         ax_l, ax_a = axes[i // per_row][2 * (i % per_row)], axes[i // per_row][2 * (i % per_row) + 1]
@@ -508,15 +538,16 @@ def _curves_plot(runs: list[dict], labels: dict[str, str]) -> bytes | None:
                 changes = [ep.iloc[j] - 0.5 for j in range(1, len(h)) if h["phase"].iloc[j] != h["phase"].iloc[j - 1]]
                 for x in changes:
                     ax.axvline(x, color="#c0c0c0", lw=0.8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("epoch", fontsize=8)
             ax.set_ylabel(name, fontsize=8)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
-        ax_l.set_title(labels.get(run.get("id"), str(run.get("id")))[:48], fontsize=8.5, loc="left")
+        ax_l.set_title(_wrap(labels.get(run.get("id"), str(run.get("id"))), 62), fontsize=8, loc="left")
         if i == 0:
             ax_a.legend(fontsize=7, loc="lower right")
     fig.suptitle("training curves (train dashed, val solid; green dotted = best epoch, grey = phase change)",
-                 fontsize=10)
+                 fontsize=10, y=1 - 0.12 / height)
     return _png(fig)
 
 
@@ -558,7 +589,7 @@ def _confusion_plot(cm: np.ndarray, classes: list[str], title: str) -> bytes:
                 ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7 if n > 12 else 9,
                         color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, shrink=0.8, label="share of the true class")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_wrap(title, int(9 * side)), fontsize=10)
     return _png(fig)
 
 
@@ -579,9 +610,10 @@ def _tradeoff_plot(fin: pd.DataFrame, metric: str, maximize: bool, has_latency: 
         ax.scatter(on[col], on[metric], color="#d62728", s=45, label="Pareto front", zorder=3)
         front = on.sort_values(col)
         ax.step(front[col], front[metric], where="post", color="#d62728", lw=1, alpha=0.6)
-        for _, r in sub.iterrows():
-            ax.annotate(r["_label_short"], (r[col], r[metric]), fontsize=6.5, xytext=(3, 3),
-                        textcoords="offset points")
+        for (x, y), g in sub.groupby([sub[col].round(6), sub[metric].round(6)]):
+            names = list(dict.fromkeys(g["_label_short"]))
+            ax.annotate(", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else ""), (x, y),
+                        fontsize=6.5, xytext=(3, 3), textcoords="offset points")
         if (sub[col] > 0).all() and sub[col].max() / max(sub[col].min(), 1e-12) > 20:
             ax.set_xscale("log")
         ax.set_xlabel(label)
@@ -607,14 +639,18 @@ def _params_plot(fin: pd.DataFrame, keys: list[str], metric: str) -> bytes | Non
             continue
         key = keys[i]
         sub = fin[[key, metric]].dropna()
-        if _is_numeric(sub[key]) and sub[key].nunique() > 2:
+        if _is_numeric(sub[key]) and sub[key].nunique() > 6:
             x = sub[key].astype(float)
             ax.scatter(x, sub[metric], color="#2f6fdf", s=28, alpha=0.8)
             if (x > 0).all() and x.max() / max(x.min(), 1e-300) >= 20:
                 ax.set_xscale("log")
         else:
-            levels = sorted(sub[key].astype(str).unique(), key=lambda s: (len(s), s))
-            data = [sub[metric][sub[key].astype(str) == lvl].astype(float).values for lvl in levels]
+            as_text = sub[key].map(_hp)
+            if _is_numeric(sub[key]):   # few numeric levels: one column each, in numeric order
+                levels = [_hp(v) for v in sorted(sub[key].astype(float).unique())]
+            else:
+                levels = sorted(as_text.unique(), key=lambda s: (len(s), s))
+            data = [sub[metric][as_text == lvl].astype(float).values for lvl in levels]
             if max(len(d) for d in data) >= 3:
                 ax.boxplot(data, positions=range(len(levels)), widths=0.5, showfliers=False)
             rng = np.random.default_rng(0)
@@ -664,7 +700,6 @@ def _same_test_set(a: dict, b: dict) -> tuple[bool, str]:
                                                    "one of the runs")
     if len(pa[0]) != len(pb[0]) or not np.array_equal(pa[0], pb[0]):
         return False, "the two runs were tested on different test sets"
-    ta, tb = (r.get("split") or {}).get("test"), (r.get("split") or {}).get("test")
     ta, tb = (a.get("split") or {}).get("test"), (b.get("split") or {}).get("test")
     if isinstance(ta, list) and isinstance(tb, list):
         if ta != tb:
@@ -807,13 +842,20 @@ def build_report(source_runs, out_dir, metric: str = "best_val_acc", latency: di
 
     # ---------------- failed / unfinished runs
     bad = df[df["state"] != "finished"]
-    for _, row in bad.iterrows():
+    pruned = bad[bad["state"] == "pruned"]
+    if len(pruned):
+        ids = ", ".join(f"`{r}`" for r in pruned["run_id"].tolist()[:10]) + (" …" if len(pruned) > 10 else "")
+        warn("info", "run_state", f"{len(pruned)} run(s) pruned by early termination (normal under hyperband): {ids}")
+    unfinished = bad[bad["state"] != "pruned"]
+    for i, (_, row) in enumerate(unfinished.iterrows()):
+        if i == 8:
+            warn("warning", "run_state", f"… and {len(unfinished) - 8} more run(s) that did not finish: see the table")
+            break
         err = row.get("error")
         err = "" if _isnan(err) or not err else f": {str(err)[:300]}"
-        level = "info" if row["state"] == "pruned" else "warning"
-        why = {"pruned": "pruned by early termination", "running": "still running (or died without a record)",
-               "preempted": "preempted (resumable)"}.get(row["state"], row["state"])
-        warn(level, "run_state", f"run `{row['run_id']}` ({labels.get(row['run_id'])}) {why}{err}")
+        why = {"running": "still running (or died without a record)",
+               "preempted": "preempted (resumable: run the same command again)"}.get(row["state"], row["state"])
+        warn("warning", "run_state", f"run `{row['run_id']}` ({labels.get(row['run_id'])}) {why}{err}")
     no_metric = df[(df["state"] == "finished") & df[metric].isna()]
     for _, row in no_metric.iterrows():
         warn("warning", "no_metric", f"run `{row['run_id']}` finished without a value of {metric}: left out")
@@ -902,7 +944,7 @@ def build_report(source_runs, out_dir, metric: str = "best_val_acc", latency: di
                 elif distinguishable is None:
                     distinguishable = True
             if not _isnan(margin) and margin == 0:
-                warn("warning", "tie", f"the top two tie on {metric} ({_num(best[metric])}); the smaller/faster one is "
+                warn("warning", "tie", f"the top two tie on {metric} ({_met(best[metric])}); the smaller/faster one is "
                      "listed first — the selection metric does not separate them")
 
         # ---------------- small test sets and 100% claims
@@ -910,8 +952,9 @@ def build_report(source_runs, out_dir, metric: str = "best_val_acc", latency: di
             lo, hi = best["test_acc_lo"], best["test_acc_hi"]
             warn("warning", "small_test",
                  f"small test set (n={int(n_test)} images): the winner's test accuracy {_pct(best['test_acc'])} has a "
-                 f"95% Wilson interval {_ci(lo, hi)}, {100 * (hi - lo):.1f} points wide; differences between runs "
-                 f"smaller than that are not resolved (use ≥ {SMALL_TEST} test images, or cross-validation)")
+                 f"95% Wilson interval {_ci(lo, hi)}, {100 * (hi - lo):.1f} points wide, and one image is "
+                 f"{100 / n_test:.1f} points; differences between runs smaller than that are not resolved "
+                 f"(use ≥ {SMALL_TEST} test images, or cross-validation)")
         perfect = fin[(fin["test_acc"] >= 1.0 - 1e-9) & fin["n_test"].notna()]
         for n, g in perfect.groupby("n_test"):
             lo = wilson_interval(n, n)[0]
@@ -956,7 +999,12 @@ def build_report(source_runs, out_dir, metric: str = "best_val_acc", latency: di
                 (dups if DUPLICATE_RE.search(str(w)) else other).setdefault(str(w), []).append(str(r.get("id")))
         for text, ids in dups.items():
             level = "critical" if "test" in text else "warning"
-            warn(level, "duplicates", f"duplicates between splits: {text} (reported by {len(ids)} run(s))")
+            m = re.match(r"\s*(\d+) test image", text)
+            share = ""
+            if m and not _isnan(n_test) and n_test > 0:
+                share = (f"; up to {100 * int(m.group(1)) / n_test:.1f} points of the test accuracy (of n={int(n_test)}) "
+                         "may come from memorised copies — remove them from test, or dedupe before splitting")
+            warn(level, "duplicates", f"duplicates between splits: {text} (reported by {len(ids)} run(s)){share}")
         for text, ids in other.items():
             warn("info", "data", f"{text} (reported by {len(ids)} run(s))")
         odd = fin[fin["trainable_params"] > fin["total_params"]]
@@ -986,7 +1034,7 @@ def build_report(source_runs, out_dir, metric: str = "best_val_acc", latency: di
             hp = hp_text(row)
             return f"**{row['model']} / {row['strategy']}**" + (f" ({hp})" if hp else "")
 
-        line1 = (f"Winner: {recipe(best)}, run `{best_id}`: {metric} {_num(best[metric])}"
+        line1 = (f"Winner: {recipe(best)}, run `{best_id}`: {metric} {_met(best[metric])}"
                  + (f", test accuracy {_pct(best['test_acc'])} {_ci(best['test_acc_lo'], best['test_acc_hi'])} "
                     f"(95% Wilson, n={int(n_test)})" if not _isnan(best["test_acc"]) and not _isnan(n_test) else
                     (f", test accuracy {_pct(best['test_acc'])}" if not _isnan(best["test_acc"]) else "")) + ".")
@@ -998,11 +1046,14 @@ def build_report(source_runs, out_dir, metric: str = "best_val_acc", latency: di
         if runner is None:
             verdict_lines.append("No runner-up: only one configuration finished, so nothing was compared.")
         else:
-            verdict_lines.append(
-                f"Runner-up: {recipe(runner)}, run `{runner_id}`: {metric} {_num(runner[metric])} "
-                f"(winner leads by {abs(margin):.4f}"
-                + (f"; on test {'+' if test_margin >= 0 else ''}{100 * test_margin:.1f} points" if not _isnan(test_margin) else "")
-                + ").")
+            lead = f"tied on {metric}" if margin == 0 else f"winner leads by {abs(margin):.4f}"
+            on_test = ""
+            if not _isnan(test_margin):
+                on_test = ("; same test accuracy" if test_margin == 0 else
+                           f"; on test the winner is {abs(100 * test_margin):.1f} points "
+                           f"{'ahead' if test_margin > 0 else 'behind'}")
+            verdict_lines.append(f"Runner-up: {recipe(runner)}, run `{runner_id}`: {metric} {_met(runner[metric])} "
+                                 f"({lead}{on_test}).")
         against = []
         if runner is not None and distinguishable is False:
             against.append("the top two are not distinguishable" + (f" ({paired_note})" if mc else
@@ -1019,10 +1070,13 @@ def build_report(source_runs, out_dir, metric: str = "best_val_acc", latency: di
             against.append(f"the winner overfits (train–val gap {100 * best['train_val_gap']:.1f} points)")
         if runner is not None and distinguishable is False:
             trust = "LOW — do not trust the ranking"
-            cheaper = min((best, runner), key=lambda r: (r["model_size_mb"] if not _isnan(r["model_size_mb"]) else np.inf,
-                                                         r["train_time_s"] if not _isnan(r["train_time_s"]) else np.inf))
+            inf = lambda v: np.inf if _isnan(v) else v  # noqa: E731
+            cheaper = min((best, runner), key=lambda r: (inf(r["model_size_mb"]), inf(r["trainable_params"]),
+                                                         inf(r["train_time_s"])))
             tail = (f"; treat as a tie and prefer the cheaper `{cheaper['run_id']}` ({cheaper['model']}/"
-                    f"{cheaper['strategy']}, {_num(cheaper['model_size_mb'], '{:.1f}')} MB)")
+                    f"{cheaper['strategy']}: {_num(cheaper['model_size_mb'], '{:.1f}')} MB, "
+                    f"{_count(cheaper['trainable_params'])} trainable parameters, "
+                    f"{_num(cheaper['train_time_s'], '{:.0f}')} s of training)")
         elif against:
             trust, tail = "MODERATE — trust with the caveats", ""
         else:
@@ -1059,7 +1113,7 @@ def build_report(source_runs, out_dir, metric: str = "best_val_acc", latency: di
         rows = []
         for (m, s), g in cells:
             r = g.iloc[0]
-            rows.append([m, s, str(len(g)), str(r["run_id"]), _num(r[metric])]
+            rows.append([m, s, str(len(g)), str(r["run_id"]), _met(r[metric])]
                         + ([_pct(r["best_val_acc"])] if metric != "best_val_acc" else [])
                         + [_pct(r["test_acc"]), _ci(r["test_acc_lo"], r["test_acc_hi"]), _num(r["n_test"]),
                            _num(r["test_f1_macro"], "{:.3f}"), _count(r["trainable_params"]), _count(r["total_params"]),
@@ -1070,11 +1124,11 @@ def build_report(source_runs, out_dir, metric: str = "best_val_acc", latency: di
                        "accuracy. Gap: train accuracy − val accuracy at the best epoch.")
 
         doc.h(2, "All finished runs", "runs")
-        header = ["run", "model", "strategy", *shown_hp, metric, "test acc", "95% CI", "macro F1", "gap", "epochs",
+        header = ["run", "model", "strategy", *shown_hp, metric, "test acc", "95% CI", "macro F1", "gap", "epochs run",
                   "size MB"] + (["latency ms"] if latency else [])
         rows = []
         for _, r in fin.head(MAX_TABLE_ROWS).iterrows():
-            rows.append([str(r["run_id"]), r["model"], r["strategy"], *[_hp(r[k]) for k in shown_hp], _num(r[metric]),
+            rows.append([str(r["run_id"]), r["model"], r["strategy"], *[_hp(r[k]) for k in shown_hp], _met(r[metric]),
                          _pct(r["test_acc"]), _ci(r["test_acc_lo"], r["test_acc_hi"]),
                          _num(r["test_f1_macro"], "{:.3f}"), _num(r["train_val_gap"], "{:+.3f}"),
                          _num(r.get("epochs_run", math.nan)), _num(r["model_size_mb"], "{:.1f}")]
@@ -1139,12 +1193,12 @@ def build_report(source_runs, out_dir, metric: str = "best_val_acc", latency: di
             doc.image("tradeoff.png", png, f"{metric} against model size" + (" and CPU latency" if latency else ""))
             front = fin[fin["pareto_size"]].sort_values("model_size_mb")
             doc.p("Pareto front (size): " + ", ".join(f"`{r['run_id']}` {r['model']}/{r['strategy']} "
-                                                     f"{_num(r['model_size_mb'], '{:.1f}')} MB → {_num(r[metric])}"
+                                                     f"{_num(r['model_size_mb'], '{:.1f}')} MB → {_met(r[metric])}"
                                                      for _, r in front.iterrows()))
             if latency:
                 front = fin[fin["pareto_latency"]].sort_values("latency_ms")
                 doc.p("Pareto front (latency): " + ", ".join(f"`{r['run_id']}` {_num(r['latency_ms'], '{:.1f}')} ms → "
-                                                            f"{_num(r[metric])}" for _, r in front.iterrows()))
+                                                            f"{_met(r[metric])}" for _, r in front.iterrows()))
         else:
             doc.p("No model sizes recorded.")
 

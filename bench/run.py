@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""Benchmark: the kit against the plain approach of the user's documents, side by side in one run.
+
+    python bench/run.py --quick --out bench/results/quick.json
+
+Both sides run the same study (sweeps/demo.yaml's strategies on pretrained MobileNetV2, or a smaller
+CPU-sized subset with --quick) with the same hyperparameters, epochs and seeds:
+- kit: `finetune_resnet.py`'s code path (decode once, frozen features computed once, W&B off);
+- baseline: torchvision ImageFolder + PIL transforms every epoch, fp32, a fresh model per run, the
+  backbone frozen with requires_grad only, recomputed every epoch (the way the seed scripts do it).
+Prints one line per figure and writes JSON. Speed is measured here, never asserted in tests.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, Subset  # noqa: E402
+from torchvision import datasets, transforms  # noqa: E402
+
+from lib import demo_data, strategies  # noqa: E402
+from lib.config import build  # noqa: E402
+from lib.records import read_json  # noqa: E402
+from lib.run import main as kit_main  # noqa: E402
+
+STRATEGIES = ("freeze", "partial", "full", "two_phase")
+
+
+def study(quick: bool) -> dict:
+    common = {"model": "mobilenetv2_100", "weights": "pretrained", "image_size": 64, "min_image_side": 16,
+              "batch_size": 64, "augment": "none", "val_fraction": 0.2, "test_fraction": 0.2,
+              "optimizer": "adam", "scheduler": "constant", "weight_decay": 0.0, "lr": 3e-3,
+              "backbone_lr_mult": 0.1, "unfreeze_blocks": 2, "phase1_epochs": 2, "seed": 0, "device": "cpu",
+              "epochs": 3 if quick else 4}
+    return {"per_class": 150 if quick else 500, "common": common}
+
+
+def run_kit(data_dir: Path, runs_dir: Path, common: dict, strategy: str) -> tuple[float, float]:
+    args = [f"--{k}={v}" for k, v in {**common, "strategy": strategy}.items()]
+    t = time.perf_counter()
+    assert kit_main(args + [f"--data_dir={data_dir}", f"--runs_dir={runs_dir}", f"--run_id=kit-{strategy}"]) == 0
+    seconds = time.perf_counter() - t
+    return seconds, read_json(runs_dir / f"kit-{strategy}" / "run.json")["summary"]["best_val_acc"]
+
+
+def run_baseline(data_dir: Path, split: dict, common: dict, strategy: str) -> tuple[float, float]:
+    """The seed scripts' loop: ImageFolder + PIL every epoch, requires_grad freezing, fp32."""
+    t = time.perf_counter()
+    torch.manual_seed(common["seed"])
+    model = timm.create_model("mobilenetv2_100", pretrained=False, num_classes=10)
+    model.load_state_dict(_kit_initial_weights(), strict=False)
+    cfg = timm.data.resolve_model_data_config(model)
+    size = common["image_size"]
+    tf = transforms.Compose([transforms.Grayscale(3), transforms.Resize(int(size / cfg["crop_pct"])),
+                             transforms.CenterCrop(size), transforms.ToTensor(),
+                             transforms.Normalize(cfg["mean"], cfg["std"])])
+    folder = datasets.ImageFolder(str(data_dir), transform=tf)
+    index = {p: i for i, (p, _) in enumerate(folder.samples)}
+    train = Subset(folder, [index[str(data_dir / p)] for p in split["train"]])
+    val = Subset(folder, [index[str(data_dir / p)] for p in split["val"]])
+    kit_cfg = build({**common, "strategy": strategy})
+    best = 0.0
+    for phase in strategies.phases(kit_cfg):
+        strategies.apply(model, strategies.trainable_names(model, kit_cfg, phase))
+        lr = common["lr"] * (phase.lr_scale if not phase.discriminative else 1.0)
+        opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=lr)
+        for _ in range(phase.epochs):
+            model.train()
+            for x, y in DataLoader(train, batch_size=common["batch_size"], shuffle=True):
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+            model.eval()
+            with torch.no_grad():
+                hits = sum((model(x).argmax(1) == y).sum().item()
+                           for x, y in DataLoader(val, batch_size=common["batch_size"]))
+            best = max(best, hits / len(val))
+    return time.perf_counter() - t, best
+
+
+def _kit_initial_weights() -> dict:
+    from lib.weights import pip_weights_file
+    from safetensors.torch import load_file
+    state = load_file(pip_weights_file("mobilenetv2_100", Path.home() / ".cache" / "finetune-kit" / "weights"))
+    return {k: v for k, v in state.items() if not k.startswith("classifier")}
+
+
+def throughput(model, batches, steps=5) -> float:
+    """Images per second of full fine-tuning steps over the given batches."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model.train()
+    n, t = 0, time.perf_counter()
+    for i, (x, y) in enumerate(batches):
+        if i == steps:
+            break
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        n += len(y)
+    return n / (time.perf_counter() - t)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a CPU-sized subset (a few minutes on 2 cores)")
+    ap.add_argument("--out", default="bench/results/latest.json")
+    args = ap.parse_args()
+    spec = study(args.quick)
+    work = ROOT / "bench" / "results" / ("quick" if args.quick else "full")
+    data_dir = demo_data.prepare(work / "data", per_class=spec["per_class"], classes=10, seed=0)
+    common = spec["common"]
+    out: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                             "torch": torch.__version__}, "quick": args.quick}
+    kit_total = base_total = 0.0
+    for strategy in STRATEGIES:
+        k_s, k_acc = run_kit(data_dir, work / "runs", common, strategy)
+        split = read_json(work / "runs" / f"kit-{strategy}" / "run.json")["split"]
+        b_s, b_acc = run_baseline(data_dir, split, common, strategy)
+        kit_total, base_total = kit_total + k_s, base_total + b_s
+        out[f"{strategy}_speedup"] = round(b_s / k_s, 2)
+        out[f"{strategy}_kit_s"], out[f"{strategy}_baseline_s"] = round(k_s, 2), round(b_s, 2)
+        out[f"{strategy}_kit_val_acc"], out[f"{strategy}_baseline_val_acc"] = k_acc, b_acc
+        print(f"{strategy:<10} kit {k_s:7.1f}s val {k_acc:.3f} | baseline {b_s:7.1f}s val {b_acc:.3f} "
+              f"| speedup {b_s / k_s:.2f}x", flush=True)
+    out.update(kit_study_s=round(kit_total, 2), baseline_study_s=round(base_total, 2),
+               study_speedup=round(base_total / kit_total, 2),
+               kit_best_val_acc=max(out[f"{s}_kit_val_acc"] for s in STRATEGIES),
+               baseline_best_val_acc=max(out[f"{s}_baseline_val_acc"] for s in STRATEGIES))
+    # Real-data against synthetic-data full fine-tuning throughput (how busy the data path keeps the model).
+    from lib import data as data_lib
+    from lib.models import data_config
+    model = timm.create_model("mobilenetv2_100", num_classes=10)
+    dc = data_config(model, build(common))
+    rec = read_json(work / "runs" / "kit-full" / "run.json")
+    items = [(p, rec["classes"].index(Path(p).parent.name)) for p in rec["split"]["train"]]
+    decoded = data_lib.decode_split(data_dir, items, data_lib.resize_side(dc), dc["interpolation"], 16, [], "bench")
+    real = data_lib.loader(decoded, data_lib.transforms(dc, "none", True), common["batch_size"], 0, 0, train=True)
+    synthetic = [(torch.randn(common["batch_size"], 3, 64, 64), torch.randint(0, 10, (common["batch_size"],)))] * 6
+    throughput(model, synthetic, 1)
+    real_ips, synth_ips = throughput(model, real), throughput(model, synthetic)
+    out["full_efficiency"] = round(real_ips / synth_ips, 3)
+    # One forward pass over the training data, against the time of the freeze run.
+    model.eval()
+    t = time.perf_counter()
+    with torch.no_grad():
+        for x, _ in data_lib.loader(decoded, data_lib.transforms(dc, "none", False), 64, 0, 0, train=False):
+            model(x)
+    forward_s = time.perf_counter() - t
+    out["freeze_efficiency"] = round(forward_s / out["freeze_kit_s"], 3)
+    for key in ("kit_study_s", "baseline_study_s", "study_speedup", "full_efficiency", "freeze_efficiency",
+                "kit_best_val_acc", "baseline_best_val_acc"):
+        print(f"{key}: {out[key]}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
