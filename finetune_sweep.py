@@ -6,6 +6,8 @@
     python finetune_sweep.py local sweeps/demo.yaml --workers 2                     # no W&B server at all
     python finetune_sweep.py status runs/sweeps/demo                               # table of trials, best so far
     python finetune_sweep.py report runs/sweeps/demo                               # report.html: who won, can we trust it
+    python finetune_sweep.py export runs/sweeps/demo --quantize --attributions 8 --out export/
+    python finetune_sweep.py predict export/model.onnx photo.jpg folder/ --top 3
 
 Exit codes: 0 done, 1 stopped by failures, 2 bad sweep file or arguments, 130 interrupted.
 """
@@ -15,6 +17,9 @@ from pathlib import Path
 
 from lib import cloud, sweep_local
 from lib.sweep_spec import SweepError
+
+# The kit's one-line errors, by name: their modules are imported lazily (export needs torch, predict must not).
+ONE_LINE_ERRORS = {"SweepError", "ExportError", "ConfigError", "DataError", "WeightsError"}
 
 
 def _fixed(pairs):
@@ -53,6 +58,30 @@ def cmd_report(a):
     return 0
 
 
+def cmd_export(a):
+    from lib import export
+
+    result = export.export_best(a.source, Path(a.out), metric=a.metric, max_size_mb=a.max_size_mb,
+                                max_latency_ms=a.max_latency_ms, quantize=a.quantize, attributions=a.attributions)
+    out = Path(a.out)
+    print(f"exported run {result['run_id']} -> {out / 'model.onnx'}"
+          f" (parity max |diff| {result['parity_max_abs_diff']:.2e}, top-1 agreement {result['parity_top1_agreement']:.3f})")
+    for name in ("model.int8.onnx", "model_card.md", "export.json", "attributions"):
+        if (out / name).exists():
+            print(f"  {out / name}")
+    return 0
+
+
+def cmd_predict(a):
+    from lib import predict  # ONNX Runtime only: torch is never imported on this path
+
+    results = predict.predict(a.model, a.paths, top_k=a.top)
+    print(predict.format_table(results))
+    if a.csv:
+        predict.write_csv(results, a.csv)
+    return 0 if all("error" not in r for r in results) else 1
+
+
 def cmd_status(a):
     print(sweep_local.status_table(Path(a.sweep_dir)))
     return 0
@@ -88,6 +117,21 @@ def parser():
     r.add_argument("--out", help="default: SOURCE/report")
     r.add_argument("--metric", default="best_val_acc")
     r.set_defaults(fn=cmd_report)
+    e = sub.add_parser("export", help="ship the best run: ONNX (+ INT8), attributions, model card")
+    e.add_argument("source", help="a local sweep dir, a runs dir, or one run dir")
+    e.add_argument("--out", required=True)
+    e.add_argument("--metric", default="best_val_acc")
+    e.add_argument("--max-size-mb", "--max_size_mb", dest="max_size_mb", type=float)
+    e.add_argument("--max-latency-ms", "--max_latency_ms", dest="max_latency_ms", type=float)
+    e.add_argument("--quantize", action="store_true", help="also model.int8.onnx (static, calibrated on training images)")
+    e.add_argument("--attributions", type=int, default=0, metavar="N", help="Captum IG + Grad-CAM for N test images")
+    e.set_defaults(fn=cmd_export)
+    pr = sub.add_parser("predict", help="classify images with an exported model (ONNX Runtime only)")
+    pr.add_argument("model", help="model.onnx (or the export dir)")
+    pr.add_argument("paths", nargs="+", help="images and folders")
+    pr.add_argument("--top", type=int, default=3)
+    pr.add_argument("--csv")
+    pr.set_defaults(fn=cmd_predict)
     s = sub.add_parser("status", help="table of a local sweep's trials and the best so far")
     s.add_argument("sweep_dir")
     s.set_defaults(fn=cmd_status)
@@ -98,7 +142,9 @@ def main(argv):
     args = parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (SweepError, cloud.SweepError) as e:
+    except Exception as e:  # noqa: BLE001 - the kit's own one-line errors; anything else keeps its traceback
+        if type(e).__name__ not in ONE_LINE_ERRORS:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
 

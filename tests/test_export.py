@@ -1,0 +1,255 @@
+"""Export: one real fine-tuned run -> ONNX (parity with PyTorch on its test images, metadata),
+static INT8, Captum attributions, model card, export.json; prediction with ONNX Runtime only
+(PNG, JPEG, grayscale, folders, unreadable files), without importing torch."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lib.export import ExportError, export_run
+from lib.records import read_json
+from lib.run import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread while this module runs: on a small machine shared with other jobs,
+    a two-thread PyTorch step waits for a preempted partner thread (measured: a batch-1
+    MobileNetV2 call took 0.1-0.7 s with 2 threads vs 0.01 s with 1)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trained(animals, tmp_path_factory):
+    """A real pretrained MobileNetV2, head trained for 2 epochs at 64 px on 4 classes."""
+    runs = tmp_path_factory.mktemp("export-runs")
+    cache = tmp_path_factory.getbasetemp() / "weights-cache"   # shared with conftest's cache_dir
+    args = [f"--data_dir={animals}", f"--runs_dir={runs}", f"--cache_dir={cache}", "--min_image_side=16",
+            "--batch_size=16", "--augment=none", "--val_fraction=0.25", "--test_fraction=0.25", "--device=cpu",
+            "--model=mobilenetv2_100", "--strategy=freeze", "--epochs=2", "--lr=0.02", "--image_size=64",
+            "--run_id=exp1"]
+    assert main(args) == 0
+    return runs / "exp1"
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export-out")
+    result = export_run(trained, out, quantize=True, attributions=2, calibration_images=48)
+    return trained, out, result
+
+
+def test_onnx_parity_and_metadata(exported):
+    import onnx
+    import onnxruntime as ort
+
+    run_dir, out, result = exported
+    record = read_json(run_dir / "run.json")
+    assert result["parity_max_abs_diff"] < 1e-4
+    assert result["parity_top1_agreement"] == 1.0
+    assert result["parity_images"] == len(record["split"]["test"]) > 0
+    assert result["fp32_test_acc"] == pytest.approx(record["summary"]["test_acc"], abs=1e-6)
+    assert result["exporter"] == "dynamo"
+
+    files = sorted(p.name for p in out.iterdir() if p.is_file())
+    assert files == ["export.json", "model.int8.onnx", "model.onnx", "model_card.md"]   # one file, no .data
+    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["classes"]) == record["classes"]
+    assert meta["run_id"] == "exp1" and meta["model"] == "mobilenetv2_100"
+    pre = json.loads(meta["preprocessing"])
+    assert pre["input_size"] == [3, 64, 64] and pre["resize_side"] == 73
+    assert pre["mean"] == record["data_config"]["mean"] and pre["interpolation"] == "bicubic"
+
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input"]
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    for batch in (1, 5):  # dynamic batch
+        logits = session.run(None, {"input": np.zeros((batch, 3, 64, 64), np.float32)})[0]
+        assert logits.shape == (batch, 4)
+
+
+def test_int8_is_smaller_and_about_as_accurate(exported):
+    _, out, result = exported
+    assert result["int8_test_acc"] is not None
+    assert abs(result["int8_test_acc"] - result["fp32_test_acc"]) <= 0.1
+    assert (out / "model.int8.onnx").stat().st_size < 0.5 * (out / "model.onnx").stat().st_size
+    assert result["int8"]["calibration_images"] == 48
+    assert set(result["latency_ms_per_image"]) == {"pytorch", "onnx_fp32", "onnx_int8"}
+    assert all(v > 0 for v in result["latency_ms_per_image"].values())
+
+
+def test_attribution_grids_are_real_images(exported):
+    run_dir, out, result = exported
+    att = result["attributions"]
+    assert att["cam_layer"] == "bn2"                        # MobileNetV2's last feature map
+    assert att["correct"] + att["misclassified"] == 2
+    record = read_json(run_dir / "run.json")
+    wrong = sum(t != p for t, p in zip(*record["test_predictions"].values()))
+    assert (att["misclassified"] > 0) == (wrong > 0)       # misclassified ones shown when there are any
+    names = ["correct.png"] + (["misclassified.png"] if wrong else [])
+    assert sorted(p.name for p in (out / "attributions").iterdir()) == names
+    for name in names:
+        with Image.open(out / "attributions" / name) as img:
+            arr = np.asarray(img.convert("RGB"), dtype=np.float32)
+        assert arr.shape[0] > 200 and arr.shape[1] > 500    # 3 panels a row
+        assert arr.std() > 20 and len(np.unique(arr.reshape(-1, 3), axis=0)) > 500
+
+
+def test_export_json_and_model_card(exported):
+    run_dir, out, result = exported
+    saved = read_json(out / "export.json")
+    assert saved == json.loads(json.dumps(result))
+    for key in ("run_id", "config", "metrics", "files", "latency_ms_per_image", "parity_max_abs_diff",
+                "parity_top1_agreement", "fp32_test_acc", "int8_test_acc"):
+        assert key in saved, key
+    assert saved["run_id"] == "exp1" and saved["config"]["model"] == "mobilenetv2_100"
+    assert saved["metrics"]["test_acc"] == read_json(run_dir / "run.json")["summary"]["test_acc"]
+    for name, size in saved["files"].items():
+        assert (out / name).stat().st_size == size
+    assert {"model.onnx", "model.int8.onnx", "model_card.md", "attributions/correct.png"} <= set(saved["files"])
+    card = (out / "model_card.md").read_text()
+    n_test = len(read_json(run_dir / "run.json")["split"]["test"])
+    for text in ("exp1", "mobilenetv2_100", "freeze", "bear", "macro F1", f"only {n_test} images", "int8"):
+        assert text in card, text
+
+
+def test_predict_png_jpeg_grayscale_and_folder(exported, tmp_path):
+    from lib.predict import format_table, predict, write_csv
+
+    run_dir, out, _ = exported
+    record = read_json(run_dir / "run.json")
+    data_dir = Path(record["config"]["data_dir"])
+    test_paths = [str(data_dir / p) for p in record["split"]["test"]]
+
+    # every test image: ONNX top-1 == the PyTorch prediction the run recorded
+    results = predict(out / "model.onnx", test_paths, top_k=3)
+    assert [r["path"] for r in results] == test_paths
+    names = record["classes"]
+    assert [names.index(r["top"][0][0]) for r in results] == record["test_predictions"]["y_pred"]
+    for r in results:
+        probs = [p for _, p in r["top"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+
+    source = Image.open(test_paths[0])                      # the fixture images are grayscale PNGs
+    assert source.mode == "L"
+    folder = tmp_path / "photos" / "nested"
+    folder.mkdir(parents=True)
+    source.convert("RGB").save(folder / "rgb.png")
+    source.convert("RGB").resize((96, 80)).save(folder / "photo.jpg", quality=90)
+    source.save(folder / "gray.png")
+    (folder / "notes.txt").write_text("not an image")          # skipped by the folder walk
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+
+    got = predict(out, [tmp_path / "photos", tmp_path / "empty.jpg", tmp_path / "missing.png"], top_k=10)
+    by_name = {Path(r["path"]).name: r for r in got}
+    assert sorted(by_name) == ["broken.png", "empty.jpg", "gray.png", "missing.png", "photo.jpg", "rgb.png"]
+    assert "error" in by_name["broken.png"] and "error" in by_name["empty.jpg"]
+    assert by_name["missing.png"]["error"] == "no such file"
+    for name in ("rgb.png", "photo.jpg", "gray.png"):
+        assert len(by_name[name]["top"]) == 4               # top_k capped at the class count
+    assert by_name["gray.png"]["top"] == by_name["rgb.png"]["top"]   # same pixels, same answer
+    assert by_name["rgb.png"]["top"][0] == pytest.approx(results[0]["top"][0])
+
+    table = format_table(got)
+    assert "gray.png" in table and "error" in table and "top1" in table
+    csv_path = write_csv(got, tmp_path / "pred.csv")
+    lines = csv_path.read_text().splitlines()
+    assert lines[0].startswith("path,top1,top1_prob") and len(lines) == 1 + len(got)
+
+
+def test_predict_does_not_import_torch(exported):
+    _, out, _ = exported
+    image = next((Path(read_json(exported[0] / "run.json")["config"]["data_dir"])).rglob("*.png"))
+    code = ("import json, sys; import lib.predict as p; r = p.predict(sys.argv[1], [sys.argv[2]]); "
+            "assert 'torch' not in sys.modules, 'torch imported'; print(json.dumps(r))")
+    proc = subprocess.run([sys.executable, "-c", code, str(out / "model.onnx"), str(image)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[0]["top"]
+
+
+def test_missing_weights_is_one_line_error(trained, tmp_path):
+    broken = tmp_path / "run-without-weights"
+    broken.mkdir()
+    shutil.copy(trained / "run.json", broken / "run.json")
+    with pytest.raises(ExportError) as e:
+        export_run(broken, tmp_path / "out")
+    message = str(e.value)
+    assert "model.safetensors" in message and "\n" not in message
+    assert not (tmp_path / "out" / "model.onnx").exists()
+
+
+def test_unfinished_run_and_not_a_run(trained, tmp_path):
+    with pytest.raises(ExportError, match="no run.json"):
+        export_run(tmp_path, tmp_path / "out")
+    running = tmp_path / "running"
+    running.mkdir()
+    record = read_json(trained / "run.json")
+    (running / "run.json").write_text(json.dumps({**record, "state": "running"}))
+    with pytest.raises(ExportError, match="not finished"):
+        export_run(running, tmp_path / "out")
+
+
+def test_grad_cam_layer_rule_is_generic():
+    import timm
+    import torch
+
+    import lib.models  # noqa: F401 - small_cnn
+    from lib.attribution import choose, find_cam_layer
+
+    x = torch.zeros(1, 3, 64, 64)
+    for name, layer in (("small_cnn", "blocks"), ("resnet18", "layer4"), ("mobilenetv3_small_100", "blocks")):
+        model = timm.create_model(name, pretrained=False, num_classes=3).eval()
+        assert find_cam_layer(model, x)[0] == layer, name
+    # half misclassified when possible; classes spread
+    right, wrong = choose(np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 1, 2, 0]), 4)
+    assert len(wrong) == 2 and len(right) == 2 and right == [0, 2]
+    right, wrong = choose(np.array([0, 1]), np.array([0, 1]), 4)
+    assert right == [0, 1] and wrong == []
+
+
+def test_fallback_exporter_and_parity_failure_leave_files(base_args, monkeypatch, tmp_path):
+    """A model torch.export cannot take goes through the TorchScript exporter (dynamic batch kept);
+    a parity failure raises a one-line ExportError and leaves the files to look at."""
+    import torch
+
+    import lib.export as export
+
+    assert main(base_args + ["--model=small_cnn", "--strategy=full", "--epochs=1", "--run_id=cnn"]) == 0
+    original = torch.onnx.export
+
+    def no_dynamo(*args, **kwargs):
+        if kwargs.get("dynamo", True):
+            raise RuntimeError("torch.export failed\nsecond line")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", no_dynamo)
+    monkeypatch.setattr(export, "PARITY_MAX_ABS_DIFF", -1.0)   # nothing can pass
+    out = tmp_path / "out"
+    with pytest.raises(ExportError) as e:
+        export_run(tmp_path / "runs" / "cnn", out, quantize=True, attributions=2)
+    assert "disagrees with PyTorch" in str(e.value) and "\n" not in str(e.value)
+    saved = read_json(out / "export.json")
+    assert saved["exporter"] == "torchscript" and saved["dynamo_error"] == "RuntimeError: torch.export failed"
+    assert saved["parity_top1_agreement"] == 1.0 and saved["parity_max_abs_diff"] < 1e-4 and saved["error"]
+    assert not (out / "model.int8.onnx").exists() and not (out / "attributions").exists()
+
+    from lib.predict import predict
+    image = Path(read_json(tmp_path / "runs" / "cnn" / "run.json")["config"]["data_dir"])
+    results = predict(out / "model.onnx", [image], top_k=1)            # a whole folder: batches of 32
+    assert len(results) > 32 and all(len(r["top"]) == 1 for r in results)
