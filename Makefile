@@ -23,8 +23,11 @@ demo: $(STAMP) data/.animal_mnist.complete
 	# The offline study of sweeps/demo.yaml: every strategy on pretrained MobileNetV2 vs small_cnn from scratch.
 	# Running it again continues an interrupted study; `rm -rf runs/demo` starts over.
 	$(PY) finetune_sweep.py local sweeps/demo.yaml --sweep_dir runs/demo
-	@echo "results: runs/demo/runs/<run_id>/ (run.json, metrics.jsonl, model.safetensors, W&B offline run)"
-	@echo "table again: $(PY) finetune_sweep.py status runs/demo"
+	$(PY) finetune_sweep.py report runs/demo --out runs/demo/report
+	$(PY) finetune_sweep.py export runs/demo --quantize --attributions 8 --out runs/demo/export
+	@echo "report:  runs/demo/report/report.html"
+	@echo "model:   runs/demo/export/model.onnx (+ model.int8.onnx, model_card.md, attributions/)"
+	@echo "predict: $(PY) finetune_sweep.py predict runs/demo/export/model.onnx data/animal_mnist/cat"
 
 test: $(STAMP)
 	$(PY) -m pytest
