@@ -204,3 +204,15 @@ def test_real_trials_run_finetune_resnet_like_wandb_agent(tmp_path, animals):
         assert rec["wandb"]["sweep_id"] == "s" and rec["wandb"]["mode"] == "offline"
         assert list((tmp_path / "out" / "runs" / run_id / "wandb").glob("offline-run-*"))
     assert "best: trial" in sweep_local.status_table(tmp_path / "out")
+
+
+@pytest.mark.parametrize("sweep_file", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_study_runs_unchanged_offline(sweep_file, tmp_path, animals, cache_dir):
+    """Each YAML as shipped, shrunk only through --set (data, size, epochs; random init where no
+    ImageNet weights can arrive offline): its first trial runs to the end under `local`."""
+    fixed = {"data_dir": str(animals), "image_size": "32", "min_image_side": "16", "epochs": "2",
+             "phase1_epochs": "1", "batch_size": "16", "val_fraction": "0.25", "test_fraction": "0.25",
+             "weights": "none", "device": "cpu", "cache_dir": cache_dir}
+    assert local(str(sweep_file), tmp_path / "out", fixed, count=1, seed=0) == 0
+    df = trials(tmp_path / "out")
+    assert list(df[df["state"] != "waiting"]["state"]) == ["complete"], df.get("error")
