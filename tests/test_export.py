@@ -253,3 +253,26 @@ def test_fallback_exporter_and_parity_failure_leave_files(base_args, monkeypatch
     image = Path(read_json(tmp_path / "runs" / "cnn" / "run.json")["config"]["data_dir"])
     results = predict(out / "model.onnx", [image], top_k=1)            # a whole folder: batches of 32
     assert len(results) > 32 and all(len(r["top"]) == 1 for r in results)
+
+
+def test_the_best_run_under_constraints_is_chosen(tmp_path):
+    """Selection: best metric first, ties to the smaller model, runs over the size limit left out,
+    unfinished runs and runs without weights never chosen."""
+    from lib.export import candidates
+    from lib.records import write_json
+
+    def fake(run_id, acc, size, state="finished", weights=True):
+        d = tmp_path / "runs" / run_id
+        d.mkdir(parents=True)
+        write_json(d / "run.json", {"id": run_id, "state": state, "config": {"model": "m", "strategy": "s"},
+                                    "summary": {"best_val_acc": acc, "model_size_mb": size}})
+        if weights:
+            (d / "model.safetensors").write_bytes(b"x")
+
+    fake("big", 0.90, 90.0)
+    fake("small", 0.90, 9.0)
+    fake("worse", 0.85, 2.0)
+    fake("crashed", 0.99, 1.0, state="failed")
+    fake("no-weights", 0.95, 1.0, weights=False)
+    assert [r["id"] for r in candidates(tmp_path / "runs")] == ["small", "big", "worse"]
+    assert [r["id"] for r in candidates(tmp_path / "runs", max_size_mb=5)] == ["worse"]
