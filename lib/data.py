@@ -9,7 +9,6 @@ never a silent drop.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 from collections import Counter
@@ -19,14 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+from lib.images import IMAGE_EXTENSIONS, fit_square, load_rgb
+
 SPLITS = ("train", "val", "test")
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is reported, not half-decoded
 
 
 class DataError(ValueError):
@@ -130,43 +128,10 @@ def discover(data_dir: str, val_fraction: float, test_fraction: float, seed: int
 def decode(path: Path, side: int, interpolation: str, min_side: int) -> tuple[np.ndarray, str]:
     """Decode one image to a ``side`` x ``side`` RGB uint8 array (HWC) and its content hash.
     Raises ValueError with the reason when the file cannot be used."""
-    data = path.read_bytes()
-    if not data:
-        raise ValueError("empty file")
-    digest = hashlib.sha1(data).hexdigest()
-    try:
-        with Image.open(path) as img:
-            # Checked by hand: Pillow only warns between 1x and 2x its limit (and warnings are global).
-            if img.size[0] * img.size[1] > (Image.MAX_IMAGE_PIXELS or float("inf")):
-                raise Image.DecompressionBombError("too many pixels")
-            img.seek(0)  # first frame of an animation
-            img.load()
-            img = _to_rgb(ImageOps.exif_transpose(img))
-    except Image.DecompressionBombError:
-        raise ValueError("larger than Pillow's decompression-bomb limit") from None
-    except UnidentifiedImageError:
-        raise ValueError("not a readable image") from None
-    except (OSError, SyntaxError, EOFError) as e:
-        raise ValueError(f"corrupt or truncated: {str(e).splitlines()[0][:120]}") from None
+    img, digest = load_rgb(path)
     if min(img.size) < min_side:
         raise ValueError(f"smaller than min_image_side={min_side} px ({img.size[0]}x{img.size[1]})")
-    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
-                "lanczos": Image.LANCZOS}.get(interpolation, Image.BILINEAR)
-    img = ImageOps.fit(img, (side, side), method=resample)  # shorter side to `side`, centre crop
-    return np.asarray(img, dtype=np.uint8), digest
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: keep the top 8 bits, not a clipped white
-        arr = np.asarray(img, dtype=np.float64)
-        scale = 257.0 if arr.max() > 255 else 1.0
-        img = Image.fromarray(np.clip(np.rint(arr / scale), 0, 255).astype(np.uint8))
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        background = Image.new("RGB", img.size, (255, 255, 255))
-        rgba = img.convert("RGBA")
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return img.convert("RGB")
+    return fit_square(img, side, interpolation), digest
 
 
 @dataclass

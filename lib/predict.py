@@ -16,15 +16,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
-
+from lib.images import IMAGE_EXTENSIONS, fit_square, load_rgb
 from lib.records import atomic_write
 
-# Same as lib.data (which imports torch, so it is not imported here).
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
-RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
-            "lanczos": Image.LANCZOS}
-ImageFile.LOAD_TRUNCATED_IMAGES = False
 BATCH = 32
 
 
@@ -55,11 +49,9 @@ class Model:
 
     def prepare(self, path) -> np.ndarray:
         """One image file -> (3, H, W) float32, as the model was trained. ValueError if unusable."""
-        img = load_rgb(path)
+        img, _ = load_rgb(path)
         side, size = int(self.pre["resize_side"]), int(self.pre["input_size"][-1])
-        resample = RESAMPLE.get(self.pre.get("interpolation", "bilinear"), Image.BILINEAR)
-        img = ImageOps.fit(img, (side, side), method=resample)
-        arr = np.asarray(img, dtype=np.uint8)
+        arr = fit_square(img, side, self.pre.get("interpolation", "bilinear"))
         top, left = center_offset(arr.shape[0], size), center_offset(arr.shape[1], size)
         arr = arr[top:top + size, left:left + size] if side >= size else _pad(arr, size)
         x = arr.transpose(2, 0, 1).astype(np.float32) / 255.0
@@ -81,44 +73,6 @@ def _pad(arr: np.ndarray, size: int) -> np.ndarray:
     top, left = (size - h) // 2, (size - w) // 2
     out[top:top + h, left:left + w] = arr
     return out
-
-
-def load_rgb(path) -> Image.Image:
-    """Decode like lib.data.decode: first frame, EXIF rotation, RGB. ValueError with the reason."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ValueError(f"cannot read: {e.strerror or e}") from None
-    if not data:
-        raise ValueError("empty file")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.size[0] * img.size[1] > (Image.MAX_IMAGE_PIXELS or float("inf")):
-                raise Image.DecompressionBombError("too many pixels")
-            img.seek(0)
-            img.load()
-            return _to_rgb(ImageOps.exif_transpose(img))
-    except Image.DecompressionBombError:
-        raise ValueError("larger than Pillow's decompression-bomb limit") from None
-    except UnidentifiedImageError:
-        raise ValueError("not a readable image") from None
-    except (OSError, SyntaxError, EOFError, ValueError) as e:
-        raise ValueError(f"corrupt or truncated: {str(e).splitlines()[0][:120] if str(e) else type(e).__name__}") from None
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Same conversion as lib.data._to_rgb."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        scale = 257.0 if arr.max() > 255 else 1.0
-        img = Image.fromarray(np.clip(arr / scale, 0, 255).astype(np.uint8))
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        background = Image.new("RGB", img.size, (255, 255, 255))
-        rgba = img.convert("RGBA")
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return img.convert("RGB")
 
 
 def expand(paths) -> list[str]:

@@ -219,6 +219,8 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
         if resume and p.phase_epoch and resume.get("optimizer_phase") == index:
             opt.load_state_dict(resume["optimizer"])
             schedule.load_state_dict(resume["schedule"])
+            if accel.scaler and resume.get("scaler"):
+                accel.scaler.load_state_dict(resume["scaler"])
             stopper.bad = p.bad_epochs
         for phase_epoch in range(p.phase_epoch, phase.epochs):
             stop.check()
@@ -243,7 +245,8 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
             p.phase_index, p.phase_epoch = (index + 1, 0) if last else (index, phase_epoch + 1)
             hooks.checkpoint({"progress": dataclasses.asdict(p), "model": model.state_dict(),
                               "optimizer": opt.state_dict(), "optimizer_phase": index,
-                              "schedule": schedule.state_dict(), "rng": _rng_state(loaders["train"])})
+                              "schedule": schedule.state_dict(), "rng": _rng_state(loaders["train"]),
+                              "scaler": accel.scaler.state_dict() if accel.scaler else None})
             row = {"epoch": p.epoch, "phase": phase.name, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
                    "val_loss": va["loss"], "val_acc": va["acc"], "time_s": round(tr["seconds"], 3),
                    "best_val_acc": p.best_val_acc}
