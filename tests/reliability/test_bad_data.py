@@ -2,7 +2,6 @@
 skipped and listed with its reason in the run record - never a crash, never a silent drop."""
 import io
 import os
-import zlib
 from pathlib import Path
 
 import numpy as np
