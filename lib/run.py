@@ -35,7 +35,11 @@ def resolve_config(argv: list[str]) -> Config:
     """defaults < --config FILE < command line; checked before any work."""
     config_file, overrides = config_lib.parse_args(argv)
     layers = [config_lib.load_yaml(config_file)] if config_file else []
-    cfg = config_lib.build(*layers, overrides)
+    return checked(config_lib.build(*layers, overrides))
+
+
+def checked(cfg: Config) -> Config:
+    """The checks that need timm or the file system, on top of the config's own."""
     models.check_name(cfg)
     models.check_weights(cfg)
     return cfg
@@ -59,10 +63,7 @@ def apply_sweep(cfg: Config, tracker) -> Config:
     changed = {k: v for k, v in overrides.items() if k not in config_lib.FIELDS or getattr(cfg, k) != v}
     if not changed:
         return cfg
-    cfg = config_lib.build(changed, base=cfg)
-    models.check_name(cfg)
-    models.check_weights(cfg)
-    return cfg
+    return checked(config_lib.build(changed, base=cfg))
 
 
 def load_data(cfg: Config, splits: data.Splits, data_cfg: dict, record: RunRecord) -> dict:
