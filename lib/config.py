@@ -44,7 +44,7 @@ class Config:
     strategy: str = _opt("freeze", "which parameters train", choices=("freeze", "partial", "full", "two_phase"))
     unfreeze_blocks: int = _opt(2, "partial/two_phase: how many last units train besides the head (<= 0 in two_phase: all)")
     unfreeze_unit: str = _opt("stage", "what unfreeze_blocks counts: timm's coarse stages or fine blocks", choices=("stage", "block"))
-    train_bn: bool = _opt(False, "BatchNorm in trainable parts updates its running statistics (frozen parts never do)")
+    train_bn: bool = _opt(True, "BatchNorm in trainable parts updates its running statistics (frozen parts never do)")
     phase1_epochs: int = _opt(2, "two_phase: epochs of head-only training before unfreezing", min=1)
     # --- optimisation ---
     optimizer: str = _opt("adamw", "optimizer", choices=("adam", "adamw", "sgd"))
@@ -68,13 +68,19 @@ class Config:
     cutmix: float = _opt(0.0, "cutmix alpha (0 = off)", min=0.0)
     class_weighting: bool = _opt(False, "weight the loss by inverse class frequency (imbalanced data)")
     # --- speed ---
-    feature_cache: bool = _opt(True, "freeze phases train the head on backbone features computed once "
-                                      "(exact; skipped with augmentation or mixing)")
+    feature_cache: bool = _opt(True, "the frozen front of freeze/partial phases runs once and is stored; "
+                                      "the rest trains on its output (exact; off with augmentation or mixing)")
+    augment_views: int = _opt(0, "with augmentation on: store this many augmented views of the training "
+                                 "set and cycle through them (0 = no caching when augmenting)", min=0)
+    cache_memory_mb: float = _opt(4096.0, "memory budget of a run's caches: larger decoded images are "
+                                          "memory-mapped, larger frozen outputs are not stored", min=0.0)
+    shared_cache_dir: str = _opt("", "where the runs of a study share decoded images and frozen outputs "
+                                     "('' = <runs_dir>/.cache; none = do not share)")
     # --- run ---
     seed: int = _opt(42, "seed of the split, the initialisation and the data order", min=0)
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N | mps")
     amp: bool = _opt(True, "mixed precision on CUDA (bf16 where supported, else fp16)")
-    channels_last: bool = _opt(True, "channels_last memory format on CUDA")
+    channels_last: bool = _opt(True, "channels_last memory format on CUDA and CPU (faster convolutions)")
     runs_dir: str = _opt("runs", "where run records go: <runs_dir>/<run_id>/")
     cache_dir: str = _opt(str(Path.home() / ".cache" / "finetune-kit"), "converted pip-shipped weights and other caches")
     run_id: str = _opt("", "run id (default: the W&B sweep run's id, else a new one); an existing id resumes")

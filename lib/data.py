@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm import tqdm
 
+from lib.cache import SharedCache, files_fingerprint, fingerprint
 from lib.images import IMAGE_EXTENSIONS, fit_square, load_rgb
 
 SPLITS = ("train", "val", "test")
@@ -140,6 +141,8 @@ class Decoded:
     labels: torch.Tensor          # (N,) int64
     paths: list[str]
     hashes: list[str]
+    key: str = ""                 # fingerprint of the files and decoding settings (lib.cache)
+    reused: bool = False          # read from the study's shared cache
 
 
 def decode_split(root: Path, items: list[tuple[str, int]], side: int, interpolation: str, min_side: int,
@@ -166,6 +169,24 @@ def decode_split(root: Path, items: list[tuple[str, int]], side: int, interpolat
     return Decoded(images, torch.tensor(labels, dtype=torch.long), paths, hashes)
 
 
+def decode_cached(cache: SharedCache, root: Path, items: list[tuple[str, int]], side: int, interpolation: str,
+                  min_side: int, skipped: list[dict], desc: str) -> Decoded:
+    """``decode_split`` once per study: later runs read the uint8 arrays from the shared cache
+    (memory-mapped when larger than the budget) and get the same skipped-file list."""
+    key = {"files": files_fingerprint(root, items), "side": side, "interpolation": interpolation,
+           "min_side": min_side}
+
+    def build():
+        dropped: list[dict] = []
+        d = decode_split(root, items, side, interpolation, min_side, dropped, desc)
+        return {"images": d.images.numpy(), "labels": d.labels.numpy()}, \
+            {"paths": d.paths, "hashes": d.hashes, "skipped": dropped}
+    entry = cache.get("decoded", key, build)
+    skipped += entry.meta["skipped"]
+    return Decoded(torch.from_numpy(entry.arrays["images"]), torch.from_numpy(entry.arrays["labels"]),
+                   entry.meta["paths"], entry.meta["hashes"], key=fingerprint(key), reused=entry.reused)
+
+
 def transforms(data_cfg: dict, augment: str, train: bool) -> v2.Compose:
     size = data_cfg["input_size"][-1]
     norm = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(data_cfg["mean"], data_cfg["std"])]
@@ -179,8 +200,11 @@ def transforms(data_cfg: dict, augment: str, train: bool) -> v2.Compose:
 
 
 class TensorImages(Dataset):
-    def __init__(self, decoded: Decoded, transform):
-        self.decoded, self.transform = decoded, transform
+    """Decoded images through a transform. A deterministic transform (no augmentation) runs once per
+    batch on the stacked uint8 tensor instead of once per image (``__getitems__``)."""
+
+    def __init__(self, decoded: Decoded, transform, batched: bool = False):
+        self.decoded, self.transform, self.batched = decoded, transform, batched
 
     def __len__(self):
         return len(self.decoded.labels)
@@ -188,14 +212,24 @@ class TensorImages(Dataset):
     def __getitem__(self, i):
         return self.transform(self.decoded.images[i]), self.decoded.labels[i]
 
+    def __getitems__(self, indices: list[int]):
+        if not self.batched:
+            return [self[i] for i in indices]
+        index = torch.as_tensor(indices)
+        return self.transform(self.decoded.images[index]), self.decoded.labels[index]
+
+
+def _as_is(batch):
+    return batch
+
 
 def loader(decoded: Decoded, transform, batch_size: int, num_workers: int, seed: int,
-           train: bool, drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
+           train: bool, drop_last: bool = False, pin_memory: bool = False, batched: bool = False) -> DataLoader:
     gen = torch.Generator().manual_seed(seed)
-    return DataLoader(TensorImages(decoded, transform), batch_size=batch_size, shuffle=train,
+    return DataLoader(TensorImages(decoded, transform, batched), batch_size=batch_size, shuffle=train,
                       drop_last=drop_last and len(decoded.labels) > batch_size, generator=gen,
-                      num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=num_workers > 0)
+                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                      collate_fn=_as_is if batched else None)
 
 
 def resize_side(data_cfg: dict) -> int:

@@ -16,7 +16,8 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
 from lib import config as config_lib
-from lib import data, models, training
+from lib import data, features, models, training
+from lib.cache import SharedCache
 from lib.config import Config, ConfigError
 from lib.data import DataError
 from lib.records import RunRecord, atomic_write
@@ -66,11 +67,16 @@ def apply_sweep(cfg: Config, tracker) -> Config:
     return checked(config_lib.build(changed, base=cfg))
 
 
-def load_data(cfg: Config, splits: data.Splits, data_cfg: dict, record: RunRecord) -> dict:
-    """Decode every split once; drop what cannot be used (listed in ``splits.skipped``)."""
+def shared_cache(cfg: Config) -> SharedCache:
+    root = {"": Path(cfg.runs_dir) / ".cache", "none": None}.get(cfg.shared_cache_dir, Path(cfg.shared_cache_dir))
+    return SharedCache(root, cfg.cache_memory_mb)
+
+
+def load_data(cfg: Config, splits: data.Splits, data_cfg: dict, record: RunRecord, cache: SharedCache) -> dict:
+    """Decode every split once per study; drop what cannot be used (listed in ``splits.skipped``)."""
     side = data.resize_side(data_cfg)
-    decoded = {s: data.decode_split(Path(cfg.data_dir), splits.items[s], side, data_cfg["interpolation"],
-                                    cfg.min_image_side, splits.skipped, desc=f"decode {s}")
+    decoded = {s: data.decode_cached(cache, Path(cfg.data_dir), splits.items[s], side, data_cfg["interpolation"],
+                                     cfg.min_image_side, splits.skipped, desc=f"decode {s}")
                for s in data.SPLITS}
     for split in ("train", "val"):
         if len(decoded[split].labels) == 0:
@@ -90,7 +96,8 @@ def load_data(cfg: Config, splits: data.Splits, data_cfg: dict, record: RunRecor
 def make_loaders(cfg: Config, data_cfg: dict, decoded: dict, mixing: bool, pin: bool) -> dict:
     def one(split, train):
         return data.loader(decoded[split], data.transforms(data_cfg, cfg.augment, train), cfg.batch_size,
-                           cfg.num_workers, cfg.seed, train=train, drop_last=train and mixing, pin_memory=pin)
+                           cfg.num_workers, cfg.seed, train=train, drop_last=train and mixing, pin_memory=pin,
+                           batched=not train or cfg.augment == "none")
     return {"train": one("train", True), "val": one("val", False), "test": one("test", False)}
 
 
@@ -248,17 +255,21 @@ def _train(cfg: Config, record: RunRecord, tracker, stop: training.StopFlag, res
     # The head needs the class count and decoding needs the model's preprocessing: discover first.
     splits = data.discover(cfg.data_dir, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     model, source, data_cfg = models.create(cfg, len(splits.classes), Path(cfg.cache_dir) / "weights")
-    decoded = load_data(cfg, splits, data_cfg, record)
+    cache = shared_cache(cfg)
+    decoded = load_data(cfg, splits, data_cfg, record, cache)
     record.update(classes=splits.classes, split=splits.as_record(), skipped=splits.skipped,
                   warnings=splits.warnings, weights_source=source, data_config=data_cfg,
-                  device=str(device), counts={s: len(d.labels) for s, d in decoded.items()})
+                  device=str(device), counts={s: len(d.labels) for s, d in decoded.items()},
+                  data_cache=f"{sum(d.reused for d in decoded.values())} of {len(decoded)} splits reused "
+                             "from the sweep cache" if cache.root else "not shared")
     trainable0, total = models.count_params(model)
     accel = training.Accel.for_config(cfg, device)
     model.to(device, memory_format=accel.memory_format)
     mixup = training.make_mixup(cfg, len(splits.classes))
     loaders = make_loaders(cfg, data_cfg, decoded, mixup is not None, pin=device.type == "cuda")
     loss_fn = make_loss(cfg, decoded["train"], len(splits.classes), mixup is not None).to(device)
-    fitted = training.fit(cfg, model, loaders, accel, loss_fn, mixup, Hooks(record, tracker), stop, resume)
+    store = features.Store(decoded, data_cfg, cache)
+    fitted = training.fit(cfg, model, loaders, accel, loss_fn, mixup, Hooks(record, tracker), stop, resume, store)
     test = training.evaluate(model, loaders["test"], accel)
     test_summary, per_class, cm = test_metrics(test, splits.classes)
     weights_file = record.dir / "model.safetensors"

@@ -22,7 +22,7 @@ ROW_KEYS = {"epoch", "phase", "lr", "train_loss", "train_acc", "val_loss", "val_
 
 
 def only_run(runs_dir):
-    (run_dir,) = list(Path(runs_dir).iterdir())
+    (run_dir,) = [p for p in Path(runs_dir).iterdir() if p.name != ".cache"]   # .cache: the study's shared cache
     return run_dir, read_json(run_dir / "run.json")
 
 

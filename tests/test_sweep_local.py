@@ -103,7 +103,7 @@ def test_grid_runs_every_point_exactly_once_with_two_workers(tmp_path):
     df = trials(tmp_path / "out")
     assert sorted(zip(df["lr"], df["epochs"])) == sorted((lr, e) for lr in (0.1, 0.2, 0.3) for e in (1, 2))
     assert set(df["state"]) == {"complete"}
-    assert len(list((tmp_path / "out" / "runs").iterdir())) == 6
+    assert len(list((tmp_path / "out" / "runs").glob("*/run.json"))) == 6
 
 
 def test_two_runner_processes_share_one_grid(tmp_path):
@@ -183,7 +183,7 @@ def test_a_killed_sweep_continues_without_losing_or_repeating_points(tmp_path):
     df = trials(tmp_path / "out")
     done = df[df["state"] == "complete"]
     assert sorted(done["lr"]) == [0.1, 0.2, 0.3]                             # each point once
-    assert len(list((tmp_path / "out" / "runs").iterdir())) == 3           # the killed run id was reused
+    assert len(list((tmp_path / "out" / "runs").glob("*/run.json"))) == 3  # the killed run id was reused
 
 
 # --- the real trainer ------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ from lib.run import main
 
 def run(args, extra):
     assert main(args + extra) == 0
-    runs = sorted(Path(next(a.split("=", 1)[1] for a in args if a.startswith("--runs_dir="))).iterdir(),
-                  key=lambda p: p.stat().st_mtime)
+    runs_dir = Path(next(a.split("=", 1)[1] for a in args if a.startswith("--runs_dir=")))
+    runs = sorted((p for p in runs_dir.iterdir() if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime)
     rec = read_json(runs[-1] / "run.json")
     metrics = [json.loads(line) for line in (runs[-1] / "metrics.jsonl").read_text().splitlines()]
     return rec, metrics, runs[-1]
@@ -82,22 +82,3 @@ def test_weights_file_from_an_earlier_run_initialises_the_backbone(base_args, tm
     a, b = load_file(first / "model.safetensors"), load_file(Path(rec["config"]["runs_dir"]) / "second" / "model.safetensors")
     assert rec["weights_source"]["kind"] == "file"
     assert all(a[k].equal(b[k]) for k in a if k.startswith("blocks."))   # frozen backbone = the file's
-
-
-@pytest.mark.parametrize("strategy", ["freeze", "two_phase"])
-def test_feature_cache_matches_the_plain_loop(base_args, strategy):
-    extra = ["--model=mobilenetv2_100", f"--strategy={strategy}", "--epochs=3", "--phase1_epochs=2",
-             "--dropout=0.2", "--lr=0.02", "--image_size=48"]
-    cached, rows_c, _ = run(base_args, extra + [f"--run_id={strategy}-cached"])
-    plain, rows_p, _ = run(base_args, extra + [f"--run_id={strategy}-plain", "--feature_cache=false"])
-    assert cached["summary"]["feature_cache"] == "on"
-    assert plain["summary"]["feature_cache"] == "off (feature_cache=false)"
-    for a, b in zip(rows_c, rows_p):
-        for key in ("train_loss", "val_loss", "train_acc", "val_acc"):
-            assert a[key] == pytest.approx(b[key], abs=1e-4), (a["epoch"], key)
-    assert cached["summary"]["test_acc"] == pytest.approx(plain["summary"]["test_acc"], abs=1e-6)
-
-
-def test_feature_cache_steps_aside_for_augmentation(base_args):
-    rec, _, _ = run(base_args, ["--model=small_cnn", "--strategy=freeze", "--epochs=1", "--augment=light"])
-    assert rec["summary"]["feature_cache"].startswith("off (augment=light")

@@ -1,0 +1,118 @@
+"""A study's shared cache: work that every run of a sweep would repeat, done once and reused.
+
+Decoded images and frozen-backbone outputs live in ``<runs_dir>/.cache`` (``shared_cache_dir``),
+one folder per entry, named by a fingerprint of everything that decides its content (the image
+files' sizes and modification times, the model's frozen weights, the preprocessing, ...). A changed
+input gives a new fingerprint, so an entry is never stale; old entries are only disk space and the
+folder can be deleted at any time.
+
+Several runs (threads, processes, machines on a shared disk) may ask for the same entry at once:
+the first takes a lock file and builds it, the others wait and read it. An entry appears by one
+atomic rename of a finished folder, so a writer killed half way leaves nothing that could be read.
+Arrays larger than the memory budget are memory-mapped from disk instead of loaded.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+def fingerprint(*parts) -> str:
+    """A short stable hash of JSON-able parts (and bytes)."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else json.dumps(p, sort_keys=True, default=str).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:24]
+
+
+def tensors_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """Hash of tensors' names, shapes, dtypes and values (the frozen weights a cached output came from)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{tuple(state[name].shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def files_fingerprint(root: Path, items: list[tuple[str, int]]) -> str:
+    """Paths, labels, sizes and modification times: what `make` would look at, without reading the files."""
+    rows = []
+    for rel, label in items:
+        try:
+            st = (root / rel).stat()
+            rows.append((rel, label, st.st_size, st.st_mtime_ns))
+        except OSError:
+            rows.append((rel, label, None, None))  # decoding will skip and list it
+    return fingerprint(str(root.resolve()), rows)
+
+
+@dataclass
+class Entry:
+    arrays: dict[str, np.ndarray]
+    meta: dict
+    reused: bool           # read from the cache (True) or built by this call (False)
+    path: Path | None
+
+
+class SharedCache:
+    """``root=None`` turns sharing off: entries are built in memory every time."""
+
+    def __init__(self, root: Path | None, memory_mb: float):
+        self.root, self.memory_bytes = root, memory_mb * 2**20
+
+    def get(self, kind: str, key, build: Callable[[], tuple[dict[str, np.ndarray], dict]]) -> Entry:
+        if self.root is None:
+            return Entry(*build(), reused=False, path=None)
+        name = f"{kind}-{fingerprint(kind, key)}"
+        final = self.root / name
+        if (final / "meta.json").exists():
+            return self._load(final)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with _locked(self.root / f".{name}.lock"):
+            if (final / "meta.json").exists():   # another run built it while we waited
+                return self._load(final)
+            arrays, meta = build()
+            self._write(final, arrays, meta)
+        return Entry(arrays, meta, reused=False, path=final)
+
+    def _write(self, final: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        tmp = final.with_name(f".tmp-{final.name}")
+        shutil.rmtree(tmp, ignore_errors=True)   # a writer killed earlier; we hold the lock
+        tmp.mkdir()
+        for k, a in arrays.items():
+            np.save(tmp / f"{k}.npy", np.ascontiguousarray(a))
+        (tmp / "meta.json").write_text(json.dumps({**meta, "arrays": sorted(arrays)}))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.rename(tmp, final)
+
+    def _load(self, path: Path) -> Entry:
+        meta = json.loads((path / "meta.json").read_text())
+        files = {k: path / f"{k}.npy" for k in meta.pop("arrays")}
+        big = sum(f.stat().st_size for f in files.values()) > self.memory_bytes
+        # Copy-on-write maps: pages come from disk on demand and are shared by the runs of this machine.
+        arrays = {k: np.load(f, mmap_mode="c" if big else None) for k, f in files.items()}
+        return Entry(arrays, {**meta, "memory_mapped": big}, reused=True, path=path)
+
+
+@contextmanager
+def _locked(path: Path):
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

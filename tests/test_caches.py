@@ -1,0 +1,162 @@
+"""Never pay twice: decoded images and frozen outputs are computed once per study, shared by its runs,
+invalidated by any change that matters, safe with concurrent writers, and change no result."""
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from lib import features
+from lib.cache import SharedCache
+from lib.config import build
+from tests.test_training import run
+
+MOBILENET = ["--model=mobilenetv2_100", "--epochs=3", "--phase1_epochs=2", "--dropout=0.2", "--lr=0.02",
+             "--image_size=48", "--unfreeze_blocks=1"]
+
+
+def entries(base_args) -> set[str]:
+    runs_dir = Path(next(a.split("=", 1)[1] for a in base_args if a.startswith("--runs_dir=")))
+    return {p.name for p in (runs_dir / ".cache").iterdir() if not p.name.startswith(".")}
+
+
+@pytest.mark.parametrize("strategy,mode", [("freeze", "freeze: on: pre-logits, exact"),
+                                           ("partial", "partial: on: after blocks.5."),
+                                           ("two_phase", "freeze: on: pre-logits, exact")])
+def test_cached_runs_match_the_plain_loop(base_args, strategy, mode):
+    extra = MOBILENET + [f"--strategy={strategy}"]
+    cached, rows_c, _ = run(base_args, extra + [f"--run_id={strategy}-cached"])
+    plain, rows_p, _ = run(base_args, extra + [f"--run_id={strategy}-plain", "--feature_cache=false"])
+    assert cached["summary"]["feature_cache"].startswith(mode)
+    assert "off (feature_cache=false)" in plain["summary"]["feature_cache"]
+    for a, b in zip(rows_c, rows_p, strict=True):
+        for key in ("train_loss", "val_loss", "train_acc", "val_acc"):
+            assert a[key] == pytest.approx(b[key], abs=1e-4), (a["epoch"], key)
+    assert cached["summary"]["test_acc"] == pytest.approx(plain["summary"]["test_acc"], abs=1e-6)
+
+
+def test_later_runs_reuse_the_study_cache(base_args):
+    first, _, _ = run(base_args, MOBILENET + ["--strategy=freeze", "--run_id=a"])
+    made = entries(base_args)
+    second, _, _ = run(base_args, MOBILENET + ["--strategy=two_phase", "--lr=0.05", "--run_id=b"])
+    assert first["data_cache"] == "0 of 3 splits reused from the sweep cache"
+    assert second["data_cache"] == "3 of 3 splits reused from the sweep cache"
+    assert second["summary"]["feature_cache"].startswith("freeze: on: pre-logits, exact, 2 of 2 reused")
+    assert "partial: on: after blocks.5" in second["summary"]["feature_cache"]
+    assert made < entries(base_args)           # the partial phase's cut is new; nothing was rebuilt
+    assert first["split"] == second["split"] and first["skipped"] == second["skipped"]
+
+
+def test_changed_image_weights_or_size_invalidate(base_args, animals, tmp_path):
+    base, _, _ = run(base_args, MOBILENET + ["--strategy=freeze", "--run_id=base"])
+    before = entries(base_args)
+    run(base_args, MOBILENET + ["--strategy=freeze", "--run_id=size", "--image_size=40"])
+    by_size = entries(base_args) - before
+    assert {e.split("-")[0] for e in by_size} == {"decoded", "features"}
+    # weights: the backbone of an earlier run's fine-tune instead of ImageNet's
+    _, _, full = run(base_args, MOBILENET + ["--strategy=full", "--epochs=1", "--run_id=tuned"])
+    known = entries(base_args)
+    run(base_args, MOBILENET + ["--strategy=freeze", "--run_id=w", f"--weights={full / 'model.safetensors'}"])
+    assert {e.split("-")[0] for e in entries(base_args) - known} == {"features"}
+    # one changed image: its split is decoded again and every feature entry is rebuilt
+    known = entries(base_args)
+    image = Path(animals) / base["split"]["train"][0]
+    original = image.read_bytes()
+    try:
+        Image.new("RGB", (28, 28), (255, 0, 0)).save(image)
+        rec, _, _ = run(base_args, MOBILENET + ["--strategy=freeze", "--run_id=changed"])
+    finally:
+        image.write_bytes(original)
+    new = entries(base_args) - known
+    assert sum(e.startswith("decoded") for e in new) == 1 and sum(e.startswith("features") for e in new) >= 1
+    assert rec["data_cache"] == "2 of 3 splits reused from the sweep cache"
+
+
+def _build_once(root, counter):
+    cache = SharedCache(Path(root), memory_mb=64)
+
+    def build():
+        with open(counter, "a") as f:
+            f.write("x")
+        time.sleep(0.5)
+        return {"x": np.arange(1000, dtype=np.float32)}, {"note": "made"}
+    e = cache.get("features", {"k": 1}, build)
+    assert e.meta["note"] == "made" and float(e.arrays["x"].sum()) == 499500.0
+
+
+def test_concurrent_processes_build_an_entry_once(tmp_path):
+    counter = tmp_path / "builds"
+    procs = [mp.get_context("fork").Process(target=_build_once, args=(tmp_path / "c", counter)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 4
+    assert counter.read_text() == "x"
+    assert not [p for p in (tmp_path / "c").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_large_entries_are_memory_mapped_and_half_written_ones_ignored(tmp_path):
+    cache = SharedCache(tmp_path, memory_mb=0.01)                 # 10 kB budget
+    data = np.random.default_rng(0).integers(0, 255, (64, 3, 16, 16), dtype=np.uint8)
+    made = cache.get("decoded", "k", lambda: ({"images": data}, {}))
+    assert made.reused is False
+    read = cache.get("decoded", "k", lambda: pytest.fail("rebuilt"))
+    assert isinstance(read.arrays["images"], np.memmap) and read.meta["memory_mapped"]
+    assert np.array_equal(read.arrays["images"], data)
+    # a writer killed before its rename leaves a .tmp folder that no reader sees, and the next writer replaces
+    (tmp_path / ".tmp-decoded-x").mkdir()
+    again = cache.get("decoded", "other", lambda: ({"images": data[:2]}, {}))
+    assert again.reused is False and np.array_equal(again.arrays["images"], data[:2])
+
+
+@pytest.mark.parametrize("name,splits", [("resnet18", True), ("efficientnet_b0", True), ("vit_tiny_patch16_224", False)])
+def test_models_are_cut_only_where_the_forward_is_a_plain_sequence(name, splits):
+    model = timm.create_model(name, pretrained=False, num_classes=3).eval()
+    size = 224 if name.startswith("vit") else 64
+    units = features.sequential_units(model, torch.randn(2, 3, size, size))
+    assert (units is not None) == splits
+    if splits:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in model.get_classifier().parameters():
+            p.requires_grad_(True)
+        names = [n for n, _ in units]
+        last = names[-1]
+        for p in model.get_submodule(last).parameters():
+            p.requires_grad_(True)
+        cut = features.find_cut(model, build({"strategy": "partial"}), "partial", torch.randn(2, 3, size, size))
+        assert cut.name == f"after {names[-2]}"
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            assert torch.allclose(cut.net(cut.front(x)), model(x), atol=1e-5)
+
+
+def test_over_budget_falls_back_and_says_so(base_args):
+    rec, _, _ = run(base_args, MOBILENET + ["--strategy=partial", "--cache_memory_mb=0.001"])
+    assert rec["summary"]["feature_cache"].startswith("partial: off (the frozen output needs")
+    assert rec["state"] == "finished"
+
+
+def test_augmented_views_are_cached_and_cycled(base_args):
+    rec, rows, _ = run(base_args, MOBILENET + ["--strategy=freeze", "--augment=light", "--augment_views=2",
+                                               "--run_id=views"])
+    assert rec["summary"]["feature_cache"] == \
+        "freeze: on: pre-logits, 2 augmented view(s), reused cyclically, 0 of 3 reused from the sweep cache"
+    assert sum(e.startswith("features") for e in entries(base_args)) == 3   # 2 train views + val
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    off, _, _ = run(base_args, MOBILENET + ["--strategy=freeze", "--augment=light", "--run_id=noviews"])
+    assert off["summary"]["feature_cache"].startswith("freeze: off (augment=light")
+
+
+def test_no_sharing_when_asked(base_args):
+    rec, _, _ = run(base_args, MOBILENET + ["--strategy=freeze", "--shared_cache_dir=none"])
+    assert rec["summary"]["feature_cache"].endswith("not shared")
+    runs_dir = Path(next(a.split("=", 1)[1] for a in base_args if a.startswith("--runs_dir=")))
+    assert not (runs_dir / ".cache").exists()
+    assert os.listdir(runs_dir) == [rec["id"]]
