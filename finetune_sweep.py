@@ -62,8 +62,11 @@ def cmd_export(a):
     from lib import export
 
     result = export.export_best(a.source, Path(a.out), metric=a.metric, max_size_mb=a.max_size_mb,
-                                max_latency_ms=a.max_latency_ms, quantize=a.quantize, attributions=a.attributions)
+                                max_latency_ms=a.max_latency_ms, quantize=a.quantize, attributions=a.attributions,
+                                data_dir=a.data_dir)
     out = Path(a.out)
+    if result.get("wandb_export_run"):
+        print(f"logged to W&B as run {result['wandb_export_run']} (job_type=export)")
     print(f"exported run {result['run_id']} -> {out / 'model.onnx'}"
           f" (parity max |diff| {result['parity_max_abs_diff']:.2e}, top-1 agreement {result['parity_top1_agreement']:.3f})")
     for name in ("model.int8.onnx", "model_card.md", "export.json", "attributions"):
@@ -118,7 +121,10 @@ def parser():
     r.add_argument("--metric", default="best_val_acc")
     r.set_defaults(fn=cmd_report)
     e = sub.add_parser("export", help="ship the best run: ONNX (+ INT8), attributions, model card")
-    e.add_argument("source", help="a local sweep dir, a runs dir, or one run dir")
+    e.add_argument("source", help="a local sweep dir, a runs dir, one run dir, or a W&B sweep path "
+                                  "ENTITY/PROJECT/SWEEP_ID (weights from the run's model artifact; the export is logged back)")
+    e.add_argument("--data-dir", "--data_dir", dest="data_dir",
+                   help="where the run's images are here, if not at its config's data_dir (parity uses its test images)")
     e.add_argument("--out", required=True)
     e.add_argument("--metric", default="best_val_acc")
     e.add_argument("--max-size-mb", "--max_size_mb", dest="max_size_mb", type=float)

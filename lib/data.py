@@ -26,6 +26,7 @@ from lib.cache import SharedCache, files_fingerprint, fingerprint
 from lib.images import IMAGE_EXTENSIONS, fit_square, load_rgb
 
 SPLITS = ("train", "val", "test")
+CHUNK = 32   # images per decoding task
 
 
 class DataError(ValueError):
@@ -153,17 +154,23 @@ def decode_split(root: Path, items: list[tuple[str, int]], side: int, interpolat
         except (ValueError, OSError) as e:
             return item, None, None, str(e)
 
+    def chunk(part):   # a future per image costs as much as decoding a small one
+        return [one(item) for item in part]
+
     arrays, labels, paths, hashes = [], [], [], []
-    with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
-        for (path, label), arr, digest, err in tqdm(pool.map(one, items), total=len(items), desc=desc,
-                                                    leave=False, disable=None, unit="img"):
-            if err is not None:
-                skipped.append({"path": path, "reason": err})
-                continue
-            arrays.append(arr)
-            labels.append(label)
-            paths.append(path)
-            hashes.append(digest)
+    parts = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
+    with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool, \
+            tqdm(total=len(items), desc=desc, leave=False, disable=None, unit="img") as bar:
+        for results in pool.map(chunk, parts):
+            bar.update(len(results))
+            for (path, label), arr, digest, err in results:
+                if err is not None:
+                    skipped.append({"path": path, "reason": err})
+                    continue
+                arrays.append(arr)
+                labels.append(label)
+                paths.append(path)
+                hashes.append(digest)
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous() if arrays \
         else torch.empty(0, 3, side, side, dtype=torch.uint8)
     return Decoded(images, torch.tensor(labels, dtype=torch.long), paths, hashes)

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -537,14 +538,23 @@ def model_card(result: dict, record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def candidates(source, metric: str = "best_val_acc", max_size_mb: float | None = None) -> list[dict]:
-    """Finished runs of a sweep dir, runs dir or single run dir, best first by ``metric``; ties go to
-    the smaller model. Runs over ``max_size_mb`` are left out."""
-    from lib.report import load_local
+def is_wandb_sweep(source) -> bool:
+    """``entity/project/sweep_id`` that is not a local path."""
+    return isinstance(source, str) and not Path(source).exists() and \
+        re.fullmatch(r"[^/\s]+/[^/\s]+/[^/\s]+", source) is not None
 
-    runs = [r for r in load_local(source) if r.get("state") == "finished"
-            and (Path(r["dir"]) / "model.safetensors").exists()
-            and (r.get("summary") or {}).get(metric) is not None]
+
+def candidates(source, metric: str = "best_val_acc", max_size_mb: float | None = None, api=None) -> list[dict]:
+    """Finished runs of a sweep dir, runs dir, single run dir or W&B sweep path, best first by
+    ``metric``; ties go to the smaller model. Runs over ``max_size_mb`` are left out."""
+    from lib.report import load_local, load_wandb
+
+    if is_wandb_sweep(source):
+        runs = [r for r in load_wandb(source, api) if r.get("state") == "finished"]
+    else:
+        runs = [r for r in load_local(source) if r.get("state") == "finished"
+                and (Path(r["dir"]) / "model.safetensors").exists()]
+    runs = [r for r in runs if (r.get("summary") or {}).get(metric) is not None]
     if max_size_mb is not None:
         runs = [r for r in runs if r["summary"].get("model_size_mb", float("inf")) <= max_size_mb]
     lower_is_better = "loss" in metric
@@ -553,17 +563,35 @@ def candidates(source, metric: str = "best_val_acc", max_size_mb: float | None =
 
 
 def export_best(source, out_dir, *, metric: str = "best_val_acc", max_size_mb: float | None = None,
-                max_latency_ms: float | None = None, quantize: bool = False, attributions: int = 0) -> dict:
+                max_latency_ms: float | None = None, quantize: bool = False, attributions: int = 0,
+                data_dir=None, api=None) -> dict:
     """Export the best run that meets the constraints. Latency is what the exported ONNX model
-    measures here, so a candidate over ``max_latency_ms`` is exported, measured, and passed over."""
-    runs = candidates(source, metric, max_size_mb)
+    measures here, so a candidate over ``max_latency_ms`` is exported, measured, and passed over.
+    From a W&B sweep the run's model artifact is fetched into ``out_dir/source_run/`` and the export
+    is logged back to W&B (lib.wandb_export); ``api`` stands in for ``wandb.Api()``."""
+    from_wandb = is_wandb_sweep(source)
+    if from_wandb and api is None:
+        import wandb
+
+        api = wandb.Api()
+    runs = candidates(source, metric, max_size_mb, api)
     if not runs:
         limit = f" within {max_size_mb} MB" if max_size_mb is not None else ""
         raise ExportError(f"no finished run with {metric} and weights{limit} in {source}")
+    out = Path(out_dir)
     for run in runs:
-        result = export_run(run["dir"], out_dir, quantize=quantize, attributions=attributions)
+        if from_wandb:
+            from lib import wandb_export
+
+            run_dir = wandb_export.download_run(source, run["id"], out / "source_run" / run["id"], api)
+        else:
+            run_dir = run["dir"]
+        result = export_run(run_dir, out, quantize=quantize, attributions=attributions, data_dir=data_dir)
         latency = (result.get("latency_ms_per_image") or {}).get("onnx_int8" if quantize else "onnx_fp32")
         if max_latency_ms is None or (latency is not None and latency <= max_latency_ms):
+            if from_wandb:
+                result["wandb_export_run"] = wandb_export.log_export(source, run["id"], out, result)
+                write_json(out / EXPORT_FILE, result)
             return result
         print(f"run {run['id']}: {latency:.2f} ms per image > {max_latency_ms} ms, trying the next best")
     raise ExportError(f"no run meets max_latency_ms={max_latency_ms} (fastest tried: see {out_dir}/export.json)")

@@ -183,6 +183,8 @@ def execute(cfg: Config, env: dict) -> int:
     record.update(state="finished", summary=summary, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   wall_time_s=round(time.time() - started, 2))
     (record.dir / CHECKPOINT).unlink(missing_ok=True)  # large, and only needed to resume
+    if cfg.log_model:   # after the record says finished: the artifact carries the final record
+        tracker.log_model(summary, [record.dir / "model.safetensors", record.path])
     tracker.finish(exit_code=EXIT_OK)
     print(f"run {run_id} finished: best_val_acc {summary['best_val_acc']:.4f}"
           + (f", test_acc {summary['test_acc']:.4f}" if summary["test_acc"] is not None else "")
@@ -277,8 +279,7 @@ def _train(cfg: Config, record: RunRecord, tracker, stop: training.StopFlag, res
                "model_size_mb": round(weights_file.stat().st_size / 2**20, 3)}
     record.update(per_class=per_class, confusion_matrix=cm,
                   test_predictions={"y_true": test["y_true"].tolist(), "y_pred": test["y_pred"].tolist()})
-    tracker.finish_run(summary, splits.classes, test["y_true"], test["y_pred"], per_class,
-                       [weights_file, record.path], cfg.log_model)
+    tracker.finish_run(summary, splits.classes, test["y_true"], test["y_pred"], per_class)
     return summary
 
 

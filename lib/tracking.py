@@ -7,6 +7,7 @@ reporting so an air-gapped run makes no network call at all.
 from __future__ import annotations
 
 import netrc
+import os
 from pathlib import Path
 from typing import Any, MutableMapping
 from urllib.parse import urlparse
@@ -54,6 +55,7 @@ class Tracker:
             project=cfg.project, entity=cfg.entity or None, group=cfg.group or None, id=run_id,
             name=cfg.run_name or cfg.default_run_name(), tags=[cfg.model, cfg.strategy, *extra],
             config=cfg.to_dict(), dir=str(run_dir), resume="allow", job_type="finetune",
+            mode=os.environ.get("WANDB_MODE"),   # W&B's process-wide setup may predate the variable
             reinit="finish_previous")
         self.run.define_metric("epoch")
         self.run.define_metric("*", step_metric="epoch")
@@ -74,21 +76,25 @@ class Tracker:
         self.run.log({k: v for k, v in row.items() if isinstance(v, (int, float))})
 
     def finish_run(self, summary: dict[str, Any], classes: list[str], y_true, y_pred,
-                   per_class: list[dict], files: list[Path], log_model: bool) -> None:
-        self.run.summary.update(summary)
+                   per_class: list[dict]) -> None:
+        # The test predictions let a report read from W&B compare the top runs (McNemar), as a local one does.
+        self.run.summary.update({**summary, "classes": list(classes), "test_y_true": list(map(int, y_true)),
+                                 "test_y_pred": list(map(int, y_pred))})
         if len(y_true):
             self.run.log({"test_confusion_matrix": self.wandb.plot.confusion_matrix(
                 y_true=list(map(int, y_true)), preds=list(map(int, y_pred)), class_names=classes)})
             cols = ["class", "precision", "recall", "f1", "support"]
             self.run.log({"test_per_class": self.wandb.Table(
                 columns=cols, data=[[r[c] for c in cols] for r in per_class])})
-        if log_model:
-            art = self.wandb.Artifact(f"model-{self.run.id}", type="model",
-                                      metadata={k: v for k, v in summary.items() if v is not None})
-            for f in files:
-                if f.exists():
-                    art.add_file(str(f))
-            self.run.log_artifact(art, aliases=["best"])
+
+    def log_model(self, summary: dict[str, Any], files: list[Path]) -> None:
+        """The best weights and the finished run record as ``model-<run_id>:best`` (what export fetches)."""
+        art = self.wandb.Artifact(f"model-{self.run.id}", type="model",
+                                  metadata={k: v for k, v in summary.items() if v is not None})
+        for f in files:
+            if f.exists():
+                art.add_file(str(f))
+        self.run.log_artifact(art, aliases=["best"])
 
     def mark_preempting(self) -> None:
         self.run.mark_preempting()

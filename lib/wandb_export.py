@@ -45,10 +45,16 @@ def _summary(result: dict) -> dict:
 
 def log_export(sweep_path: str, run_id: str, out: Path, result: dict) -> str:
     """Log an export to W&B; returns the export run's id."""
+    import os
+
+    from lib.tracking import prepare_environment
+
+    prepare_environment(os.environ)   # offline when there is no API key (before wandb is imported)
     import wandb
 
     entity, project, sweep_id = sweep_path.split("/")
     run = wandb.init(entity=entity, project=project, job_type="export", name=f"export-{run_id}",
+                     mode=os.environ["WANDB_MODE"],   # W&B's process-wide setup may predate the variable
                      group=f"sweep-{sweep_id}", dir=str(out), reinit="finish_previous",
                      config={"source_run": run_id, "sweep": sweep_path, "source_artifact": artifact_name(sweep_path, run_id)})
     try:

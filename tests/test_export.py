@@ -276,3 +276,46 @@ def test_the_best_run_under_constraints_is_chosen(tmp_path):
     fake("no-weights", 0.95, 1.0, weights=False)
     assert [r["id"] for r in candidates(tmp_path / "runs")] == ["small", "big", "worse"]
     assert [r["id"] for r in candidates(tmp_path / "runs", max_size_mb=5)] == ["worse"]
+
+
+def test_export_from_a_wandb_sweep_fetches_the_artifact_and_logs_back(trained, tmp_path, monkeypatch):
+    """The W&B server is the one stand-in (tests/fakes/wandb_api.py); the SDK is real, offline."""
+    from lib.export import export_best
+    from tests.fakes.wandb_api import FakeApi, FakeArtifact, FakeRun, logged_artifacts, offline_records
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    record = read_json(trained / "run.json")
+    summary = {**record["summary"], "classes": record["classes"]}
+    worse = {**summary, "best_val_acc": summary["best_val_acc"] - 0.1}
+    api = FakeApi([FakeRun("exp1", "finished", record["config"], summary, []),
+                   FakeRun("other", "finished", record["config"], worse, []),
+                   FakeRun("crash", "crashed", record["config"], {}, [])],
+                  {"ent/proj/model-exp1:best": FakeArtifact([trained / "model.safetensors", trained / "run.json"])})
+    out = tmp_path / "wb-export"
+    result = export_best("ent/proj/sw1", out, attributions=2, api=api)
+    assert result["run_id"] == "exp1" and ("ent/proj/model-exp1:best", "model") in api.asked
+    assert (out / "source_run" / "exp1" / "model.safetensors").is_file()
+    assert result["parity_top1_agreement"] == 1.0
+    export_id = read_json(out / "export.json")["wandb_export_run"]
+    (run_file,) = out.glob(f"wandb/offline-run-*/run-{export_id}.wandb")
+    art = logged_artifacts(run_file)["export-exp1"]
+    assert art["type"] == "model" and {"model.onnx", "model_card.md", "export.json"} <= set(art["files"])
+    records = offline_records(run_file)
+    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    assert run.job_type == "export" and run.project == "proj" and run.entity == "ent"
+    config = {u.key: json.loads(u.value_json) for u in run.config.update}
+    assert config["source_run"] == "exp1" and config["source_artifact"] == "ent/proj/model-exp1:best"
+    summary_keys = {u.key for r in records if r.WhichOneof("record_type") == "summary" for u in r.summary.update}
+    assert {"parity_max_abs_diff", "fp32_test_acc", "latency_ms_onnx_fp32"} <= summary_keys
+    images = sorted(p.name for p in run_file.parent.glob("files/media/images/attributions/*.png"))
+    assert len(images) == len(result["attributions"]["files"]) >= 1
+
+
+def test_export_from_wandb_without_the_artifact_is_one_line(trained, tmp_path):
+    from lib.export import export_best
+    from tests.fakes.wandb_api import FakeApi, FakeRun
+
+    record = read_json(trained / "run.json")
+    api = FakeApi([FakeRun("exp1", "finished", record["config"], record["summary"], [])])
+    with pytest.raises(ExportError, match=r"cannot fetch ent/proj/model-exp1:best for run exp1: .*log_model=false"):
+        export_best("ent/proj/sw1", tmp_path / "o", api=api)

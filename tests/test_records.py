@@ -1,5 +1,7 @@
 """The run record: run.json, metrics.jsonl and model.safetensors, readable without W&B; the best
 checkpoint is what the test metrics come from; `wandb agent`'s contract (parameters file + env)."""
+import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -14,6 +16,7 @@ from lib import data, training
 from lib.config import Config
 from lib.records import RunRecord, read_json
 from lib.run import main
+from tests.fakes.wandb_api import logged_artifacts, offline_records
 
 SUMMARY_KEYS = {"best_val_acc", "best_epoch", "test_acc", "test_loss", "test_precision_macro",
                 "test_recall_macro", "test_f1_macro", "train_val_gap", "trainable_params", "total_params",
@@ -87,3 +90,24 @@ def test_bad_sweep_parameter_fails_with_exit_2(base_args, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "lr='fast' is not valid" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_wandb_run_logs_test_predictions_and_the_finished_record(base_args, tmp_path, monkeypatch):
+    """What `report` and `export` read back from W&B: test predictions and classes in the summary, and
+    the artifact model-<run_id>:best with the weights and the *finished* run record."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert main(base_args + ["--model=small_cnn", "--strategy=full", "--epochs=1", "--run_id=wb1"]) == 0
+    run_dir, rec = only_run(tmp_path / "runs")
+    (run_file,) = (run_dir / "wandb").glob("offline-run-*/run-wb1.wandb")
+    art = logged_artifacts(run_file)["model-wb1"]
+    assert art["type"] == "model" and "best" in art["aliases"]
+    assert sorted(art["files"]) == ["model.safetensors", "run.json"]
+    md5 = base64.b64encode(hashlib.md5((run_dir / "run.json").read_bytes()).digest()).decode()
+    assert art["files"]["run.json"] == md5 and rec["state"] == "finished"   # the final record, as on disk
+    summary = {}
+    for r in offline_records(run_file):
+        if r.WhichOneof("record_type") == "summary":
+            summary.update({u.key: json.loads(u.value_json) for u in r.summary.update})
+    assert summary["test_y_true"] == rec["test_predictions"]["y_true"]
+    assert summary["test_y_pred"] == rec["test_predictions"]["y_pred"]
+    assert summary["classes"] == rec["classes"] and summary["best_val_acc"] == rec["summary"]["best_val_acc"]

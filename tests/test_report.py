@@ -15,6 +15,7 @@ from scipy import stats
 from lib import report
 from lib.report import build_report, load_local, load_wandb, mcnemar, runs_frame, wilson_interval
 from lib.run import main
+from tests.fakes.wandb_api import FakeApi, FakeRun
 
 CLASSES = ["beagle", "boxer", "german_shepherd", "golden_retriever", "poodle"]
 TEST_FILES = [f"{c}/{c}_{i:03d}.jpg" for c in CLASSES for i in range(25)]   # 125 images, as in the guide
@@ -288,32 +289,6 @@ def test_single_run_all_failed_and_nans(tmp_path):
 
 
 # ---------------------------------------------------------------- W&B
-class FakeSummary:
-    """Like wandb's HTTPSummary: a mapping over _json_dict, plus W&B's own keys and media."""
-
-    def __init__(self, d):
-        self._json_dict = d
-
-
-class FakeRun:
-    def __init__(self, rid, state, config, summary, history):
-        self.id, self.name, self.state = rid, f"name-{rid}", state
-        self.config, self.summary, self._history = config, FakeSummary(summary), history
-
-    def history(self, pandas=True):
-        assert pandas is False
-        return self._history
-
-
-class FakeApi:
-    def __init__(self, runs):
-        self.runs, self.asked = runs, []
-
-    def sweep(self, path):
-        self.asked.append(path)
-        return type("Sweep", (), {"runs": self.runs})()
-
-
 def test_load_wandb_with_a_fake_api(tmp_path):
     hist = [{"_step": i, "_runtime": 1.0, "epoch": e, "train_loss": 1 / e, "val_acc": 0.5 + 0.1 * e, "train_acc": 0.6,
              "val_loss": 1.0} for i, e in enumerate((1, 2, 3))] + [{"_step": 9, "test_confusion_matrix": {"_type": "x"}}]
