@@ -9,6 +9,7 @@ never a silent drop.
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections import Counter
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision.ops import roi_align
 from torchvision.transforms import v2
 from tqdm import tqdm
 
@@ -194,11 +196,38 @@ def decode_cached(cache: SharedCache, root: Path, items: list[tuple[str, int]], 
                    entry.meta["paths"], entry.meta["hashes"], key=fingerprint(key), reused=entry.reused)
 
 
-def transforms(data_cfg: dict, augment: str, train: bool) -> v2.Compose:
+class BatchAugment:
+    """``light`` augmentation for a whole uint8 batch at once, on the batch's device: a random resized
+    crop per image (area 50-100%, aspect 3/4-4/3, like RandomResizedCrop) as one ``roi_align`` call,
+    a random horizontal flip per image, then normalisation. Used on CUDA, where a batch takes a
+    kernel launch or two; on the CPU, per-image transforms are faster (77 ms vs 233 ms for 64 images
+    at 256 px on this project's 2-core machine)."""
+
+    def __init__(self, size: int, mean, std, scale=(0.5, 1.0)):
+        self.size, self.scale = size, scale
+        self.mean, self.std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        u = torch.rand(n, 5, device=x.device)
+        area = h * w * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 0])
+        ratio = torch.exp(math.log(3 / 4) + math.log(16 / 9) * u[:, 1])
+        cw, ch = (area * ratio).sqrt().clamp(max=w), (area / ratio).sqrt().clamp(max=h)
+        x0, y0 = u[:, 2] * (w - cw), u[:, 3] * (h - ch)
+        boxes = torch.stack([torch.arange(n, device=x.device, dtype=cw.dtype), x0, y0, x0 + cw, y0 + ch], 1)
+        out = roi_align(x.float(), boxes, (self.size, self.size), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        out = torch.where((u[:, 4] < 0.5).view(n, 1, 1, 1), out.flip(-1), out)
+        return (out / 255 - self.mean.to(x.device)) / self.std.to(x.device)
+
+
+def transforms(data_cfg: dict, augment: str, train: bool, on_device: bool = False):
+    """The transform of a split. ``on_device``: batches are on the GPU, augment there (BatchAugment)."""
     size = data_cfg["input_size"][-1]
     norm = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(data_cfg["mean"], data_cfg["std"])]
     if not train or augment == "none":
         return v2.Compose([v2.CenterCrop(size), *norm])
+    if augment == "light" and on_device:
+        return BatchAugment(size, data_cfg["mean"], data_cfg["std"])
     if augment == "light":
         return v2.Compose([v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
                            v2.RandomHorizontalFlip(), *norm])
@@ -207,11 +236,12 @@ def transforms(data_cfg: dict, augment: str, train: bool) -> v2.Compose:
 
 
 class TensorImages(Dataset):
-    """Decoded images through a transform. A deterministic transform (no augmentation) runs once per
-    batch on the stacked uint8 tensor instead of once per image (``__getitems__``)."""
+    """Decoded images through a transform. A batch transform (no augmentation, or BatchAugment) runs
+    once per batch on the stacked uint8 tensor instead of once per image (``__getitems__``), on
+    ``device`` when given: a uint8 batch crosses to the GPU at a quarter of the float size."""
 
-    def __init__(self, decoded: Decoded, transform, batched: bool = False):
-        self.decoded, self.transform, self.batched = decoded, transform, batched
+    def __init__(self, decoded: Decoded, transform, batched: bool = False, device: torch.device | None = None):
+        self.decoded, self.transform, self.batched, self.device = decoded, transform, batched, device
 
     def __len__(self):
         return len(self.decoded.labels)
@@ -223,20 +253,24 @@ class TensorImages(Dataset):
         if not self.batched:
             return [self[i] for i in indices]
         index = torch.as_tensor(indices)
-        return self.transform(self.decoded.images[index]), self.decoded.labels[index]
+        images = self.decoded.images[index]
+        return self.transform(images if self.device is None else images.to(self.device)), self.decoded.labels[index]
 
 
 def _as_is(batch):
     return batch
 
 
-def loader(decoded: Decoded, transform, batch_size: int, num_workers: int, seed: int,
-           train: bool, drop_last: bool = False, pin_memory: bool = False, batched: bool = False) -> DataLoader:
+def loader(decoded: Decoded, transform, batch_size: int, num_workers: int, seed: int, train: bool,
+           drop_last: bool = False, pin_memory: bool = False, batched: bool = False,
+           device: torch.device | None = None) -> DataLoader:
+    """``device``: batched transforms run there (main process only; nothing left to pin)."""
     gen = torch.Generator().manual_seed(seed)
-    return DataLoader(TensorImages(decoded, transform, batched), batch_size=batch_size, shuffle=train,
-                      drop_last=drop_last and len(decoded.labels) > batch_size, generator=gen,
-                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
-                      collate_fn=_as_is if batched else None)
+    on_device = device is not None and batched and num_workers == 0
+    return DataLoader(TensorImages(decoded, transform, batched, device if on_device else None),
+                      batch_size=batch_size, shuffle=train, drop_last=drop_last and len(decoded.labels) > batch_size,
+                      generator=gen, num_workers=num_workers, pin_memory=pin_memory and not on_device,
+                      persistent_workers=num_workers > 0, collate_fn=_as_is if batched else None)
 
 
 def resize_side(data_cfg: dict) -> int:

@@ -196,7 +196,7 @@ def prepare(cut: Cut, cfg: Config, loaders: dict, store: Store, accel, epochs: i
                              collate_fn=images.collate_fn, generator=torch.Generator())
 
         def build():
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=range(torch.cuda.device_count())):   # GPU augmentation draws there
                 if view is not None:
                     torch.manual_seed(cfg.seed * 1000 + view)   # view v: the same pixels in every run
                 return {"x": extract(cut.front, ordered, accel, f"{cut.name} {split}")}, {}

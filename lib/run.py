@@ -93,11 +93,16 @@ def load_data(cfg: Config, splits: data.Splits, data_cfg: dict, record: RunRecor
     return decoded
 
 
-def make_loaders(cfg: Config, data_cfg: dict, decoded: dict, mixing: bool, pin: bool) -> dict:
+def make_loaders(cfg: Config, data_cfg: dict, decoded: dict, mixing: bool, device: torch.device) -> dict:
+    """On CUDA (main-process loading), uint8 batches go to the GPU and are transformed there, light
+    augmentation included; elsewhere deterministic transforms run per batch and augmentation per image."""
+    gpu = device.type == "cuda" and cfg.num_workers == 0
+
     def one(split, train):
-        return data.loader(decoded[split], data.transforms(data_cfg, cfg.augment, train), cfg.batch_size,
-                           cfg.num_workers, cfg.seed, train=train, drop_last=train and mixing, pin_memory=pin,
-                           batched=not train or cfg.augment == "none")
+        batched = not train or cfg.augment == "none" or (cfg.augment == "light" and gpu)
+        return data.loader(decoded[split], data.transforms(data_cfg, cfg.augment, train, on_device=gpu),
+                           cfg.batch_size, cfg.num_workers, cfg.seed, train=train, drop_last=train and mixing,
+                           pin_memory=device.type == "cuda", batched=batched, device=device if gpu else None)
     return {"train": one("train", True), "val": one("val", False), "test": one("test", False)}
 
 
@@ -268,7 +273,7 @@ def _train(cfg: Config, record: RunRecord, tracker, stop: training.StopFlag, res
     accel = training.Accel.for_config(cfg, device)
     model.to(device, memory_format=accel.memory_format)
     mixup = training.make_mixup(cfg, len(splits.classes))
-    loaders = make_loaders(cfg, data_cfg, decoded, mixup is not None, pin=device.type == "cuda")
+    loaders = make_loaders(cfg, data_cfg, decoded, mixup is not None, device)
     loss_fn = make_loss(cfg, decoded["train"], len(splits.classes), mixup is not None).to(device)
     store = features.Store(decoded, data_cfg, cache)
     fitted = training.fit(cfg, model, loaders, accel, loss_fn, mixup, Hooks(record, tracker), stop, resume, store)

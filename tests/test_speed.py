@@ -1,5 +1,6 @@
-"""Never pay twice: decoded images and frozen outputs are computed once per study, shared by its runs,
-invalidated by any change that matters, safe with concurrent writers, and change no result."""
+"""Speed without changing results. Never pay twice: decoded images and frozen outputs are computed
+once per study, shared by its runs, invalidated by any change that matters, safe with concurrent
+writers, and equal to the plain loop. Augmentation can run on whole batches on the device."""
 import multiprocessing as mp
 import os
 import time
@@ -11,7 +12,7 @@ import timm
 import torch
 from PIL import Image
 
-from lib import features
+from lib import data, features
 from lib.cache import SharedCache
 from lib.config import build
 from tests.test_training import run
@@ -160,3 +161,40 @@ def test_no_sharing_when_asked(base_args):
     runs_dir = Path(next(a.split("=", 1)[1] for a in base_args if a.startswith("--runs_dir=")))
     assert not (runs_dir / ".cache").exists()
     assert os.listdir(runs_dir) == [rec["id"]]
+
+
+def _ramps(n: int, side: int = 73) -> torch.Tensor:
+    """n copies of an image whose red rises left to right and green top to bottom: a flip reverses
+    the red ramp, a crop changes both ranges."""
+    ramp = torch.linspace(0, 255, side).round().to(torch.uint8)
+    img = torch.stack([ramp.view(1, side).expand(side, side), ramp.view(side, 1).expand(side, side),
+                       torch.full((side, side), 128, dtype=torch.uint8)])
+    return img.expand(n, 3, side, side).contiguous()
+
+
+def test_batch_augment_crops_and_flips_each_image_on_its_own():
+    aug = data.BatchAugment(64, mean=(0.5,) * 3, std=(0.25,) * 3)
+    torch.manual_seed(0)
+    out = aug(_ramps(16))
+    torch.manual_seed(0)
+    assert torch.equal(out, aug(_ramps(16)))                        # seeded: reproducible
+    assert out.shape == (16, 3, 64, 64) and out.dtype == torch.float32
+    pixels = out * 0.25 + 0.5
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5       # normalised from [0, 1]
+    rows = pixels[:, 0, 32]
+    rising = rows[:, -1] > rows[:, 0]
+    assert 0 < int(rising.sum()) < 16                                # some flipped, some not
+    assert len(torch.unique(out.flatten(1), dim=0)) == 16            # a crop of its own per image
+    spans = (rows[:, -1] - rows[:, 0]).abs()
+    assert spans.min() > 0.5            # at least half the area at aspect >= 3/4: over 60% of the ramp
+
+
+def test_loader_transforms_whole_batches_on_the_given_device():
+    decoded = data.Decoded(_ramps(10), torch.arange(10) % 2, [f"{i}.png" for i in range(10)], [""] * 10)
+    aug = data.BatchAugment(32, mean=(0.5,) * 3, std=(0.25,) * 3)
+    loader = data.loader(decoded, aug, 4, 0, 0, train=True, batched=True, device=torch.device("cpu"),
+                         pin_memory=True)
+    assert loader.dataset.device == torch.device("cpu") and loader.pin_memory is False
+    batches = list(loader)
+    assert [tuple(x.shape) for x, _ in batches] == [(4, 3, 32, 32), (4, 3, 32, 32), (2, 3, 32, 32)]
+    assert sorted(torch.cat([y for _, y in batches]).tolist()) == sorted((torch.arange(10) % 2).tolist())
