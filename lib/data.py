@@ -159,7 +159,9 @@ def decode_split(root: Path, items: list[tuple[str, int]], side: int, interpolat
     def chunk(part):   # a future per image costs as much as decoding a small one
         return [one(item) for item in part]
 
-    arrays, labels, paths, hashes = [], [], [], []
+    # Written in place, channels first: the decoded split is held once, never also as a list or a copy.
+    images = np.empty((len(items), 3, side, side), dtype=np.uint8)
+    labels, paths, hashes = [], [], []
     parts = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
     with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool, \
             tqdm(total=len(items), desc=desc, leave=False, disable=None, unit="img") as bar:
@@ -169,13 +171,11 @@ def decode_split(root: Path, items: list[tuple[str, int]], side: int, interpolat
                 if err is not None:
                     skipped.append({"path": path, "reason": err})
                     continue
-                arrays.append(arr)
+                images[len(labels)] = arr.transpose(2, 0, 1)
                 labels.append(label)
                 paths.append(path)
                 hashes.append(digest)
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous() if arrays \
-        else torch.empty(0, 3, side, side, dtype=torch.uint8)
-    return Decoded(images, torch.tensor(labels, dtype=torch.long), paths, hashes)
+    return Decoded(torch.from_numpy(images[:len(labels)]), torch.tensor(labels, dtype=torch.long), paths, hashes)
 
 
 def decode_cached(cache: SharedCache, root: Path, items: list[tuple[str, int]], side: int, interpolation: str,
