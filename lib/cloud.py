@@ -37,6 +37,20 @@ def _has_credentials() -> bool:
         return True
 
 
+def public_api():
+    """``wandb.Api()`` for reading sweeps, runs and artifacts, or a one-line SweepError without a key
+    (where wandb.Api would raise deep in its auth code)."""
+    import wandb
+
+    if not _has_credentials():
+        raise SweepError("reading a W&B sweep needs an API key: run `wandb login` (or set WANDB_API_KEY); "
+                         "offline, pass the local sweep dir instead")
+    try:
+        return wandb.Api()
+    except wandb.errors.Error as e:
+        raise SweepError(f"W&B: {' '.join(str(e).split())}") from None
+
+
 def create(sweep_file: str, project: str | None, entity: str | None, *, sweep_fn=None) -> str:
     """Create the sweep on W&B, print its id and the agent commands; return ENTITY/PROJECT/ID."""
     import wandb  # imported here: `finetune_sweep.py local` never needs it

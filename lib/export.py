@@ -571,9 +571,9 @@ def export_best(source, out_dir, *, metric: str = "best_val_acc", max_size_mb: f
     is logged back to W&B (lib.wandb_export); ``api`` stands in for ``wandb.Api()``."""
     from_wandb = is_wandb_sweep(source)
     if from_wandb and api is None:
-        import wandb
+        from lib.cloud import public_api
 
-        api = wandb.Api()
+        api = public_api()
     runs = candidates(source, metric, max_size_mb, api)
     if not runs:
         limit = f" within {max_size_mb} MB" if max_size_mb is not None else ""

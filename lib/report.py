@@ -197,10 +197,15 @@ def load_wandb(path: str, api=None) -> list[dict]:
     ``classes``, ``test_predictions``, ``per_class``, ``confusion_matrix``, ``warnings`` come from
     summary keys of those names when the runs logged them (ours do not: McNemar is then unavailable)."""
     if api is None:
-        import wandb
+        from lib.cloud import public_api
 
-        api = wandb.Api()
-    sweep = api.sweep(path)
+        api = public_api()
+    try:
+        sweep = api.sweep(path)
+    except Exception as e:  # noqa: BLE001 - no such sweep, no access, no network: one line
+        from lib.cloud import SweepError
+
+        raise SweepError(f"cannot read W&B sweep {path}: {' '.join(str(e).split())[:300]}") from None
     runs = []
     for r in sweep.runs:
         config = {k: _unwrap(v) for k, v in _as_dict(getattr(r, "config", None)).items() if not str(k).startswith("_")}

@@ -115,6 +115,18 @@ def test_create_without_api_key_fails_fast(sweep_file, no_key):
     assert "finetune_sweep.py local" in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("command", ["report", "export"])
+def test_reading_a_wandb_sweep_without_api_key_is_one_line(command, no_key, tmp_path, capsys):
+    import finetune_sweep
+
+    t = time.monotonic()
+    assert finetune_sweep.main([command, "ent/proj/abc123", "--out", str(tmp_path / "o")]) == 2
+    assert time.monotonic() - t < 5
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: reading a W&B sweep needs an API key: run `wandb login` (or set WANDB_API_KEY); "
+                   "offline, pass the local sweep dir instead"]
+
+
 def test_create_turns_wandb_errors_into_one_line(sweep_file, no_key):
     import wandb
 

@@ -341,3 +341,16 @@ def test_html_renders_in_headless_chromium(guide_report, tmp_path):
 
     with Image.open(shot) as im:                  # the plots were drawn: many colours, not a blank page
         assert len(im.convert("RGB").resize((300, 750)).getcolors(1 << 20)) > 200
+
+
+def test_report_from_wandb_runs_mcnemar_on_the_logged_test_predictions(tmp_path):
+    """The summary keys lib.tracking logs (test_y_true, test_y_pred, classes) are enough for the paired test."""
+    def logged(val, errors):
+        return {**summ(val, 125 - errors), "classes": CLASSES, "test_y_true": Y_TRUE, "test_y_pred": wrong(errors)}
+    api = FakeApi([FakeRun("a", "finished", {"model": "resnet50", "strategy": "partial", "lr": 1e-3}, logged(0.93, 6), []),
+                   FakeRun("b", "finished", {"model": "resnet50", "strategy": "full", "lr": 1e-4}, logged(0.92, 8), [])])
+    res = build_report(load_wandb("ent/proj/sw", api=api), tmp_path / "wb")
+    assert res["mcnemar"]["runs"] == ["a", "b"]
+    expected = stats.binomtest(res["mcnemar"]["b"], res["mcnemar"]["b"] + res["mcnemar"]["c"], 0.5).pvalue
+    assert res["mcnemar"]["p_value"] == pytest.approx(expected)
+    assert "not distinguishable" in (tmp_path / "wb" / "report.md").read_text()

@@ -64,6 +64,10 @@ def test_changed_image_weights_or_size_invalidate(base_args, animals, tmp_path):
     known = entries(base_args)
     run(base_args, MOBILENET + ["--strategy=freeze", "--run_id=w", f"--weights={full / 'model.safetensors'}"])
     assert {e.split("-")[0] for e in entries(base_args) - known} == {"features"}
+    # another model: its own features
+    known = entries(base_args)
+    run(base_args, MOBILENET + ["--strategy=freeze", "--run_id=m", "--model=small_cnn"])
+    assert "features" in {e.split("-")[0] for e in entries(base_args) - known}
     # one changed image: its split is decoded again and every feature entry is rebuilt
     known = entries(base_args)
     image = Path(animals) / base["split"]["train"][0]
