@@ -33,7 +33,8 @@ from scipy import stats
 
 # Config keys that are bookkeeping, not part of the recipe: they never define a "configuration".
 NOISE_KEYS = {"seed", "run_id", "run_name", "runs_dir", "cache_dir", "group", "tags", "project", "entity",
-              "device", "num_workers", "log_model", "wandb_version", "config"}
+              "device", "num_workers", "log_model", "wandb_version", "config",
+              "feature_cache", "cache_memory_mb", "shared_cache_dir"}   # caches are exact: not the recipe
 STATE_MAP = {"finished": "finished", "running": "running", "failed": "failed", "crashed": "failed",
              "killed": "failed", "preempted": "preempted", "preempting": "preempted", "pruned": "pruned",
              "pending": "running", "complete": "finished", "fail": "failed", "waiting": "running"}

@@ -11,7 +11,6 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
@@ -117,6 +116,9 @@ def make_loss(cfg: Config, decoded: data.Decoded, num_classes: int, mixing: bool
 
 
 def test_metrics(result: dict, classes: list[str]) -> tuple[dict, list[dict], list[list[int]]]:
+    # Imported here: sklearn adds about a second to every run's start, and a sweep starts many runs.
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     y_true, y_pred = result["y_true"], result["y_pred"]
     if not len(y_true):
         return {k: None for k in ("test_acc", "test_loss", "test_precision_macro", "test_recall_macro",
