@@ -1,0 +1,109 @@
+"""The runs of a sweep as one table, ready to review and to show: the selection metric, Wilson
+intervals of test accuracy, the recipe of each run, the finished runs best first, Pareto fronts."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from lib.report.page import hp, isnan
+from lib.report.sources import _scalar, runs_frame
+from lib.report.stats import pareto_front, wilson_interval
+
+# Config keys that are bookkeeping, not part of the recipe: they never define a "configuration".
+NOISE_KEYS = {"seed", "run_id", "run_name", "runs_dir", "cache_dir", "group", "tags", "project", "entity",
+              "device", "num_workers", "log_model", "wandb_version", "config",
+              "feature_cache", "cache_memory_mb", "shared_cache_dir"}   # caches are exact: not the recipe
+NUMERIC = ("test_acc", "test_f1_macro", "trainable_params", "total_params", "model_size_mb", "train_val_gap",
+           "train_time_s", "best_val_acc", "n_test", "n_val")
+
+
+@dataclass
+class Study:
+    runs: list[dict]
+    by_id: dict[str, dict]
+    df: pd.DataFrame            # every run
+    fin: pd.DataFrame           # finished runs with a value of the metric, best first (ties: smaller, faster)
+    metric: str
+    goal: str                   # maximize | minimize
+    varying: list[str]          # recipe keys that differ between finished runs
+    shown_hp: list[str]         # ... other than model and strategy
+    labels: dict[str, str]      # run id -> "model/strategy lr=... [id]"
+    latency: dict[str, float]
+
+    @property
+    def maximize(self) -> bool:
+        return self.goal != "minimize"
+
+    def hp_text(self, row) -> str:
+        keys = self.shown_hp or [k for k in ("lr",) if k in row and not isnan(row[k])]
+        return ", ".join(f"{k}={hp(row[k])}" for k in keys if k in row and not isnan(row[k]))
+
+    def recipe(self, row) -> str:
+        params = self.hp_text(row)
+        return f"**{row['model']} / {row['strategy']}**" + (f" ({params})" if params else "")
+
+
+def metric_value(run: dict, metric: str, maximize: bool) -> float:
+    """The summary's value, else the best of the history's."""
+    v = (run.get("summary") or {}).get(metric)
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    vals = [r[metric] for r in run.get("history") or [] if isinstance(r.get(metric), (int, float))
+            and np.isfinite(r[metric])]
+    if not vals:
+        return math.nan
+    return float(max(vals) if maximize else min(vals))
+
+
+def _config_keys(runs: list[dict]) -> list[str]:
+    keys: dict[str, None] = {}
+    for r in runs:
+        for k in (r.get("config") or {}):
+            keys.setdefault(k, None)
+    return list(keys)
+
+
+def _frame(runs: list[dict], metric: str, maximize: bool, latency: dict[str, float]) -> pd.DataFrame:
+    df = runs_frame(runs)
+    df[metric] = [metric_value(r, metric, maximize) for r in runs] if runs else []
+    df["latency_ms"] = [latency.get(str(r.get("id")), math.nan) for r in runs] if runs else []
+    for col in ("model", "strategy", *NUMERIC):
+        if col not in df:
+            df[col] = "?" if col in ("model", "strategy") else math.nan
+    for col in ("model", "strategy"):
+        df[col] = df[col].fillna("?").astype(str)
+    for col in (*NUMERIC, metric):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    df["test_k"] = (df["test_acc"] * df["n_test"]).round()
+    intervals = [wilson_interval(k, n) for k, n in zip(df["test_k"], df["n_test"])]
+    df["test_acc_lo"] = [c[0] for c in intervals]
+    df["test_acc_hi"] = [c[1] for c in intervals]
+    df["_label_short"] = [f"{m}/{s}" for m, s in zip(df["model"], df["strategy"])]
+    return df
+
+
+def make_study(runs: list[dict], metric: str, goal: str, latency: dict[str, float]) -> Study:
+    maximize = goal != "minimize"
+    df = _frame(runs, metric, maximize, latency)
+    recipe_keys = [k for k in _config_keys(runs) if k not in NOISE_KEYS]
+    df["_group"] = [json.dumps({k: _scalar((r.get("config") or {}).get(k)) for k in recipe_keys}, sort_keys=True,
+                               default=str) for r in runs] if runs else []
+    fin = df[(df["state"] == "finished") & df[metric].notna()].copy()
+    fin["_size_key"] = fin["model_size_mb"].fillna(np.inf)
+    fin = fin.sort_values([metric, "_size_key", "train_time_s"], ascending=[not maximize, True, True],
+                          na_position="last")
+    if not fin.empty:
+        fin["pareto_size"] = pareto_front(fin["model_size_mb"], fin[metric], maximize)
+        fin["pareto_latency"] = pareto_front(fin["latency_ms"], fin[metric], maximize)
+    varying = [k for k in recipe_keys if k in fin and fin[k].astype(str).nunique() > 1]
+    study = Study(runs, {r.get("id"): r for r in runs}, df, fin, metric, goal, varying,
+                  [k for k in varying if k not in ("model", "strategy")], {}, latency)
+    for _, row in df.iterrows():
+        params = study.hp_text(row)
+        study.labels[row["run_id"]] = f"{row['model']}/{row['strategy']}" + (f" {params}" if params else "") \
+            + f" [{row['run_id']}]"
+    return study
