@@ -77,6 +77,8 @@ class Config:
     shared_cache_dir: str = _opt("", "where the runs of a study share decoded images and frozen outputs "
                                      "('' = <runs_dir>/.cache; none = do not share)")
     # --- run ---
+    checkpoint_epochs: int = _opt(1, "write the resumable checkpoint (model, optimizer, RNG) every N epochs and "
+                                     "at the end of each phase (0 = phase ends only); a resumed run redoes the rest", min=0)
     seed: int = _opt(42, "seed of the split, the initialisation and the data order", min=0)
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N | mps")
     amp: bool = _opt(True, "mixed precision on CUDA (bf16 where supported, else fp16)")

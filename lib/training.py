@@ -255,10 +255,13 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
             p.stopped_early = done and index == len(plan) - 1
             last = done or phase_epoch + 1 == phase.epochs
             p.phase_index, p.phase_epoch = (index + 1, 0) if last else (index, phase_epoch + 1)
-            hooks.checkpoint({"progress": dataclasses.asdict(p), "model": model.state_dict(),
-                              "optimizer": opt.state_dict(), "optimizer_phase": index,
-                              "schedule": schedule.state_dict(), "rng": _rng_state(loaders["train"]),
-                              "scaler": accel.scaler.state_dict() if accel.scaler else None})
+            # Every checkpoint_epochs epochs and at phase ends: the model and optimizer state of a big
+            # model on a fast GPU can take longer to write than an epoch on cached features takes to run.
+            if last or (cfg.checkpoint_epochs and p.epoch % cfg.checkpoint_epochs == 0):
+                hooks.checkpoint({"progress": dataclasses.asdict(p), "model": model.state_dict(),
+                                  "optimizer": opt.state_dict(), "optimizer_phase": index,
+                                  "schedule": schedule.state_dict(), "rng": _rng_state(loaders["train"]),
+                                  "scaler": accel.scaler.state_dict() if accel.scaler else None})
             row = {"epoch": p.epoch, "phase": phase.name, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
                    "val_loss": va["loss"], "val_acc": va["acc"], "time_s": round(tr["seconds"], 3),
                    "best_val_acc": p.best_val_acc}

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import timm
 import torch
 import yaml
@@ -111,3 +112,14 @@ def test_wandb_run_logs_test_predictions_and_the_finished_record(base_args, tmp_
     assert summary["test_y_true"] == rec["test_predictions"]["y_true"]
     assert summary["test_y_pred"] == rec["test_predictions"]["y_pred"]
     assert summary["classes"] == rec["classes"] and summary["best_val_acc"] == rec["summary"]["best_val_acc"]
+
+
+@pytest.mark.parametrize("every,expected", [(1, [1, 2, 3]), (2, [2, 3]), (0, [3])])
+def test_checkpoint_interval(base_args, monkeypatch, every, expected):
+    """The resumable checkpoint: every N epochs and at the end of each phase."""
+    from lib import run as run_module
+
+    written = []
+    monkeypatch.setattr(run_module.Hooks, "checkpoint", lambda self, state: written.append(state["progress"]["epoch"]))
+    assert main(base_args + ["--model=small_cnn", "--strategy=full", "--epochs=3", f"--checkpoint_epochs={every}"]) == 0
+    assert written == expected
