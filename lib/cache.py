@@ -66,15 +66,33 @@ class Entry:
     path: Path | None
 
 
+class Space:
+    """Where a builder puts a large array: over the memory budget, a memory-mapped file inside the entry
+    being written (a split larger than memory is decoded straight to disk); otherwise memory."""
+
+    def __init__(self, folder: Path | None, memory_bytes: float):
+        self.folder, self.memory_bytes, self.mapped = folder, memory_bytes, {}
+
+    def empty(self, name: str, shape: tuple, dtype) -> np.ndarray:
+        if self.folder is None or np.prod(shape) * np.dtype(dtype).itemsize <= self.memory_bytes:
+            return np.empty(shape, dtype)
+        self.mapped[name] = np.lib.format.open_memmap(self.folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        return self.mapped[name]
+
+
+Builder = Callable[[Space], tuple[dict[str, np.ndarray], dict]]
+
+
 class SharedCache:
     """``root=None`` turns sharing off: entries are built in memory every time."""
 
     def __init__(self, root: Path | None, memory_mb: float):
         self.root, self.memory_bytes = root, memory_mb * 2**20
 
-    def get(self, kind: str, key, build: Callable[[], tuple[dict[str, np.ndarray], dict]]) -> Entry:
+    def get(self, kind: str, key, build: Builder) -> Entry:
+        """The entry for ``key``, read, or made by ``build(space)`` -> (arrays, meta) and stored."""
         if self.root is None:
-            return Entry(*build(), reused=False, path=None)
+            return Entry(*build(Space(None, self.memory_bytes)), reused=False, path=None)
         name = f"{kind}-{fingerprint(kind, key)}"
         final = self.root / name
         if (final / "meta.json").exists():
@@ -83,17 +101,27 @@ class SharedCache:
         with _locked(self.root / f".{name}.lock"):
             if (final / "meta.json").exists():   # another run built it while we waited
                 return self._load(final)
-            arrays, meta = build()
-            self._write(final, arrays, meta)
+            tmp = final.with_name(f".tmp-{final.name}")
+            shutil.rmtree(tmp, ignore_errors=True)   # a writer killed earlier; we hold the lock
+            tmp.mkdir()
+            space = Space(tmp, self.memory_bytes)
+            arrays, meta = build(space)
+            self._write(tmp, final, arrays, meta, space)
+        if space.mapped:   # read back as the copy-on-write map every later run gets
+            return Entry(self._load(final).arrays, meta, reused=False, path=final)
         return Entry(arrays, meta, reused=False, path=final)
 
-    def _write(self, final: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
-        tmp = final.with_name(f".tmp-{final.name}")
-        shutil.rmtree(tmp, ignore_errors=True)   # a writer killed earlier; we hold the lock
-        tmp.mkdir()
+    @staticmethod
+    def _write(tmp: Path, final: Path, arrays: dict[str, np.ndarray], meta: dict, space: Space) -> None:
+        rows = {}
         for k, a in arrays.items():
-            np.save(tmp / f"{k}.npy", np.ascontiguousarray(a))
-        (tmp / "meta.json").write_text(json.dumps({**meta, "arrays": sorted(arrays)}))
+            if k in space.mapped:   # already in its file; a builder may use only the first rows
+                space.mapped[k].flush()
+                if len(a) != len(space.mapped[k]):
+                    rows[k] = len(a)
+            else:
+                np.save(tmp / f"{k}.npy", np.ascontiguousarray(a))
+        (tmp / "meta.json").write_text(json.dumps({**meta, "arrays": sorted(arrays), "rows": rows}))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -102,9 +130,11 @@ class SharedCache:
     def _load(self, path: Path) -> Entry:
         meta = json.loads((path / "meta.json").read_text())
         files = {k: path / f"{k}.npy" for k in meta.pop("arrays")}
+        rows = meta.pop("rows", {})
         big = sum(f.stat().st_size for f in files.values()) > self.memory_bytes
         # Copy-on-write maps: pages come from disk on demand and are shared by the runs of this machine.
         arrays = {k: np.load(f, mmap_mode="c" if big else None) for k, f in files.items()}
+        arrays = {k: a[:rows[k]] if k in rows else a for k, a in arrays.items()}
         return Entry(arrays, {**meta, "memory_mapped": big}, reused=True, path=path)
 
 

@@ -149,7 +149,8 @@ class Decoded:
 
 
 def decode_split(root: Path, items: list[tuple[str, int]], side: int, interpolation: str, min_side: int,
-                 skipped: list[dict], desc: str, threads: int | None = None) -> Decoded:
+                 skipped: list[dict], desc: str, threads: int | None = None, empty=np.empty) -> Decoded:
+    """``empty(shape, dtype)`` allocates the images (lib.cache's Space: a file when over budget)."""
     def one(item):
         try:
             return item, *decode(root / item[0], side, interpolation, min_side), None
@@ -160,7 +161,7 @@ def decode_split(root: Path, items: list[tuple[str, int]], side: int, interpolat
         return [one(item) for item in part]
 
     # Written in place, channels first: the decoded split is held once, never also as a list or a copy.
-    images = np.empty((len(items), 3, side, side), dtype=np.uint8)
+    images = empty((len(items), 3, side, side), np.uint8)
     labels, paths, hashes = [], [], []
     parts = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
     with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool, \
@@ -181,13 +182,15 @@ def decode_split(root: Path, items: list[tuple[str, int]], side: int, interpolat
 def decode_cached(cache: SharedCache, root: Path, items: list[tuple[str, int]], side: int, interpolation: str,
                   min_side: int, skipped: list[dict], desc: str) -> Decoded:
     """``decode_split`` once per study: later runs read the uint8 arrays from the shared cache
-    (memory-mapped when larger than the budget) and get the same skipped-file list."""
+    (memory-mapped when larger than the budget, and then decoded straight into the file) and get
+    the same skipped-file list."""
     key = {"files": files_fingerprint(root, items), "side": side, "interpolation": interpolation,
            "min_side": min_side}
 
-    def build():
+    def build(space):
         dropped: list[dict] = []
-        d = decode_split(root, items, side, interpolation, min_side, dropped, desc)
+        d = decode_split(root, items, side, interpolation, min_side, dropped, desc,
+                         empty=lambda shape, dtype: space.empty("images", shape, dtype))
         return {"images": d.images.numpy(), "labels": d.labels.numpy()}, \
             {"paths": d.paths, "hashes": d.hashes, "skipped": dropped}
     entry = cache.get("decoded", key, build)

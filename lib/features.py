@@ -195,7 +195,7 @@ def prepare(cut: Cut, cfg: Config, loaders: dict, store: Store, accel, epochs: i
         ordered = DataLoader(images.dataset, batch_size=cfg.batch_size, shuffle=False,
                              collate_fn=images.collate_fn, generator=torch.Generator())
 
-        def build():
+        def build(_space):
             with torch.random.fork_rng(devices=range(torch.cuda.device_count())):   # GPU augmentation draws there
                 if view is not None:
                     torch.manual_seed(cfg.seed * 1000 + view)   # view v: the same pixels in every run

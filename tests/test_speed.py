@@ -85,7 +85,7 @@ def test_changed_image_weights_or_size_invalidate(base_args, animals, tmp_path):
 def _build_once(root, counter):
     cache = SharedCache(Path(root), memory_mb=64)
 
-    def build():
+    def build(_space):
         with open(counter, "a") as f:
             f.write("x")
         time.sleep(0.5)
@@ -109,15 +109,34 @@ def test_concurrent_processes_build_an_entry_once(tmp_path):
 def test_large_entries_are_memory_mapped_and_half_written_ones_ignored(tmp_path):
     cache = SharedCache(tmp_path, memory_mb=0.01)                 # 10 kB budget
     data = np.random.default_rng(0).integers(0, 255, (64, 3, 16, 16), dtype=np.uint8)
-    made = cache.get("decoded", "k", lambda: ({"images": data}, {}))
+    made = cache.get("decoded", "k", lambda _: ({"images": data}, {}))
     assert made.reused is False
-    read = cache.get("decoded", "k", lambda: pytest.fail("rebuilt"))
+    read = cache.get("decoded", "k", lambda _: pytest.fail("rebuilt"))
     assert isinstance(read.arrays["images"], np.memmap) and read.meta["memory_mapped"]
     assert np.array_equal(read.arrays["images"], data)
     # a writer killed before its rename leaves a .tmp folder that no reader sees, and the next writer replaces
     (tmp_path / ".tmp-decoded-x").mkdir()
-    again = cache.get("decoded", "other", lambda: ({"images": data[:2]}, {}))
+    again = cache.get("decoded", "other", lambda _: ({"images": data[:2]}, {}))
     assert again.reused is False and np.array_equal(again.arrays["images"], data[:2])
+
+
+def test_a_split_over_budget_is_decoded_straight_into_the_cache_file(animals, tmp_path):
+    root = Path(animals)
+    items = [(str(p.relative_to(root)), 0) for p in sorted(root.rglob("*.png"))[:40]] + [("cat/missing.png", 0)]
+    skipped_mem, skipped_disk = [], []
+    in_memory = data.decode_split(root, items, 36, "bilinear", 16, skipped_mem, "t")
+    allocated = []
+
+    class Spy(SharedCache):    # what the builder was given to write into
+        def get(self, kind, key, build):
+            return super().get(kind, key, lambda space: (allocated.append(space), build(space))[1])
+    cache = Spy(tmp_path / "c", memory_mb=0.05)       # 50 kB: 40 images of 36 px are 152 kB
+    on_disk = data.decode_cached(cache, root, items, 36, "bilinear", 16, skipped_disk, "t")
+    assert isinstance(allocated[0].mapped["images"], np.memmap)                  # written into the entry's file
+    assert torch.equal(on_disk.images, in_memory.images) and len(on_disk.images) == 40   # the missing file's row dropped
+    assert skipped_disk == skipped_mem and skipped_disk[0]["path"] == "cat/missing.png"
+    again = data.decode_cached(SharedCache(tmp_path / "c", memory_mb=0.05), root, items, 36, "bilinear", 16, [], "t")
+    assert again.reused and torch.equal(again.images, in_memory.images)
 
 
 @pytest.mark.parametrize("name,splits", [("resnet18", True), ("efficientnet_b0", True), ("vit_tiny_patch16_224", False)])
