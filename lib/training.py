@@ -201,6 +201,53 @@ def cached_phase(cfg: Config, model: nn.Module, phase_name: str, epochs: int, lo
     return cut if isinstance(cut, str) else features.prepare(cut, cfg, loaders, store, accel, epochs)
 
 
+@dataclass
+class PhaseRun:
+    """One phase set up: what is held in eval mode, its optimizer, schedule and early stopping, and
+    what trains on which data (the model on images, or its trainable part on cached outputs)."""
+    held: list[nn.Module]
+    opt: torch.optim.Optimizer
+    schedule: Schedule
+    stopper: EarlyStopping
+    net: nn.Module
+    cached: "features.Cached | None"
+    cache_mode: str
+
+    def train_loader(self, loaders: dict, phase_epoch: int):
+        return loaders["train"] if self.cached is None else self.cached.train_for(phase_epoch)
+
+    def val_loader(self, loaders: dict):
+        return loaders["val"] if self.cached is None else self.cached.val
+
+
+def _start_phase(cfg: Config, model: nn.Module, phase, index: int, loaders: dict, store, accel: Accel,
+                 p: Progress, resume: dict | None) -> PhaseRun:
+    strategies.apply(model, strategies.trainable_names(model, cfg, phase))
+    held = strategies.frozen_modules(model, cfg.train_bn)
+    p.trainable = max(p.trainable, sum(q.numel() for q in model.parameters() if q.requires_grad))
+    opt = create_optimizer(model, cfg, phase)
+    schedule = Schedule(opt, cfg, phase.epochs, max(1, len(loaders["train"])))
+    stopper = EarlyStopping(cfg.patience)
+    started = time.perf_counter()
+    cached = cached_phase(cfg, model, phase.name, phase.epochs, loaders, store, accel)
+    p.train_time += time.perf_counter() - started  # the one forward pass counts as training time
+    if resume and p.phase_epoch and resume.get("optimizer_phase") == index:
+        opt.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        if accel.scaler and resume.get("scaler"):
+            accel.scaler.load_state_dict(resume["scaler"])
+        stopper.bad = p.bad_epochs
+    if isinstance(cached, str):
+        return PhaseRun(held, opt, schedule, stopper, model, None, f"{phase.name}: off ({cached})")
+    return PhaseRun(held, opt, schedule, stopper, cached.net, cached, f"{phase.name}: {cached.mode}")
+
+
+def _checkpoint(p: Progress, model: nn.Module, run: PhaseRun, index: int, loaders: dict, accel: Accel) -> dict:
+    return {"progress": dataclasses.asdict(p), "model": model.state_dict(), "optimizer": run.opt.state_dict(),
+            "optimizer_phase": index, "schedule": run.schedule.state_dict(), "rng": _rng_state(loaders["train"]),
+            "scaler": accel.scaler.state_dict() if accel.scaler else None}
+
+
 def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.Module,
         mixup: Mixup | None, hooks, stop: StopFlag | None = None, resume: dict | None = None,
         store: "features.Store | None" = None) -> dict:
@@ -217,55 +264,35 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
     cache_modes: list[str] = []
     for index in range(p.phase_index, len(plan)):
         phase = plan[index]
-        strategies.apply(model, strategies.trainable_names(model, cfg, phase))
-        held = strategies.frozen_modules(model, cfg.train_bn)
-        p.trainable = max(p.trainable, sum(q.numel() for q in model.parameters() if q.requires_grad))
-        opt = create_optimizer(model, cfg, phase)
-        schedule = Schedule(opt, cfg, phase.epochs, max(1, len(loaders["train"])))
-        stopper = EarlyStopping(cfg.patience)
-        started = time.perf_counter()
-        cached = cached_phase(cfg, model, phase.name, phase.epochs, loaders, store, accel)
-        p.train_time += time.perf_counter() - started  # the one forward pass counts as training time
-        cache_modes.append(f"{phase.name}: " + (cached.mode if not isinstance(cached, str) else f"off ({cached})"))
-        net = model if isinstance(cached, str) else cached.net
-        if resume and p.phase_epoch and resume.get("optimizer_phase") == index:
-            opt.load_state_dict(resume["optimizer"])
-            schedule.load_state_dict(resume["schedule"])
-            if accel.scaler and resume.get("scaler"):
-                accel.scaler.load_state_dict(resume["scaler"])
-            stopper.bad = p.bad_epochs
+        run = _start_phase(cfg, model, phase, index, loaders, store, accel, p, resume)
+        cache_modes.append(run.cache_mode)
         for phase_epoch in range(p.phase_epoch, phase.epochs):
             stop.check()
             p.epoch += 1
-            strategies.set_train_mode(model, held)
-            net.training = True   # not train(): that would undo the held modules
-            lr = max(g["lr"] for g in opt.param_groups)
-            train = loaders["train"] if isinstance(cached, str) else cached.train_for(phase_epoch)
-            tr = train_epoch(net, train, opt, schedule, loss_fn, mixup, accel,
-                             desc=f"epoch {p.epoch}/{cfg.epochs} {phase.name}", stop=stop)
-            va = evaluate(net, loaders["val"] if isinstance(cached, str) else cached.val, accel)
-            schedule.step_epoch(va["acc"])
+            strategies.set_train_mode(model, run.held)
+            run.net.training = True   # not train(): that would undo the held modules
+            lr = max(g["lr"] for g in run.opt.param_groups)
+            tr = train_epoch(run.net, run.train_loader(loaders, phase_epoch), run.opt, run.schedule, loss_fn, mixup,
+                             accel, desc=f"epoch {p.epoch}/{cfg.epochs} {phase.name}", stop=stop)
+            va = evaluate(run.net, run.val_loader(loaders), accel)
+            run.schedule.step_epoch(va["acc"])
             p.images, p.train_time = p.images + tr["images"], p.train_time + tr["seconds"]
             improved = va["acc"] > p.best_val_acc
             if improved:
                 p.best_val_acc, p.best_epoch, p.best_train_acc = va["acc"], p.epoch, tr["acc"]
                 hooks.best(model.state_dict())
-            done = stopper.step(improved)
-            p.bad_epochs = stopper.bad
+            done = run.stopper.step(improved)
+            p.bad_epochs = run.stopper.bad
             p.stopped_early = done and index == len(plan) - 1
             last = done or phase_epoch + 1 == phase.epochs
             p.phase_index, p.phase_epoch = (index + 1, 0) if last else (index, phase_epoch + 1)
             # Every checkpoint_epochs epochs and at phase ends: the model and optimizer state of a big
             # model on a fast GPU can take longer to write than an epoch on cached features takes to run.
             if last or (cfg.checkpoint_epochs and p.epoch % cfg.checkpoint_epochs == 0):
-                hooks.checkpoint({"progress": dataclasses.asdict(p), "model": model.state_dict(),
-                                  "optimizer": opt.state_dict(), "optimizer_phase": index,
-                                  "schedule": schedule.state_dict(), "rng": _rng_state(loaders["train"]),
-                                  "scaler": accel.scaler.state_dict() if accel.scaler else None})
-            row = {"epoch": p.epoch, "phase": phase.name, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
-                   "val_loss": va["loss"], "val_acc": va["acc"], "time_s": round(tr["seconds"], 3),
-                   "best_val_acc": p.best_val_acc}
-            hooks.epoch(row)
+                hooks.checkpoint(_checkpoint(p, model, run, index, loaders, accel))
+            hooks.epoch({"epoch": p.epoch, "phase": phase.name, "lr": lr, "train_loss": tr["loss"],
+                         "train_acc": tr["acc"], "val_loss": va["loss"], "val_acc": va["acc"],
+                         "time_s": round(tr["seconds"], 3), "best_val_acc": p.best_val_acc})
             bar.update(1)
             tqdm.write(f"epoch {p.epoch:>3} {phase.name:<8} lr {lr:.2e}  train loss {tr['loss']:.4f} "
                        f"acc {tr['acc']:.3f}  val loss {va['loss']:.4f} acc {va['acc']:.3f}", file=sys.stderr)
