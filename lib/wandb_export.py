@@ -58,7 +58,7 @@ def log_export(sweep_path: str, run_id: str, out: Path, result: dict) -> str:
                      group=f"sweep-{sweep_id}", dir=str(out), reinit="finish_previous",
                      config={"source_run": run_id, "sweep": sweep_path, "source_artifact": artifact_name(sweep_path, run_id)})
     try:
-        if not run.settings._offline:   # lineage needs the server; offline the config names the source
+        if not (run.offline or run.disabled):   # lineage needs the server; offline the config names the source
             run.use_artifact(artifact_name(sweep_path, run_id))
         run.summary.update(_summary(result))
         grids = sorted((out / ATTR_DIR).glob("*.png"))
