@@ -140,6 +140,8 @@ def execute(cfg: Config, env: dict) -> int:
 
     run_id = cfg.run_id or (env.get("WANDB_RUN_ID") if in_sweep(env) else "") or new_run_id()
     check_writable(cfg.runs_dir)
+    if cfg.shared_cache_dir not in ("", "none"):
+        check_writable(cfg.shared_cache_dir, "shared_cache_dir")
     # WANDB_DIR (W&B's own variable) lets a sweep runner put W&B's files next to the record.
     tracker = Tracker(cfg, Path(env.get("WANDB_DIR") or Path(cfg.runs_dir) / run_id), run_id)
     try:
@@ -216,14 +218,14 @@ def train_with_oom_retries(cfg: Config, record: RunRecord, tracker, stop, resume
             print(f"warning: out of memory: retrying with batch_size={cfg.batch_size}", file=sys.stderr)
 
 
-def check_writable(runs_dir: str) -> None:
+def check_writable(folder: str, key: str = "runs_dir") -> None:
     """Fail before any work when records cannot be written (a file in the way, permissions, full disk)."""
     try:
-        Path(runs_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write(Path(runs_dir) / ".write-test", lambda tmp: Path(tmp).write_text("ok"))
-        (Path(runs_dir) / ".write-test").unlink()
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        atomic_write(Path(folder) / ".write-test", lambda tmp: Path(tmp).write_text("ok"))
+        (Path(folder) / ".write-test").unlink()
     except OSError as e:
-        raise ConfigError(f"runs_dir={runs_dir!r} is not writable: {e.strerror or e}") from None
+        raise ConfigError(f"{key}={folder!r} is not writable: {e.strerror or e}") from None
 
 
 class Hooks:
