@@ -99,8 +99,12 @@ def _open(name: str, module: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _frozen(module: nn.Module) -> bool:
-    return not any(p.requires_grad for p in module.parameters()) and \
-        not any(isinstance(m, RANDOM_IN_TRAINING) for m in module.modules() if not list(m.parameters()))
+    """Deterministic in training: a unit with parameters, all frozen, is held in eval mode with everything
+    inside it (lib.strategies); a parameter-free one must hold nothing random (dropout, drop-path)."""
+    params = list(module.parameters())
+    if params:
+        return not any(p.requires_grad for p in params)
+    return not any(isinstance(m, RANDOM_IN_TRAINING) for m in module.modules())
 
 
 def find_cut(model: nn.Module, cfg: Config, phase_name: str, sample: torch.Tensor) -> Cut | str:

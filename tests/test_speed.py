@@ -161,6 +161,20 @@ def test_models_are_cut_only_where_the_forward_is_a_plain_sequence(name, splits)
             assert torch.allclose(cut.net(cut.front(x)), model(x), atol=1e-5)
 
 
+def test_frozen_stages_with_drop_path_are_still_cut():
+    """A frozen unit is held in eval mode whole, so its drop-path is off: it belongs to the front."""
+    model = timm.create_model("convnext_atto", pretrained=False, num_classes=3, drop_path_rate=0.1)
+    cfg = build({"strategy": "partial", "unfreeze_blocks": 1})
+    from lib import strategies
+    strategies.apply(model, strategies.trainable_names(model, cfg, strategies.phases(cfg)[0]))
+    model.eval()
+    cut = features.find_cut(model, cfg, "partial", torch.randn(2, 3, 64, 64))
+    assert cut.name == "after stages.2"
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(cut.net(cut.front(x)), model(x), atol=1e-5)
+
+
 def test_over_budget_falls_back_and_says_so(base_args):
     rec, _, _ = run(base_args, MOBILENET + ["--strategy=partial", "--cache_memory_mb=0.001"])
     assert rec["summary"]["feature_cache"].startswith("partial: off (the frozen output needs")
