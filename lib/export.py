@@ -71,12 +71,13 @@ def load_run_model(run_dir) -> tuple[torch.nn.Module, dict]:
         raise ExportError(f"run {record.get('id', run_dir.name)} has no weights: {weights} is missing")
     import timm
 
-    import lib.models  # noqa: F401 - registers small_cnn in timm
+    import lib.models  # registers small_cnn in timm; sizes fixed-size models
     from safetensors.torch import load_file
 
     name = record["config"]["model"]
     try:
-        model = timm.create_model(name, pretrained=False, num_classes=len(record["classes"]))
+        model = timm.create_model(name, pretrained=False, num_classes=len(record["classes"]),
+                                  **lib.models.size_kwargs(name, int(record["config"].get("image_size") or 0)))
     except Exception as e:  # noqa: BLE001 - unknown name, timm version without it...
         raise ExportError(f"cannot create model {name!r}: {_one_line(e)}") from None
     try:

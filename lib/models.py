@@ -11,7 +11,7 @@ from pathlib import Path
 import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_model_data_config
-from timm.models import load_state_dict, register_model
+from timm.models import get_pretrained_cfg, load_state_dict, register_model
 from torch import nn
 
 from lib import weights as weights_lib
@@ -106,6 +106,7 @@ def create(cfg: Config, num_classes: int, cache_dir: Path) -> tuple[nn.Module, d
     kwargs = {"drop_rate": cfg.dropout}
     if cfg.drop_path > 0:
         kwargs["drop_path_rate"] = cfg.drop_path
+    kwargs.update(size_kwargs(cfg.model, cfg.image_size))
     try:
         model, source = weights_lib.create_model(cfg.model, weights, num_classes, cache_dir, **kwargs)
     except TypeError as e:
@@ -114,6 +115,14 @@ def create(cfg: Config, num_classes: int, cache_dir: Path) -> tuple[nn.Module, d
                               "it has no stochastic depth; expected 0") from None
         raise
     return model, source, data_config(model, cfg)
+
+
+def size_kwargs(model_name: str, image_size: int) -> dict:
+    """A model built for one input size (ViT, Swin: position embeddings, windows) is built for
+    ``image_size``; timm resamples pretrained position embeddings to fit. Others take any size."""
+    pretrained_cfg = get_pretrained_cfg(model_name)
+    fixed = pretrained_cfg is not None and pretrained_cfg.fixed_input_size
+    return {"img_size": image_size} if image_size and fixed else {}
 
 
 def data_config(model: nn.Module, cfg: Config) -> dict:

@@ -82,3 +82,12 @@ def test_weights_file_from_an_earlier_run_initialises_the_backbone(base_args, tm
     a, b = load_file(first / "model.safetensors"), load_file(Path(rec["config"]["runs_dir"]) / "second" / "model.safetensors")
     assert rec["weights_source"]["kind"] == "file"
     assert all(a[k].equal(b[k]) for k in a if k.startswith("blocks."))   # frozen backbone = the file's
+
+
+def test_a_fixed_size_model_is_built_for_the_chosen_size(base_args):
+    """timm marks ViT, Swin... fixed_input_size: the kit builds them at image_size (32 px here, not 224)."""
+    rec, metrics, _ = run(base_args, ["--model=vit_tiny_patch16_224", "--weights=none", "--strategy=partial",
+                                      "--unfreeze_unit=block", "--unfreeze_blocks=1", "--epochs=1"])
+    assert rec["state"] == "finished" and rec["data_config"]["input_size"] == [3, 32, 32]
+    assert rec["summary"]["feature_cache"] == \
+        "partial: off (VisionTransformer's forward is not a plain sequence of modules)"
