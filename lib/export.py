@@ -551,7 +551,7 @@ def candidates(source, metric: str = "best_val_acc", max_size_mb: float | None =
     from lib.report import load_local, load_wandb
 
     if is_wandb_sweep(source):
-        runs = [r for r in load_wandb(source, api) if r.get("state") == "finished"]
+        runs = [r for r in load_wandb(source, api, history=False) if r.get("state") == "finished"]
     else:
         runs = [r for r in load_local(source) if r.get("state") == "finished"
                 and (Path(r["dir"]) / "model.safetensors").exists()]

@@ -178,13 +178,13 @@ class Store:
     cache: SharedCache
 
 
-def prepare(cut: Cut, cfg: Config, loaders: dict, store: Store, accel, epochs: int) -> Cached | str:
+def prepare(cut: Cut, cfg: Config, loaders: dict, store: Store, accel, epochs: int,
+            sample: torch.Tensor) -> Cached | str:
     """Outputs of the frozen front for val and each training view (from the shared cache when
-    another run made them), or why not (over the memory budget)."""
+    another run made them), or why not (over the memory budget). ``sample``: one input image."""
     n_views = 1 if cfg.augment == "none" else min(cfg.augment_views, epochs)
-    first = first_image(loaders["val"])
     with torch.no_grad(), accel.autocast():
-        per_image = cut.front(accel.to_device(first, torch.zeros(1))[0]).numel() * 4
+        per_image = cut.front(sample).numel() * 4
     decoded, cache = store.decoded, store.cache
     total = per_image * (len(decoded["train"].labels) * n_views + len(decoded["val"].labels))
     if total > cache.memory_bytes:

@@ -198,7 +198,7 @@ def cached_phase(cfg: Config, model: nn.Module, phase_name: str, epochs: int, lo
     model.eval()   # the front is frozen: eval mode, as in training
     sample, _ = accel.to_device(features.first_image(loaders["val"]), torch.zeros(1))
     cut = features.find_cut(model, cfg, phase_name, sample)
-    return cut if isinstance(cut, str) else features.prepare(cut, cfg, loaders, store, accel, epochs)
+    return cut if isinstance(cut, str) else features.prepare(cut, cfg, loaders, store, accel, epochs, sample)
 
 
 @dataclass

@@ -256,7 +256,7 @@ def _data(s: Study, r: Review, best) -> None:
                    "score optimistic too")
 
 
-def _best_group(s: Study, r: Review, best) -> dict | None:
+def _best_group(r: Review, best) -> dict | None:
     return next((g for g in r.seed_groups if g["_group"] == best["_group"]), None)
 
 
@@ -264,7 +264,7 @@ def _seeds(s: Study, r: Review, best, runner) -> None:
     if not any(g["n"] >= 2 for g in r.seed_groups) and len(s.fin) > 1:
         r.warn("info", "seeds", "every configuration ran with one seed: the seed-to-seed spread is unknown, so a "
                "small difference between configurations may be noise (repeat the top configurations with 3+ seeds)")
-    group = _best_group(s, r, best)
+    group = _best_group(r, best)
     if group and runner is not None and not isnan(group[f"{s.metric}_std"]):
         margin = abs(best[s.metric] - runner[s.metric])
         if margin < group[f"{s.metric}_std"]:
@@ -279,7 +279,7 @@ def _verdict(s: Study, r: Review, best, runner, perfect: pd.DataFrame) -> list[s
         test = f", test accuracy {pct(best['test_acc'])}" + (
             f" {ci(best['test_acc_lo'], best['test_acc_hi'])} (95% Wilson, n={int(n_test)})" if not isnan(n_test) else "")
     lines = [f"Winner: {s.recipe(best)}, run `{r.best_id}`: {metric} {met(best[metric])}{test}."]
-    group = _best_group(s, r, best)
+    group = _best_group(r, best)
     if group:
         lines.append(f"Over {group['n']} seeds this configuration scores {metric} {group[f'{metric}_mean']:.4f} ± "
                      f"{group[f'{metric}_std']:.4f} (test {pct(group['test_acc_mean'])} ± "

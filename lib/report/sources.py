@@ -162,7 +162,7 @@ def _unwrap(value):
     return value
 
 
-def load_wandb(path: str, api=None) -> list[dict]:
+def load_wandb(path: str, api=None, history: bool = True) -> list[dict]:
     """Every run of the W&B sweep ``entity/project/sweep_id``, as the same dicts as ``load_local``.
     ``classes``, ``test_predictions``, ``per_class``, ``confusion_matrix``, ``warnings`` come from
     summary keys of those names when the runs logged them (ours do not: McNemar is then unavailable)."""
@@ -188,14 +188,14 @@ def load_wandb(path: str, api=None) -> list[dict]:
             extras["test_predictions"] = {"y_true": raw.pop("test_y_true"), "y_pred": raw.pop("test_y_pred")}
         summary = {k: v for k, v in raw.items() if not str(k).startswith("_")
                    and (v is None or isinstance(v, (int, float, str, bool)))}
-        try:
-            history = r.history(pandas=False)
-        except Exception:  # noqa: BLE001 - a run without history is still a run
-            history = []
+        rows = []
+        if history:   # one request per run: only the report draws curves
+            with contextlib.suppress(Exception):   # a run without history is still a run
+                rows = r.history(pandas=False) or []
         wandb_state = str(getattr(r, "state", "unknown"))
         rec = {"id": getattr(r, "id", None), "name": getattr(r, "name", None) or getattr(r, "id", None),
                "state": STATE_MAP.get(wandb_state, wandb_state), "wandb_state": wandb_state,
-               "config": config, "summary": summary, "history": _history_rows(history or []),
+               "config": config, "summary": summary, "history": _history_rows(rows),
                "source": f"wandb:{path}", **extras}
         if rec["state"] != "finished":
             rec["error"] = raw.get("error") or (f"W&B state {wandb_state}" if wandb_state != rec["state"] else None)
