@@ -14,6 +14,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_model
 from timm.models import get_pretrained_cfg, load_state_dict, register_model
 from torch import nn
 
+from lib import strategies
 from lib import weights as weights_lib
 from lib.config import Config, ConfigError
 
@@ -114,7 +115,32 @@ def create(cfg: Config, num_classes: int, cache_dir: Path) -> tuple[nn.Module, d
             raise ConfigError(f"drop_path={cfg.drop_path} is not valid for model={cfg.model}: "
                               "it has no stochastic depth; expected 0") from None
         raise
+    if not head_from_file(model, source):
+        zero_head(model)
     return model, source, data_config(model, cfg)
+
+
+def head_from_file(model: nn.Module, source: dict) -> bool:
+    """Whether a weights file supplied this head (a fine-tuned checkpoint with the same classes)."""
+    if source.get("kind") != "file":
+        return False
+    state = load_state_dict(source["file"], weights_only=True)
+    head = {n: p for n, p in model.named_parameters() if n in strategies.classifier_names(model)}
+    return all(n in state and state[n].shape == p.shape for n, p in head.items())
+
+
+def zero_head(model: nn.Module) -> None:
+    """Start the new classifier at zero, as BiT does (Kolesnikov et al. 2020).
+
+    Each timm family initialises its head its own way: EfficientNet/MobileNet draw it uniformly in
+    +-1/sqrt(num_classes), so with 2-3 classes the first logits reach about +-9 and the first loss is
+    ~10x ln(C); a study that starts strategies from such a head compares broken runs. A zero head
+    predicts the uniform distribution whatever the feature scale, so the first loss is exactly ln(C).
+    It still learns from the first step (its gradient is features x error); the backbone's gradient
+    through it is zero for that one step only."""
+    with torch.no_grad():
+        for p in model.get_classifier().parameters():
+            p.zero_()
 
 
 def size_kwargs(model_name: str, image_size: int) -> dict:
