@@ -41,11 +41,17 @@ class Config:
     model: str = _opt("resnet50", "any timm model name, or small_cnn (from scratch, < 2 MB)")
     weights: str = _opt("pretrained", "pretrained | none | path to a .safetensors/.pth file")
     # --- strategy ---
-    strategy: str = _opt("freeze", "which parameters train", choices=("freeze", "partial", "full", "two_phase"))
+    strategy: str = _opt("freeze", "which parameters train (README: Strategies). Default freeze: on a few hundred "
+                                   "images a trained head on fixed pretrained features is the safe, fast baseline "
+                                   "the others must beat", choices=("freeze", "partial", "full", "two_phase",
+                                                                    "surgical", "bitfit", "norm_only", "gradual"))
     unfreeze_blocks: int = _opt(2, "partial/two_phase: how many last units train besides the head (<= 0 in two_phase: all)")
     unfreeze_unit: str = _opt("stage", "what unfreeze_blocks counts: timm's coarse stages or fine blocks", choices=("stage", "block"))
     train_bn: bool = _opt(True, "BatchNorm in trainable parts updates its running statistics (frozen parts never do)")
     phase1_epochs: int = _opt(2, "two_phase: epochs of head-only training before unfreezing", min=1)
+    surgical_unit: str = _opt("last", "surgical: the one unit that trains (first: input-level shift, "
+                                      "last: label shift)", choices=("first", "middle", "last"))
+    unfreeze_every: int = _opt(1, "gradual: epochs between unfreezing one more unit from the top", min=1)
     # --- optimisation ---
     optimizer: str = _opt("adamw", "optimizer", choices=("adam", "adamw", "sgd"))
     lr: float = _opt(1e-3, "learning rate of the head (and of everything in single-LR setups)", min=0.0, min_exclusive=True)

@@ -127,10 +127,15 @@ def find_cut(model: nn.Module, cfg: Config, phase_name: str, sample: torch.Tenso
                {f"{i}.{n}": t for i, (_, m) in enumerate(units[:k]) for n, t in m.state_dict().items()})
 
 
+# Strategies with nothing frozen in front of what trains: there is no front to store.
+NO_FRONT = {"full": "everything trains", "bitfit": "biases train in every layer",
+            "norm_only": "normalisation layers train in every stage"}
+
+
 def why_not(cfg: Config, phase_name: str) -> str | None:
     """None when the phase's data allows caching, else the reason it does not."""
-    if phase_name == "full":
-        return "everything trains"
+    if phase_name in NO_FRONT:
+        return NO_FRONT[phase_name]
     if not cfg.feature_cache:
         return "feature_cache=false"
     if cfg.mixup > 0 or cfg.cutmix > 0:

@@ -131,3 +131,85 @@ def test_discriminative_and_layer_decay_learning_rates():
     assert lr_of[id(named["layer4.2.conv1.weight"])][0] == pytest.approx(1e-4 * 0.5)
     assert lr_of[id(named["layer4.1.conv1.weight"])][0] == pytest.approx(1e-4 * 0.25)
     assert lr_of[id(named["conv1.weight"])][0] < lr_of[id(named["layer1.0.conv1.weight"])][0]
+
+
+# --- the literature's strategies -------------------------------------------------------------------
+SURGICAL = {
+    # model: {(surgical_unit, unfreeze_unit): prefixes that must train}; units are timm's groups
+    "resnet50": {("first", "stage"): ["conv1.", "bn1.", "fc."], ("middle", "stage"): ["layer2.", "fc."],
+                 ("last", "stage"): ["layer4.", "fc."], ("last", "block"): ["layer4.2.", "fc."]},
+    "efficientnet_b0": {("first", "stage"): ["conv_stem.", "bn1.", "classifier."],
+                        ("last", "stage"): ["blocks.6.", "conv_head.", "bn2.", "classifier."]},
+    "mobilenetv3_large_100": {("middle", "stage"): ["blocks.3.", "classifier."],
+                              ("last", "stage"): ["blocks.6.", "classifier."]},
+    "mobilenetv2_100": {("last", "block"): ["blocks.6.0.", "conv_head.", "bn2.", "classifier."],
+                        ("first", "block"): ["conv_stem.", "bn1.", "classifier."]},
+}
+SURGICAL_CASES = [(m, *key, prefixes) for m, table in SURGICAL.items() for key, prefixes in table.items()]
+
+
+@pytest.mark.parametrize("name, which, unit, prefixes", SURGICAL_CASES)
+def test_surgical_trains_one_unit_and_the_classifier(name, which, unit, prefixes):
+    model = fresh(name)
+    cfg = config.build({"strategy": "surgical", "surgical_unit": which, "unfreeze_unit": unit})
+    expected = {k for k, _ in model.named_parameters() if k.startswith(tuple(prefixes))}
+    assert grads_after_one_step(model, cfg, strategies.phases(cfg)[0]) == expected
+
+
+def classifier(model):
+    return {f"{n}.{p}".lstrip(".") for n, m in model.named_modules() if m is model.get_classifier()
+            for p, _ in m.named_parameters()}
+
+
+def expected_bitfit(model):
+    """Every bias of every layer (BatchNorm's shift included) and the whole classifier."""
+    return {f"{n}.bias" for n, m in model.named_modules() if getattr(m, "bias", None) is not None
+            and isinstance(m.bias, torch.nn.Parameter)} | classifier(model)
+
+
+def expected_norm_only(model):
+    norms = (torch.nn.BatchNorm2d, torch.nn.LayerNorm, torch.nn.GroupNorm)
+    return {f"{n}.{p}" for n, m in model.named_modules() if isinstance(m, norms)
+            for p in ("weight", "bias")} | classifier(model)
+
+
+@pytest.mark.parametrize("name", list(MODELS_EXPECTED))
+@pytest.mark.parametrize("strategy, expected", [("bitfit", expected_bitfit), ("norm_only", expected_norm_only)])
+def test_bitfit_and_norm_only_trainable_sets(name, strategy, expected):
+    model = fresh(name)
+    cfg = config.build({"strategy": strategy})
+    got = grads_after_one_step(model, cfg, strategies.phases(cfg)[0])
+    assert got == expected(model)
+    assert all(n.endswith(("bias", "weight")) for n in got)
+    total = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for n, p in model.named_parameters() if n in got) < 0.05 * total  # a sliver
+
+
+@pytest.mark.parametrize("strategy, train_bn, moves", [
+    ("bitfit", True, "all"), ("bitfit", False, "none"), ("norm_only", False, "none"),
+    ("surgical", True, "layer4"), ("surgical", False, "none")])
+def test_batchnorm_statistics_under_the_new_strategies(strategy, train_bn, moves):
+    """BatchNorm with a trainable parameter updates its statistics only when train_bn says so;
+    BatchNorm in frozen units never does."""
+    model = fresh("resnet50")
+    cfg = config.build({"strategy": strategy, "train_bn": train_bn, "surgical_unit": "last"})
+    before = bn_stats(model)
+    grads_after_one_step(model, cfg, strategies.phases(cfg)[0])
+    after = bn_stats(model)
+    moved = {n for n in before if not torch.equal(before[n], after[n])}
+    assert moved == {"all": set(before), "none": set(),
+                     "layer4": {n for n in before if n.startswith("layer4.")}}[moves]
+
+
+def test_gradual_unfreezes_one_unit_from_the_top_each_stage():
+    cfg = config.build({"strategy": "gradual", "epochs": 5, "unfreeze_every": 2, "unfreeze_unit": "stage",
+                        "lr": 1e-2, "backbone_lr_mult": 0.1})
+    plan = strategies.phases(cfg)
+    assert [(p.title, p.epochs) for p in plan] == [("freeze", 2), ("partial+1", 2), ("partial+2", 1)]
+    model = fresh("resnet50")
+    sets = [strategies.trainable_names(model, cfg, p) for p in plan]
+    top = lambda *prefixes: {k for k, _ in model.named_parameters() if k.startswith(prefixes)}  # noqa: E731
+    assert sets == [top("fc."), top("layer4.", "fc."), top("layer3.", "layer4.", "fc.")]
+    strategies.apply(model, sets[2])
+    lrs = {g["lr"] for g in create_optimizer(model, cfg, plan[2]).param_groups}
+    assert sorted(lrs) == pytest.approx([1e-3, 1e-2])       # discriminative: backbone x0.1, head at lr
