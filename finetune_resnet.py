@@ -6,11 +6,28 @@
     python finetune_resnet.py --help          # every config key, its default and what is allowed
 
 Under `wandb agent` the sweep's parameters arrive on the command line and in wandb.config; both work.
-Exit codes: 0 finished, 1 failed, 2 bad config or data.
+Exit codes: 0 finished, 1 failed, 2 bad config or data, 3 preempted, 4 pruned.
 """
+import os
 import sys
 
-from lib.run import main
+from lib import config
+
+
+def main(argv: list[str], env=os.environ) -> int:
+    # Help and config errors answer from lib.config alone: torch and timm take seconds to import.
+    if config.wants_help(argv):
+        print(config.help_text())
+        return 0
+    try:
+        config.resolve(argv, env)
+    except config.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from lib.run import main as run   # the heavy part: torch, timm, W&B
+
+    return run(argv, env)
+
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

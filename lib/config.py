@@ -1,18 +1,25 @@
 """The one typed config of a fine-tuning run, and how it is assembled.
 
-Sources, later wins: defaults < ``--config FILE.yaml`` < command line < ``wandb.config`` (sweeps).
-Keys are flat so W&B's parallel-coordinates and parameter-importance panels can use them.
-Every value is checked before any work starts; a bad one raises :class:`ConfigError` with one line
-naming the key, the value and what is allowed.
+Sources, later wins: defaults < ``--config FILE.yaml`` < command line < the W&B sweep's parameters
+(the agent's params file, then ``wandb.config``).
+Keys are flat so W&B's parallel-coordinates and parameter-importance panels can use them; a nested
+sweep group (``optim: {lr: 0.01}``, in any source and any form W&B passes it) only organises: its
+leaves are config keys. Every value is checked before any work starts; a bad one raises
+:class:`ConfigError` with one line naming the key, the value and what is allowed.
+This module imports no torch/timm: ``finetune_resnet.py --help`` and config errors answer at once.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
 import json
 import math
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import yaml
 
@@ -21,8 +28,9 @@ class ConfigError(ValueError):
     """A bad configuration value; the entrypoint prints it on one line and exits with code 2."""
 
 
-def _opt(default, help, choices=None, min=None, max=None, min_exclusive=False):
-    meta = dict(help=help, choices=choices, min=min, max=max, min_exclusive=min_exclusive)
+def _opt(default, help, choices=None, min=None, max=None, min_exclusive=False, allowed=None):
+    """``allowed``: the text of what is allowed, where the range alone does not say it."""
+    meta = dict(help=help, choices=choices, min=min, max=max, min_exclusive=min_exclusive, allowed=allowed)
     return field(default=default, metadata=meta)
 
 
@@ -32,11 +40,13 @@ class Config:
     data_dir: str = _opt("data/animal_mnist", "ImageFolder root: train/val/test of class folders, or class folders only")
     val_fraction: float = _opt(0.15, "share of images held out for validation when there is no val/ folder", min=0.0, max=0.9)
     test_fraction: float = _opt(0.15, "share held out for the test split when there is no test/ folder", min=0.0, max=0.9)
-    image_size: int = _opt(0, "input side in pixels; 0 = the model's pretrained size", min=0, max=4096)
+    image_size: int = _opt(0, "input side in pixels; 0 = the model's pretrained size, else at least "
+                              "16 and the model's total stride", min=0, max=4096,
+                              allowed="0 (the model's size) or an integer in [16, 4096]")
     min_image_side: int = _opt(32, "images with a shorter side are skipped (and listed)", min=1)
     augment: str = _opt("light", "training augmentation", choices=("none", "light", "strong"))
-    batch_size: int = _opt(32, "images per step", min=1)
-    num_workers: int = _opt(0, "DataLoader worker processes (0: decode in the main process)", min=0)
+    batch_size: int = _opt(32, "images per step", min=1, max=65536)
+    num_workers: int = _opt(0, "DataLoader worker processes (0: decode in the main process)", min=0, max=128)
     # --- model and weights ---
     model: str = _opt("resnet50", "any timm model name, or small_cnn (from scratch, < 2 MB)")
     weights: str = _opt("pretrained", "pretrained | none | path to a .safetensors/.pth file")
@@ -77,7 +87,7 @@ class Config:
     feature_cache: bool = _opt(True, "the frozen front of freeze/partial phases runs once and is stored; "
                                       "the rest trains on its output (exact; off with augmentation or mixing)")
     augment_views: int = _opt(0, "with augmentation on: store this many augmented views of the training "
-                                 "set and cycle through them (0 = no caching when augmenting)", min=0)
+                                 "set and cycle through them (0 = no caching when augmenting)", min=0, max=64)
     cache_memory_mb: float = _opt(4096.0, "memory budget of a run's caches: larger decoded images are "
                                           "memory-mapped, larger frozen outputs are not stored", min=0.0)
     shared_cache_dir: str = _opt("", "where the runs of a study share decoded images and frozen outputs "
@@ -85,7 +95,7 @@ class Config:
     # --- run ---
     checkpoint_epochs: int = _opt(1, "write the resumable checkpoint (model, optimizer, RNG) every N epochs and "
                                      "at the end of each phase (0 = phase ends only); a resumed run redoes the rest", min=0)
-    seed: int = _opt(42, "seed of the split, the initialisation and the data order", min=0)
+    seed: int = _opt(42, "seed of the split, the initialisation and the data order", min=0, max=2**32 - 1)
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N | mps")
     amp: bool = _opt(True, "mixed precision on CUDA (bf16 where supported, else fp16)")
     channels_last: bool = _opt(True, "channels_last memory format on CUDA and CPU (faster convolutions)")
@@ -110,10 +120,28 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # Annotations are strings under `from __future__ import annotations`; resolve them once.
 TYPES = {name: {"str": str, "int": int, "float": float, "bool": bool}[f.type] for name, f in FIELDS.items()}
 _TRUE, _FALSE = {"true", "1", "yes", "y", "on"}, {"false", "0", "no", "n", "off"}
+MIN_IMAGE_SIZE = 16        # small_cnn's total stride; lib.run.checked asks more of deeper models
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+# W&B's own bookkeeping in wandb.config, its config.yaml and the agent's params file (besides `_*`).
+_WANDB_KEYS = {"wandb_version"}
+# What other trainers call our keys: an unknown key that is (close to) one of these is pointed here.
+ALIASES = {
+    "learning_rate": "lr", "base_lr": "lr", "wd": "weight_decay", "bs": "batch_size", "batch": "batch_size",
+    "num_epochs": "epochs", "n_epochs": "epochs", "max_epochs": "epochs", "epoch": "epochs",
+    "optim": "optimizer", "opt": "optimizer", "sched": "scheduler", "lr_scheduler": "scheduler",
+    "arch": "model", "backbone": "model", "model_name": "model", "img_size": "image_size",
+    "input_size": "image_size", "resolution": "image_size", "workers": "num_workers", "j": "num_workers",
+    "data": "data_dir", "data_path": "data_dir", "dataset": "data_dir", "drop_rate": "dropout",
+    "drop_path_rate": "drop_path", "smoothing": "label_smoothing", "warmup": "warmup_epochs",
+    "early_stopping": "patience", "output_dir": "runs_dir", "output": "runs_dir", "name": "run_name",
+    "pretrained": "weights", "checkpoint": "weights", "aug": "augment", "augmentation": "augment",
+}
 
 
 def _allowed(f) -> str:
     m = f.metadata
+    if m.get("allowed"):
+        return m["allowed"]
     if m["choices"]:
         return "one of " + ", ".join(m["choices"])
     lo, hi = m["min"], m["max"]
@@ -125,10 +153,27 @@ def _allowed(f) -> str:
     return kind
 
 
+def suggest(key: str) -> str | None:
+    """The config key a person most likely meant: an alias (learning_rate -> lr) or a close spelling."""
+    k = str(key).strip().lstrip("-").lower().replace("-", "_")
+    if k in ALIASES:
+        return ALIASES[k]
+    close = difflib.get_close_matches(k, [*FIELDS, *ALIASES], n=1, cutoff=0.6)
+    return ALIASES.get(close[0], close[0]) if close else None
+
+
+def unknown_key(key: str, path: str = "") -> ConfigError:
+    """One line naming the key (``path``: where in a nested group) and the closest known one; the list
+    of every key is in --help."""
+    hint = suggest(key)
+    return ConfigError(f"unknown config key {path or key!r}" + (f": did you mean {hint!r}?" if hint else "")
+                       + " (finetune_resnet.py --help lists every key)")
+
+
 def _coerce(key: str, value: Any) -> Any:
     """Convert a raw value (string from the shell, or YAML/W&B value) to the field's type."""
     if key not in FIELDS:
-        raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(FIELDS)}")
+        raise unknown_key(key)
     f = FIELDS[key]
     bad = ConfigError(f"{key}={value!r} is not valid: expected {_allowed(f)}")
     if TYPES[key] is bool:
@@ -177,13 +222,72 @@ def _check_range(key: str, value: Any) -> None:
         raise bad
 
 
+def _unwrap(value: Any) -> Any:
+    """W&B's ``{value: x}`` (the agent's params file) and ``{desc: ..., value: x}`` (config.yaml)."""
+    if isinstance(value, Mapping) and "value" in value and set(value) <= {"value", "desc"}:
+        return value["value"]
+    return value
+
+
+def _mapping(key: str, value: Any) -> dict | None:
+    """A dict, or the text of one: JSON, or Python's str() of a dict, which is how ``wandb agent``
+    passes a nested group (``--optim={'lr': 0.01, 'nesterov': True}``): read with ast.literal_eval,
+    which evaluates literals only, never code. None when the value is not a mapping."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if not isinstance(value, str) or not value.lstrip().startswith("{"):
+        return None
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            data = parse(value)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+        if isinstance(data, dict):
+            return data
+    raise ConfigError(f"{key}={value[:60]!r} is not valid: expected a mapping of config keys "
+                      "(JSON or a Python dict)")
+
+
+def expand(layer: Mapping[str, Any]) -> dict[str, Any]:
+    """One source's values as flat config keys. A key that is not a config key but holds a mapping is
+    a nested sweep group: it only organises, its leaves are config keys (at any depth). W&B's value
+    wrappers are unwrapped and its bookkeeping (``_wandb``, ``wandb_version``) dropped. A leaf given
+    twice with different values is an error, never a silent pick."""
+    out: dict[str, Any] = {}
+    where: dict[str, str] = {}
+    for leaf, path, v in _leaves(layer, ""):
+        if leaf in out and _coerce(leaf, out[leaf]) != _coerce(leaf, v):
+            raise ConfigError(f"{leaf} is given twice with different values: {where[leaf]}={out[leaf]!r} "
+                              f"and {path}={v!r}")
+        out[leaf], where[leaf] = v, path
+    return out
+
+
+def _leaves(layer: Mapping[str, Any], prefix: str) -> Iterable[tuple[str, str, Any]]:
+    """(config key, dotted path, value) for every leaf of ``layer``."""
+    for key, raw in layer.items():
+        key = str(key)
+        if key.startswith("_") or key in _WANDB_KEYS:
+            continue
+        value = _unwrap(raw)
+        if key in FIELDS:   # a dict-valued key gets the parsed dict
+            parsed = _mapping(key, value) if TYPES[key] is dict else None
+            yield key, prefix + key, value if parsed is None else parsed
+            continue
+        group = _mapping(prefix + key, value)
+        if group is None:
+            raise unknown_key(key, prefix + key)
+        yield from _leaves(group, f"{prefix}{key}.")
+
+
 def parse_args(argv: Iterable[str]) -> tuple[str | None, dict[str, Any]]:
-    """Parse the forms `wandb agent` passes: ``--key=value`` and ``--key value`` (``${args}``), bare
-    ``--flag`` for true (``${args_no_boolean_flags}``), ``key=value`` (``${args_no_hyphens}``), a JSON
-    object (``${args_json}``) or a .json file of one (``${args_json_file}``).
+    """Parse every form `wandb agent` passes: ``--key=value`` (``${args}``), ``--key value``
+    (``${args_no_equals}``), bare ``--flag`` for true (``${args_no_boolean_flags}``), ``key=value``
+    (``${args_no_hyphens}``), a JSON object (``${args_json}``) or a .json file of one
+    (``${args_json_file}``). A nested group's value may be a dict's text (see :func:`expand`).
     Returns (config file, overrides)."""
     argv = list(argv)
-    out: dict[str, str] = {}
+    out: dict[str, Any] = {}
     config_file = None
     i = 0
     while i < len(argv):
@@ -196,8 +300,12 @@ def parse_args(argv: Iterable[str]) -> tuple[str | None, dict[str, Any]]:
         key = key.replace("-", "_")
         if not eq:
             nxt = argv[i + 1] if i + 1 < len(argv) else None
-            takes_value = key == "config" or (key in FIELDS and TYPES[key] is not bool)
-            is_bool_value = key in FIELDS and TYPES[key] is bool and nxt is not None \
+            known = key in FIELDS
+            # An unknown key takes the next word as its value (a group, or a typo whose value must
+            # not be mistaken for a positional argument: the error then names the key).
+            takes_value = key == "config" or (known and TYPES[key] is not bool) \
+                or (not known and nxt is not None and not nxt.startswith("--"))
+            is_bool_value = known and TYPES[key] is bool and nxt is not None \
                 and nxt.strip().lower() in _TRUE | _FALSE
             if takes_value or is_bool_value:
                 if nxt is None:
@@ -220,7 +328,10 @@ def _positional(arg: str) -> dict[str, Any]:
         except json.JSONDecodeError:
             raise ConfigError(f"argument {arg[:40]!r} is not valid JSON") from None
     elif arg.endswith(".json") and Path(arg).is_file():
-        data = json.loads(Path(arg).read_text())
+        try:
+            data = json.loads(Path(arg).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ConfigError(f"argument file {arg!r} is not valid JSON") from None
     elif "=" in arg and not arg.startswith("="):
         key, _, value = arg.partition("=")
         return {key.replace("-", "_"): value}
@@ -232,25 +343,43 @@ def _positional(arg: str) -> dict[str, Any]:
 
 
 def load_yaml(path: str) -> dict[str, Any]:
-    """A run config file: flat ``key: value`` (W&B's ``key: {value: x}`` form is accepted too)."""
+    """A run config file: ``key: value``, nested groups, or the ``config.yaml`` W&B writes
+    (``wandb_version: 1``, ``key: {desc: ..., value: x}``, ``_wandb: ...``); see :func:`expand`."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {path!r} not found")
     try:
         data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path!r} must be a mapping of key: value")
-    return {k: (v["value"] if isinstance(v, dict) and "value" in v else v) for k, v in data.items()
-            if not str(k).startswith("_wandb")}
+    return data
+
+
+def wants_help(argv: Iterable[str]) -> bool:
+    return any(a in ("-h", "--help") for a in argv)
+
+
+def resolve(argv: Iterable[str], env: Mapping[str, str] | None = None) -> Config:
+    """defaults < ``--config FILE`` < command line < the sweep's parameters file. Under ``wandb agent``
+    (``WANDB_SWEEP_ID`` set) the agent's params file holds what wandb.config will: read here, a bad
+    value fails before W&B starts or a run folder exists. Needs no torch/timm."""
+    env = os.environ if env is None else env
+    config_file, overrides = parse_args(argv)
+    layers = [load_yaml(config_file)] if config_file else []
+    layers.append(overrides)
+    params = env.get("WANDB_SWEEP_PARAM_PATH")
+    if env.get("WANDB_SWEEP_ID") and params and Path(params).is_file():
+        layers.append(load_yaml(params))
+    return build(*layers)
 
 
 def build(*layers: dict[str, Any], base: Config | None = None) -> Config:
     """Apply override layers in order on top of ``base`` (defaults), coercing and checking each."""
     values = (base or Config()).to_dict()
     for layer in layers:
-        for key, raw in layer.items():
+        for key, raw in expand(layer).items():
             values[key] = _coerce(key, raw)
     cfg = Config(**values)
     validate(cfg)
@@ -261,6 +390,8 @@ def validate(cfg: Config) -> None:
     """Range/choice checks on every key, then the rules that tie keys together."""
     for key in FIELDS:
         _check_range(key, getattr(cfg, key))
+    if 0 < cfg.image_size < MIN_IMAGE_SIZE:
+        raise ConfigError(f"image_size={cfg.image_size} is not valid: expected {_allowed(FIELDS['image_size'])}")
     if cfg.val_fraction + cfg.test_fraction >= 0.95:
         raise ConfigError(f"val_fraction + test_fraction = {cfg.val_fraction + cfg.test_fraction:g} "
                           "leaves too little to train on: expected a sum below 0.95")
@@ -270,15 +401,20 @@ def validate(cfg: Config) -> None:
     if cfg.strategy == "partial" and cfg.unfreeze_blocks < 1:
         raise ConfigError(f"unfreeze_blocks={cfg.unfreeze_blocks} is not valid for strategy=partial: "
                           "expected an integer >= 1")
-    if cfg.device != "auto" and cfg.device.split(":")[0] not in ("cpu", "cuda", "mps"):
+    if not _DEVICE.match(cfg.device):
         raise ConfigError(f"device={cfg.device!r} is not valid: expected auto, cpu, cuda, cuda:N or mps")
     if cfg.run_id and not all(c.isalnum() or c in "-_" for c in cfg.run_id):
         raise ConfigError(f"run_id={cfg.run_id!r} is not valid: expected letters, digits, - and _")
 
 
 def help_text() -> str:
-    lines = ["Config keys (--key=value or --key value; --config FILE.yaml):"]
+    lines = ["usage: finetune_resnet.py [--config FILE.yaml] [--key=value | --key value | --flag | key=value | "
+             "JSON | FILE.json ...]",
+             "Later wins: defaults < --config FILE (flat keys, nested groups, or W&B's config.yaml) < command "
+             "line < the W&B sweep's parameters.",
+             "A nested sweep group (--optim=\"{'lr': 0.01}\") only organises: its leaves are the keys below.",
+             "Exit codes: 0 finished, 1 failed, 2 bad config or data, 3 preempted, 4 pruned.",
+             "", "Config keys:"]
     for name, f in FIELDS.items():
         lines.append(f"  --{name:<18} {f.metadata['help']} [default: {f.default!r}; {_allowed(f)}]")
     return "\n".join(lines)
-

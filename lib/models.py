@@ -6,6 +6,7 @@ optimizers and exporters never special-case it.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import timm
@@ -99,6 +100,39 @@ def check_weights(cfg: Config) -> None:
     if cfg.weights not in ("pretrained", "none") and not Path(cfg.weights).is_file():
         raise ConfigError(f"weights={cfg.weights!r} is not valid: expected pretrained, none, "
                           "or the path of an existing .safetensors/.pth file")
+
+
+@functools.lru_cache(maxsize=16)
+def skeleton(model_name: str, image_size: int) -> nn.Module | None:
+    """The model's structure on the meta device: no weights, no memory, about 0.1 s (resnet50: 0.07 s).
+    None for a model whose constructor needs real tensors: its limits are then met in training."""
+    try:
+        with torch.device("meta"):
+            return timm.create_model(model_name, pretrained=False, **size_kwargs(model_name, image_size))
+    except Exception:  # noqa: BLE001 - timm's constructors raise many kinds; the check is best-effort
+        return None
+
+
+def check_fits(cfg: Config) -> None:
+    """``image_size`` and ``unfreeze_blocks`` against the model itself, before any work: an input
+    smaller than the total stride leaves no feature map; more units than the model has silently
+    meant "all of them"."""
+    model = skeleton(cfg.model, cfg.image_size)
+    if model is None:
+        return
+    info = getattr(model, "feature_info", None)
+    stride = info[-1].get("reduction") if isinstance(info, list) and info and isinstance(info[-1], dict) else None
+    if cfg.image_size and stride and cfg.image_size < stride:
+        raise ConfigError(f"image_size={cfg.image_size} is too small for {cfg.model}: its last feature map is "
+                          f"1/{stride} of the input; expected 0 (its own size) or at least {stride}")
+    if cfg.strategy in ("partial", "two_phase") and cfg.unfreeze_blocks > 0:
+        from lib.strategies import unit_groups
+
+        units = len(unit_groups(model, cfg.unfreeze_unit)) - 1   # the last group is the head
+        if cfg.unfreeze_blocks > units:
+            raise ConfigError(f"unfreeze_blocks={cfg.unfreeze_blocks} is more than {cfg.model} has: {units} "
+                              f"{cfg.unfreeze_unit}s besides the head (unfreeze_unit={cfg.unfreeze_unit}); "
+                              f"expected 1..{units}")
 
 
 def create(cfg: Config, num_classes: int, cache_dir: Path) -> tuple[nn.Module, dict, dict]:

@@ -31,39 +31,63 @@ def new_run_id() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
-def resolve_config(argv: list[str]) -> Config:
-    """defaults < --config FILE < command line; checked before any work."""
-    config_file, overrides = config_lib.parse_args(argv)
-    layers = [config_lib.load_yaml(config_file)] if config_file else []
-    return checked(config_lib.build(*layers, overrides))
+def resolve_config(argv: list[str], env=None) -> Config:
+    """defaults < --config FILE < command line < the sweep's params file; checked before any work."""
+    return checked(config_lib.resolve(argv, env))
 
 
 def checked(cfg: Config) -> Config:
-    """The checks that need timm or the file system, on top of the config's own."""
+    """The checks that need timm, torch or the file system, on top of the config's own."""
     models.check_name(cfg)
     models.check_weights(cfg)
+    check_device(cfg)
+    models.check_fits(cfg)
     return cfg
 
 
-def flatten(values: dict) -> dict:
-    """Nested sweep parameter groups only organise: their leaves are flat config keys."""
-    out = {}
-    for k, v in values.items():
-        if isinstance(v, dict) and k not in config_lib.FIELDS and not k.startswith("_"):
-            out.update(flatten(v))
-        else:
-            out[k] = v
-    return out
+def check_device(cfg: Config) -> None:
+    """``device`` as torch reads it, and present on this machine (one line, not a CUDA traceback later)."""
+    if cfg.device == "auto":
+        return
+    try:
+        device = torch.device(cfg.device)
+    except RuntimeError as e:
+        raise ConfigError(f"device={cfg.device!r} is not valid: {str(e).splitlines()[0]}") from None
+    if device.type == "cuda":
+        n = torch.cuda.device_count()
+        if (device.index or 0) >= n:
+            have = f"{n} CUDA device(s): cuda:0..cuda:{n - 1}" if n else "no CUDA device visible to torch"
+            raise ConfigError(f"device={cfg.device!r} is not available: this machine has {have}; "
+                              "expected auto or cpu")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device={cfg.device!r} is not available here (no Apple MPS); expected auto or cpu")
+
+
+def check_data(cfg: Config) -> None:
+    """The data checks that need no decoding (data_dir is a folder with at least two class folders of
+    images), run before a run folder exists: a run that cannot start leaves nothing behind."""
+    data.discover(cfg.data_dir, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+
+
+DATA_KEYS = ("data_dir", "val_fraction", "test_fraction", "seed")
 
 
 def apply_sweep(cfg: Config, tracker) -> Config:
-    """Under a W&B sweep, wandb.config (the agent's parameters file) wins over everything."""
-    overrides = {k: v for k, v in flatten(tracker.sweep_overrides()).items()
-                 if not k.startswith("_") and k != "wandb_version"}  # W&B's own bookkeeping
-    changed = {k: v for k, v in overrides.items() if k not in config_lib.FIELDS or getattr(cfg, k) != v}
-    if not changed:
+    """Under a W&B sweep, wandb.config (the agent's parameters file) wins over everything. Nested groups
+    only organise (``config_lib.expand``). wandb.config also holds our own config, handed to wandb.init:
+    a key still equal to ours is no override (so a group's leaf may differ from it)."""
+    held = {k: v for k, v in tracker.sweep_overrides().items()
+            if not (k in config_lib.FIELDS and getattr(cfg, k) == v)}
+    new = config_lib.build(held, base=cfg)
+    if new == cfg:
         return cfg
-    return checked(config_lib.build(changed, base=cfg))
+    checked(new)
+    if any(getattr(new, k) != getattr(cfg, k) for k in DATA_KEYS):
+        try:
+            check_data(new)
+        except DataError as e:   # the caller ends W&B on a ConfigError; both are bad input (exit 2)
+            raise ConfigError(str(e)) from None
+    return new
 
 
 def shared_cache(cfg: Config) -> SharedCache:
@@ -295,11 +319,12 @@ def _train(cfg: Config, record: RunRecord, tracker, stop: training.StopFlag, res
 def main(argv: list[str], env=os.environ) -> int:
     from lib import tracking
 
-    if any(a in ("-h", "--help") for a in argv):
+    if config_lib.wants_help(argv):
         print(config_lib.help_text())
         return EXIT_OK
     try:
-        cfg = resolve_config(argv)
+        cfg = resolve_config(argv, env)
+        check_data(cfg)                    # before any run folder exists
         tracking.prepare_environment(env)  # before wandb is imported anywhere
         return execute(cfg, env)
     except (ConfigError, DataError, WeightsError) as e:
