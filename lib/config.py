@@ -31,6 +31,8 @@ class ConfigError(ValueError):
 def _opt(default, help, choices=None, min=None, max=None, min_exclusive=False, allowed=None):
     """``allowed``: the text of what is allowed, where the range alone does not say it."""
     meta = dict(help=help, choices=choices, min=min, max=max, min_exclusive=min_exclusive, allowed=allowed)
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -47,6 +49,10 @@ class Config:
     augment: str = _opt("light", "training augmentation", choices=("none", "light", "strong"))
     batch_size: int = _opt(32, "images per step", min=1, max=65536)
     num_workers: int = _opt(0, "DataLoader worker processes (0: decode in the main process)", min=0, max=128)
+    # --- a recipe: several keys at once (a W&B grid cannot tie them: no conditional parameters) ---
+    recipe: dict = _opt({}, "a mapping of config keys applied together, e.g. {strategy: freeze, lr: 1.0e-3, "
+                            "epochs: 15}; keys set explicitly in the same run win over it",
+                        allowed="a mapping of config keys to values (YAML/JSON, or Python's str() of a dict)")
     # --- model and weights ---
     model: str = _opt("resnet50", "any timm model name, or small_cnn (from scratch, < 2 MB)")
     weights: str = _opt("pretrained", "pretrained | none | path to a .safetensors/.pth file")
@@ -118,7 +124,8 @@ class Config:
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # Annotations are strings under `from __future__ import annotations`; resolve them once.
-TYPES = {name: {"str": str, "int": int, "float": float, "bool": bool}[f.type] for name, f in FIELDS.items()}
+TYPES = {name: {"str": str, "int": int, "float": float, "bool": bool, "dict": dict}[f.type]
+         for name, f in FIELDS.items()}
 _TRUE, _FALSE = {"true", "1", "yes", "y", "on"}, {"false", "0", "no", "n", "off"}
 MIN_IMAGE_SIZE = 16        # small_cnn's total stride; lib.run.checked asks more of deeper models
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -176,6 +183,8 @@ def _coerce(key: str, value: Any) -> Any:
         raise unknown_key(key)
     f = FIELDS[key]
     bad = ConfigError(f"{key}={value!r} is not valid: expected {_allowed(f)}")
+    if TYPES[key] is dict:
+        return _recipe(value)
     if TYPES[key] is bool:
         if isinstance(value, bool):
             return value
@@ -208,6 +217,19 @@ def _coerce(key: str, value: Any) -> Any:
     if isinstance(value, (dict, list)):
         raise bad
     return str(value)
+
+
+def _recipe(value: Any) -> dict[str, Any]:
+    """A recipe's keys, checked like any other source's (groups inside it organise, as anywhere)."""
+    group = _mapping("recipe", value)
+    if group is None:
+        raise ConfigError(f"recipe={value!r} is not valid: expected {_allowed(FIELDS['recipe'])}")
+    out = {}
+    for leaf, path, raw in _leaves(group, "recipe."):
+        if leaf == "recipe":
+            raise ConfigError("a recipe cannot hold another recipe")
+        out[leaf] = _coerce(leaf, raw)
+    return out
 
 
 def _check_range(key: str, value: Any) -> None:
@@ -378,9 +400,9 @@ def resolve(argv: Iterable[str], env: Mapping[str, str] | None = None) -> Config
 def build(*layers: dict[str, Any], base: Config | None = None) -> Config:
     """Apply override layers in order on top of ``base`` (defaults), coercing and checking each."""
     values = (base or Config()).to_dict()
-    for layer in layers:
-        for key, raw in expand(layer).items():
-            values[key] = _coerce(key, raw)
+    explicit = {key: _coerce(key, raw) for layer in layers for key, raw in expand(layer).items()}
+    values.update(explicit.get("recipe", {}))   # a recipe first: keys set explicitly win over it
+    values.update(explicit)
     cfg = Config(**values)
     validate(cfg)
     return cfg

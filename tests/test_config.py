@@ -306,3 +306,39 @@ def test_a_single_class_writes_no_run_folder(tmp_path, animals, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "1 class folder(s) with images: a classifier needs at least two" in err[0]
     assert _no_run_folder(runs)
+
+
+# --- recipes: several keys at once, as one value of a W&B grid ------------------------------------
+GUIDE = {"strategy": "partial", "lr": 1.0e-4, "epochs": 15, "unfreeze_blocks": 1}
+
+
+def test_a_recipe_sets_its_keys_and_explicit_keys_win():
+    cfg = config.build({"recipe": GUIDE})
+    assert (cfg.strategy, cfg.lr, cfg.epochs, cfg.unfreeze_blocks) == ("partial", 1e-4, 15, 1)
+    cfg = config.build({"recipe": GUIDE}, {"epochs": 3})
+    assert (cfg.strategy, cfg.epochs) == ("partial", 3)
+    cfg = config.build({"epochs": 3}, {"recipe": GUIDE})          # explicit wins, whatever the order
+    assert cfg.epochs == 3
+    assert cfg.to_dict()["recipe"] == GUIDE                       # the recipe itself stays in the record
+
+
+def test_a_recipe_as_wandb_agent_passes_it():
+    """The argv `wandb agent` builds for a dict value (W&B's own function): --recipe={'strategy': ...}."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    args = create_sweep_command_args({"args": {"recipe": {"value": GUIDE}, "model": {"value": "resnet18"}}})
+    for form in ("args", "args_no_equals", "args_json", "args_no_hyphens"):
+        cfg = resolve_config(args[form])
+        assert (cfg.model, cfg.strategy, cfg.lr, cfg.epochs) == ("resnet18", "partial", 1e-4, 15), form
+
+
+@pytest.mark.parametrize("recipe, needle", [
+    ({"strategy": "freeze", "lerning_rate": 1e-3}, "'recipe.lerning_rate': did you mean 'lr'?"),
+    ({"strategy": "sideways"}, "strategy='sideways' is not valid"),
+    ({"recipe": {"lr": 1.0}}, "cannot hold another recipe"),
+    ("fast", "recipe='fast' is not valid: expected a mapping of config keys"),
+    ({"strategy": "two_phase", "epochs": 2, "phase1_epochs": 2}, "phase1_epochs=2 must be smaller")])
+def test_a_bad_recipe_is_one_line(recipe, needle):
+    with pytest.raises(ConfigError, match=None) as e:
+        config.build({"recipe": recipe})
+    assert needle in str(e.value) and "\n" not in str(e.value)
