@@ -67,7 +67,9 @@ def _type_problem(key: str, value) -> str | None:
     """YAML 1.1 reads ``1e-3`` as a string: W&B would log it as text, not a number (and its panels
     could not plot it). Numbers must be YAML numbers, booleans YAML booleans."""
     want = config_lib.TYPES[key]
-    ok = {bool: isinstance(value, bool),
+    if want is dict and isinstance(value, dict):   # a recipe: each of its keys as if set on its own
+        return next((p for k, v in value.items() if k in config_lib.TYPES and (p := _type_problem(k, v))), None)
+    ok = {dict: False, bool: isinstance(value, bool),
           int: isinstance(value, int) and not isinstance(value, bool),
           float: isinstance(value, (int, float)) and not isinstance(value, bool),
           str: isinstance(value, str)}[want]
@@ -161,8 +163,8 @@ def test_sweep_file_is_valid_for_wandb_and_for_the_config(path):
     assert cfg.get("description"), "say in one line what the sweep is for"
 
 
-GRID_RUNS = {"strategy_grid": 18, "resnet50_freezing": 6, "small_vs_pretrained": 4,
-             "resnet18_vs_mobilenetv3": 4, "demo": 8}  # as each file's description says
+GRID_RUNS = {"strategy_grid": 6, "resnet50_freezing": 6, "small_vs_pretrained": 4,
+             "resnet18_vs_mobilenetv3": 2, "demo": 8}  # as each file's description says
 
 
 @pytest.mark.parametrize("path", [p for p in SWEEP_FILES if _load_method(p) == "grid"], ids=lambda p: p.name)
@@ -277,3 +279,15 @@ def test_bad_values_metric_and_yaml_traps_are_caught():
                           "phase1_epochs": {"values": [1, 3]}})))
     assert any("program" in p for p in sweep_problems(_with(program="train.py")))
     assert any("run_id" in p for p in sweep_problems(_with(parameters={"run_id": {"value": "abc"}})))
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_sweep_file_passes_the_kits_own_checks(path, capsys):
+    """What `create` and `local` check before anything starts (lib/sweep_spec: W&B's schema, the command
+    the agent would run, every grid point or enough random draws a valid run), with no warning."""
+    from lib import sweep_spec
+
+    sweep = sweep_spec.load(str(path))
+    assert capsys.readouterr().err == ""
+    if sweep.method == "grid" and path.stem in GRID_RUNS:
+        assert len(sweep.grid()) == GRID_RUNS[path.stem]
