@@ -8,6 +8,7 @@
     python finetune_sweep.py report runs/sweeps/demo                               # report.html: who won, can we trust it
     python finetune_sweep.py export runs/sweeps/demo --quantize --attributions 8 --out export/
     python finetune_sweep.py predict export/model.onnx photo.jpg folder/ --top 3
+    python finetune_sweep.py soup runs/sweeps/demo --out runs/sweeps/demo/runs/soup   # greedy model soup
 
 Exit codes: 0 done, 1 stopped by failures, 2 bad sweep file or arguments, 130 interrupted.
 """
@@ -85,8 +86,18 @@ def cmd_predict(a):
     return 0 if all("error" not in r for r in results) else 1
 
 
+def cmd_soup(a):
+    from lib import soup
+
+    record = soup.greedy_soup(a.source, Path(a.out), data_dir=a.data_dir)
+    s = record["summary"]
+    print(f"soup of {len(record['soup']['ingredients'])} run(s) ({', '.join(record['soup']['ingredients'])}): "
+          f"val acc {s['best_val_acc']:.4f}, test acc {s['test_acc']:.4f} -> {a.out}")
+    return 0
+
+
 def cmd_status(a):
-    print(sweep_local.status_table(Path(a.sweep_dir)))
+    print(sweep_local.status_table(Path(a.sweep_dir), a.storage))
     return 0
 
 
@@ -138,8 +149,14 @@ def parser():
     pr.add_argument("--top", type=int, default=3)
     pr.add_argument("--csv")
     pr.set_defaults(fn=cmd_predict)
+    sp = sub.add_parser("soup", help="greedy model soup of the finished runs that share a pretrained start")
+    sp.add_argument("source", help="a local sweep dir or runs dir")
+    sp.add_argument("--out", required=True, help="the soup's run folder (inside SOURCE/runs so report/export see it)")
+    sp.add_argument("--data-dir", "--data_dir", dest="data_dir", help="where the runs' images are, if moved")
+    sp.set_defaults(fn=cmd_soup)
     s = sub.add_parser("status", help="table of a local sweep's trials and the best so far")
     s.add_argument("sweep_dir")
+    s.add_argument("--storage", help="the study's RDB URL, if not the one in sweep.json (which has no password)")
     s.set_defaults(fn=cmd_status)
     return p
 
