@@ -45,7 +45,8 @@ def cmd_agent(a):
 def cmd_local(a):
     sweep_dir = Path(a.sweep_dir or Path("runs") / "sweeps" / Path(a.sweep_file).stem)
     opts = sweep_local.Options(sweep_dir=sweep_dir, workers=a.workers, count=a.count, storage=a.storage,
-                               seed=a.seed, max_failures=a.max_failures)
+                               seed=a.seed, max_failures=a.max_failures, extend=a.extend,
+                               retry_failed=a.retry_failed)
     return sweep_local.run_local(a.sweep_file, opts, _fixed(a.set))
 
 
@@ -125,6 +126,11 @@ def parser():
     loc.add_argument("--max_failures", type=int, default=3, help="consecutive failed trials that stop the sweep")
     loc.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="fix a config key for every trial (e.g. data_dir, epochs), overriding the YAML")
+    loc.add_argument("--extend", action="store_true",
+                     help="adopt an edited sweep file in an existing sweep dir: a grid runs only its new points; "
+                          "random/bayes draw new trials from the edited space")
+    loc.add_argument("--retry_failed", action="store_true",
+                     help="run the failed trials again (once each), under their run ids")
     loc.set_defaults(fn=cmd_local)
     r = sub.add_parser("report", help="which strategy won, by how much, and can we trust it")
     r.add_argument("source", help="a local sweep dir, a runs dir, or a W&B sweep path ENTITY/PROJECT/SWEEP_ID")

@@ -22,7 +22,7 @@ from lib.data import DataError
 from lib.records import RunRecord, atomic_write
 from lib.weights import WeightsError
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED, EXIT_PRUNED = 0, 1, 2, 3, 4
 CHECKPOINT = "last.ckpt"   # model, optimizer, schedule, RNG states, progress: written every epoch
 
 
@@ -191,6 +191,14 @@ def execute(cfg: Config, env: dict) -> int:
     try:
         summary = train_with_oom_retries(cfg, record, tracker, stop, resume)
     except training.Interrupted as e:
+        stop_file = record.dir / "STOP"   # a sweep runner writes "pruned" there before its SIGTERM
+        if stop_file.exists() and stop_file.read_text().strip() == "pruned":
+            # Pruned by the sweep (hyperband): final, not resumable; the epochs run so far stay recorded.
+            record.update(state="pruned", pruned_by=str(e))
+            (record.dir / CHECKPOINT).unlink(missing_ok=True)
+            tracker.finish(exit_code=EXIT_PRUNED)
+            print(f"run {run_id} pruned by the sweep after {len(record.metrics)} epoch(s)", file=sys.stderr)
+            return EXIT_PRUNED
         # Resumable: the last epoch's checkpoint is on disk; the same run_id continues it.
         record.update(state="preempted", preempted_by=str(e))
         tracker.mark_preempting()

@@ -216,3 +216,161 @@ def test_every_study_runs_unchanged_offline(sweep_file, tmp_path, animals, cache
     assert local(str(sweep_file), tmp_path / "out", fixed, count=1, seed=0) == 0
     df = trials(tmp_path / "out")
     assert list(df[df["state"] != "waiting"]["state"]) == ["complete"], df.get("error")
+
+
+# --- seeded draws, editing and retrying a study, runners that die (fake trainer) -------------------------
+def _gone(pid: int) -> bool:
+    """No such process, or a zombie nobody has reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def _runner(args, **popen):
+    cmd = [sys.executable, str(ROOT / "finetune_sweep.py"), "local", *map(str, args)]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)
+
+
+def _wait_for_epoch(sweep_dir, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline and not list((Path(sweep_dir) / "runs").glob("*/metrics.jsonl")):
+        time.sleep(0.05)
+    assert list((Path(sweep_dir) / "runs").glob("*/metrics.jsonl")), "no trial started"
+
+
+def _all_trials(sweep_dir):
+    meta = read_json(Path(sweep_dir) / "sweep.json")
+    opts = sweep_local.Options(sweep_dir=Path(sweep_dir), **{k: meta[k] for k in ("heartbeat_s", "grace_s") if k in meta})
+    return sweep_local.optuna.load_study(study_name=meta["name"], storage=sweep_local.storage(opts)).get_trials()
+
+
+def test_seeded_random_never_repeats_a_draw_across_workers_or_runners(tmp_path):
+    """Each worker thread used to seed its own sampler: with --workers 2, trials 0 and 1 drew the same lr."""
+    f = write(tmp_path, fake_sweep("random", {"lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1.0},
+                                              "epochs": {"value": 1}}))
+    draws = []
+    for out in ("a", "b"):
+        assert local(f, tmp_path / out, count=4, seed=7, workers=2) == 0
+        draws.append(sorted(trials(tmp_path / out)["lr"]))
+    assert len(set(draws[0])) == 4 and draws[0] == draws[1]            # no repeat; the same study again
+    procs = [_runner([f, "--sweep_dir", tmp_path / "c", "--seed", 7, "--count", 2]) for _ in range(2)]
+    assert [p.wait(timeout=240) for p in procs] == [0, 0]
+    assert len(set(trials(tmp_path / "c")["lr"])) == 4                  # two runner processes, one study
+
+
+def test_an_edited_sweep_is_refused_with_what_changed_and_extend_runs_only_new_points(tmp_path, capsys):
+    from finetune_sweep import main
+
+    spec = fake_sweep("grid", {"lr": {"values": [0.1, 0.2]}, "epochs": {"value": 1}})
+    f = write(tmp_path, spec)
+    assert local(f, tmp_path / "out") == 0
+    stored = (tmp_path / "out" / "sweep.yaml").read_text()
+    spec["parameters"]["lr"]["values"] = [0.1, 0.2, 0.3]
+    write(tmp_path, spec)
+    capsys.readouterr()
+    assert main(["local", f, "--sweep_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: ") and "--extend" in err[0]
+    assert any("parameters.lr.values: [0.1, 0.2] -> [0.1, 0.2, 0.3]" in line for line in err[1:])
+    assert (tmp_path / "out" / "sweep.yaml").read_text() == stored   # the stored sweep is untouched
+    assert local(f, tmp_path / "out", extend=True) == 0
+    df = trials(tmp_path / "out")
+    assert sorted(df["lr"]) == [0.1, 0.2, 0.3] and set(df["state"]) == {"complete"}   # 0.3 only was added
+    assert yaml.safe_load((tmp_path / "out" / "sweep.yaml").read_text())["parameters"]["lr"]["values"][-1] == 0.3
+    other = write(tmp_path, spec, name="other.yaml")
+    with pytest.raises(SweepError, match="holds the study 's', not 'other'"):
+        local(other, tmp_path / "out")
+
+
+def test_failed_points_are_retried_under_their_run_ids(tmp_path):
+    flag = tmp_path / "data-missing"
+    flag.touch()
+    program = tmp_path / "flaky.py"           # fails while the flag exists: a cause the user then fixes
+    program.write_text(f"import os, runpy, sys\nif {str(flag)!r} in sys.argv[-1] and os.path.exists({str(flag)!r}):\n"
+                       f"    sys.exit('boom: data missing')\nrunpy.run_path({FAKE!r}, run_name='__main__')\n")
+    f = write(tmp_path, {**fake_sweep("grid", {"lr": {"values": [0.1]}, "marker": {"values": ["ok", str(flag)]}}),
+                         "program": str(program)})
+    assert local(f, tmp_path / "out") == 0
+    df = trials(tmp_path / "out")
+    failed_id = df[df["state"] == "fail"]["run_id"].item()
+    status = sweep_local.status_table(tmp_path / "out")
+    assert "--retry_failed" in status and f"--sweep_dir {tmp_path / 'out'}" in status
+    assert local(f, tmp_path / "out") == 0                                  # a plain rerun retries nothing
+    assert list(trials(tmp_path / "out")["state"]).count("fail") == 1
+    flag.unlink()
+    assert local(f, tmp_path / "out", retry_failed=True) == 0
+    df = trials(tmp_path / "out")
+    assert set(df["state"]) == {"complete"} and len(df) == 2 and failed_id in set(df["run_id"])
+    assert read_json(tmp_path / "out" / "runs" / failed_id / "run.json")["state"] == "finished"
+
+
+def test_status_after_a_killed_runner_and_its_orphaned_trainer_is_stopped(tmp_path):
+    """SIGKILL kills the runner alone: status says interrupted (not running), lists the pending points
+    with their parameters (integers as integers), and the next `local` stops the orphaned trainer
+    before the trial runs again."""
+    f = write(tmp_path, fake_sweep("grid", {"lr": {"value": 0.5}, "epochs": {"values": [30, 2, 3]},
+                                            "sleep": {"value": 0.1}}))
+    runner = _runner([f, "--sweep_dir", tmp_path / "out"])
+    _wait_for_epoch(tmp_path / "out")
+    runner.kill()
+    runner.wait()
+    child = next(t.user_attrs["child_pid"] for t in _all_trials(tmp_path / "out") if "child_pid" in t.user_attrs)
+    assert not _gone(child)                                                 # the trainer outlived its runner
+    status = sweep_local.status_table(tmp_path / "out")
+    rows = [line.split() for line in status.splitlines()[1:4]]
+    assert [r[1] for r in rows] == ["interrupted", "waiting", "waiting"] and "running" not in status
+    assert [r[3] for r in rows] == ["30", "2", "3"] and "30.0" not in status
+    sweep = sweep_spec.load(f)
+    sweep_local.open_study(sweep, sweep_local.Options(sweep_dir=tmp_path / "out"))
+    assert _gone(child)                                                     # stopped before any requeue runs
+    assert local(f, tmp_path / "out") == 0
+    df = trials(tmp_path / "out")
+    assert sorted(df["epochs"]) == [2, 3, 30] and set(df["state"]) == {"complete"}
+
+
+def test_a_trial_whose_runner_died_on_another_machine_is_requeued_by_its_heartbeat(tmp_path):
+    """Two runners share one journal; the one on 'another machine' is SIGKILLed. Its pid means nothing
+    here: its heartbeat goes stale, and the runner still alive runs its trial again."""
+    f = write(tmp_path, fake_sweep("grid", {"lr": {"values": [0.1, 0.2]}, "epochs": {"value": 10},
+                                            "sleep": {"value": 0.1}}))
+    beat = {"heartbeat_s": 0.2, "grace_s": 1.5}
+    elsewhere = (f"import sys; from pathlib import Path; from lib import sweep_local\n"
+                 f"sys.exit(sweep_local.run_local({f!r}, sweep_local.Options(sweep_dir=Path({str(tmp_path / 'out')!r}),"
+                 f" poll_s=0.05, host='another-machine', **{beat!r})))")
+    other = subprocess.Popen([sys.executable, "-c", elsewhere], cwd=ROOT, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_epoch(tmp_path / "out")
+    os.killpg(other.pid, signal.SIGKILL)                                    # that machine is gone
+    other.wait()
+    time.sleep(beat["grace_s"] + 0.5)
+    assert "interrupted" in sweep_local.status_table(tmp_path / "out")      # by heartbeat, not by pid
+    assert local(f, tmp_path / "out", **beat) == 0
+    df = trials(tmp_path / "out")
+    assert sorted(df["lr"]) == [0.1, 0.2] and set(df["state"]) == {"complete"}
+    requeued = [t for t in _all_trials(tmp_path / "out") if "retry_of" in t.user_attrs]
+    assert len(requeued) == 1 and "heartbeat" in requeued[0].user_attrs["requeued_because"]
+
+
+def test_a_storage_password_is_never_written(tmp_path, monkeypatch, capsys):
+    """A password in --storage connects the runner, and appears in no file of the sweep dir and no output
+    (the database itself is SQLite here; only the URL's way through the kit is under test)."""
+    url, secret = "postgresql://alice:s3cret-pw@db.example/studies", "s3cret-pw"
+    seen = []
+
+    def sqlite(u, **heartbeat):
+        seen.append(u)
+        return sweep_local.optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}", **heartbeat)
+
+    monkeypatch.setattr(sweep_local, "_open_rdb", sqlite)
+    f = write(tmp_path, fake_sweep("grid", {"lr": {"values": [0.1]}, "fail": {"values": [False, True]}}))
+    assert local(f, tmp_path / "out", storage=url, max_failures=5) == 0
+    out = capsys.readouterr()
+    assert url in seen                                                      # the runner used it to connect
+    assert "--storage 'postgresql://alice:***@db.example/studies'" in out.out   # its retry hint, masked
+    assert read_json(tmp_path / "out" / "sweep.json")["storage"] == "postgresql://alice@db.example/studies"
+    status = sweep_local.status_table(tmp_path / "out")     # connects without it (libpq: PGPASSWORD, .pgpass)
+    assert "--storage postgresql://alice@db.example/studies" in status
+    assert secret not in out.out + out.err + status
+    for path in (tmp_path / "out").rglob("*"):
+        assert not path.is_file() or secret.encode() not in path.read_bytes(), path
