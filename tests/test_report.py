@@ -354,3 +354,161 @@ def test_report_from_wandb_runs_mcnemar_on_the_logged_test_predictions(tmp_path)
     expected = stats.binomtest(res["mcnemar"]["b"], res["mcnemar"]["b"] + res["mcnemar"]["c"], 0.5).pvalue
     assert res["mcnemar"]["p_value"] == pytest.approx(expected)
     assert "not distinguishable" in (tmp_path / "wb" / "report.md").read_text()
+
+
+# ---------------------------------------------------------------- the command line: metric, bad input, untrusted names
+def cli(args, capsys):
+    """finetune_sweep.py as a user runs it: exit code, stdout, stderr lines."""
+    import finetune_sweep
+
+    code = finetune_sweep.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err.strip().splitlines()
+
+
+def two_metric_sweep(root: Path, metric: dict) -> Path:
+    """A sweep whose own metric (test_loss, minimized) and best_val_acc disagree on the winner."""
+    root.mkdir(parents=True)
+    (root / "sweep.json").write_text(json.dumps({"name": "s", "method": "grid", "storage": None, **metric}))
+    for rid, val, loss in (("by_val", 0.95, 0.9), ("by_loss", 0.80, 0.2)):
+        write_run(root / "runs", rid, config={"model": "resnet18", "strategy": "full", "lr": 1e-3 if val > 0.9 else 1e-4},
+                  summary={**summ(val, 100), "test_loss": loss}, y_pred=wrong(25))
+    return root
+
+
+def test_report_ranks_by_the_sweeps_own_metric(tmp_path, capsys):
+    root = two_metric_sweep(tmp_path / "sweep", {"metric": "test_loss", "goal": "minimize"})
+    code, out, err = cli(["report", root], capsys)
+    assert code == 0, err
+    assert "Winner: **resnet18 / full** (lr=0.0001), run `by_loss`" in out
+    md = (root / "report" / "report.md").read_text()
+    assert "selection metric: `test_loss` (minimize)" in md
+    ranks = pd.read_csv(root / "report" / "runs.csv").set_index("run_id")["rank"]
+    assert ranks["by_loss"] == 1 and ranks["by_val"] == 2
+    code, out, _ = cli(["report", root, "--metric", "best_val_acc"], capsys)   # asked for: wins over the sweep's
+    assert code == 0 and "run `by_val`" in out
+
+
+def test_report_of_a_wandb_sweep_ranks_by_its_config_metric(tmp_path, capsys, monkeypatch):
+    """The W&B sweep's config names the metric (W&B's Sweep.config); the server is the one stand-in."""
+    import lib.cloud
+
+    class SweepApi(FakeApi):
+        def sweep(self, path):
+            sweep = super().sweep(path)
+            sweep.config = {"method": "grid", "metric": {"name": "test_loss", "goal": "minimize"}}
+            return sweep
+
+    api = SweepApi([FakeRun(rid, "finished", {"model": "resnet18", "strategy": st, "lr": 1e-3},
+                            {**summ(val, 100), "test_loss": loss}, [])
+                    for rid, st, val, loss in (("w_val", "full", 0.95, 0.9), ("w_loss", "freeze", 0.8, 0.2))])
+    monkeypatch.setattr(lib.cloud, "public_api", lambda: api)
+    code, out, err = cli(["report", "ent/proj/sw1", "--out", tmp_path / "r"], capsys)
+    assert code == 0, err
+    assert "run `w_loss`" in out and "selection metric: `test_loss` (minimize)" in (tmp_path / "r" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("case, message", ids=["missing", "empty", "a file", "metric typo"], argvalues=[
+    ("missing", r"^error: no such folder: .*missing"),
+    ("empty", r"^error: no runs in .*empty: expected a sweep dir"),
+    ("a file", r"^error: .*run\.json is a file, not a folder"),
+    ("metric typo", r"^error: unknown metric 'test_los' \(did you mean 'test_loss'\?\): the runs record .*best_val_acc"),
+])
+def test_report_bad_input_is_one_line_and_keeps_the_earlier_report(tmp_path, capsys, case, message):
+    root = two_metric_sweep(tmp_path / "sweep", {"metric": "test_loss", "goal": "minimize"})
+    out = tmp_path / "report"
+    assert cli(["report", root, "--out", out], capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (tmp_path / "empty").mkdir()
+    source = {"missing": tmp_path / "missing", "empty": tmp_path / "empty",
+              "a file": root / "runs" / "by_val" / "run.json", "metric typo": root}[case]
+    extra = ["--metric", "test_los"] if case == "metric typo" else []
+    code, stdout, err = cli(["report", source, "--out", out, *extra], capsys)
+    assert code == 2 and len(err) == 1 and re.match(message, err[0]), err
+    assert stdout == "" and {p.name: p.read_bytes() for p in out.iterdir()} == before   # not touched
+    assert not (tmp_path / "empty" / "report").exists()
+
+
+HOSTILE_CLASSES = ["=HYPERLINK(\"http://x\",\"y\")", "a|b", "<img src=x onerror=alert(1)>", "line\nbreak",
+                   "cost $\\frac{ $"]
+
+
+def test_names_from_records_are_data_not_markup(tmp_path):
+    """Run, model and class names and errors come from records anyone can edit: in runs.csv they are
+    never formulas, in report.md they stay one cell of one row and never HTML, in report.html text."""
+    import csv
+    from html.parser import HTMLParser
+
+    runs = tmp_path / "runs"
+    for rid, model, val in (("=1+2", "-2+3+cmd|' /C calc'!A0", 0.9), ("run|<b>x", "@SUM(A1)", 0.8)):
+        d = write_run(runs, rid, config={"model": model, "strategy": "full", "lr": val / 100},
+                      summary={**summ(val, 100, gap=-0.02)}, y_pred=wrong(25))
+        rec = json.loads((d / "run.json").read_text())
+        (d / "run.json").write_text(json.dumps({**rec, "classes": HOSTILE_CLASSES, "name": "+name\r"}))
+    write_run(runs, "dead", state="failed", config={"model": "m"}, error="=cmd|' /C calc'!A0\n<script>x</script>")
+    res = build_report(runs, tmp_path / "out")
+    assert res["best_run_id"] == "=1+2"
+
+    with open(tmp_path / "out" / "runs.csv", newline="") as f:
+        cells = [c for row in csv.reader(f) for c in row]
+    risky = [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert risky and all(re.fullmatch(r"-[\d.e-]+", c) for c in risky), risky    # only negative numbers
+    assert "'-2+3+cmd|' /C calc'!A0" in cells and "'=1+2" in cells and "'@SUM(A1)" in cells
+    assert "-0.02" in cells                                                      # numbers stay numbers
+
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "<img" not in md and "<script" not in md and "<b>" not in md
+    for block in re.findall(r"(?:^\|.*\|$\n?)+", md, flags=re.M):                 # every table keeps its columns
+        widths = {len(re.split(r"(?<!\\)\|", line)) for line in block.strip().splitlines()}
+        assert len(widths) == 1, block
+    assert "| line break |" in md and "a\\|b" in md
+
+    class Tags(HTMLParser):
+        found: list = []
+
+        def handle_starttag(self, tag, attrs):
+            self.found.append((tag, dict(attrs)))
+
+    page = (tmp_path / "out" / "report.html").read_text()
+    parser = Tags()
+    parser.feed(page)
+    assert not any(t == "script" or "onerror" in a for t, a in parser.found)
+    assert all(a["src"].startswith("data:image/png;base64,") for t, a in parser.found if t == "img")
+    assert "run|&lt;b&gt;x" in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "confusion_matrix" in res["plots"]        # drawn with the class names, `$` and all, as plain text
+
+
+def test_out_of_range_predicted_labels_are_left_out_with_a_warning(tmp_path):
+    """A damaged or edited record: labels outside the classes (negative, huge, not a number) must not
+    crash the report nor land in another class's cell (-1 would index the last column)."""
+    from lib.report.build import _confusion
+
+    y_pred = wrong(10)
+    y_pred[0], y_pred[30], y_pred[60], y_pred[90] = -1, 10 ** 12, 5, "x"
+    d = write_run(tmp_path / "runs", "bad", config={"model": "resnet18", "strategy": "full", "lr": 1e-3},
+                  summary=summ(0.9, 115), y_pred=y_pred)
+    cm, classes, dropped = _confusion(json.loads((d / "run.json").read_text()))
+    assert classes == CLASSES and cm.shape == (5, 5) and dropped == 4 and cm.sum() == 121
+    assert cm[0, 4] == 0 and cm[0].sum() == 24                  # beagle row: the -1 is in no cell
+    res = build_report(tmp_path / "runs", tmp_path / "out")
+    assert any("4 test prediction(s) with a label outside its 5 classes" in w for w in res["warnings"])
+    assert "confusion_matrix" in res["plots"]
+    assert "| beagle | " in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_holm_adjusts_for_the_configurations_the_winner_was_picked_from(tmp_path):
+    """Raw McNemar p = 2/64 against the runner-up would say "distinguishable"; the winner was compared
+    with 3 configurations, two of them close on test: Holm's p = 3 x 2/64 > 0.05, so trust is not HIGH."""
+    from lib.report.stats import holm
+
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])          # step-down, monotone
+    runs = tmp_path / "runs"
+    for run_id, lr, val, pred in (("win", 0.1, 0.95, wrong(2)), ("run", 0.01, 0.93, wrong(8)),
+                                  ("r1", 0.001, 0.90, wrong(4, offset=50)), ("r2", 0.0001, 0.89, wrong(3, offset=60))):
+        write_run(runs, run_id, config={"model": "resnet18", "strategy": "full", "lr": lr},
+                  summary=summ(val, 125 - sum(a != b for a, b in zip(pred, Y_TRUE))), y_pred=pred)
+    res = build_report(runs, tmp_path / "out")
+    assert res["runner_up_id"] == "run" and res["mcnemar"]["p_value"] == pytest.approx(2 / 64)
+    assert res["mcnemar"]["comparisons"] == 3 and res["mcnemar"]["p_holm"] == pytest.approx(3 * 2 / 64)
+    verdict = res["verdict"]
+    assert "Holm-corrected for 3 comparisons p = 0.0938" in verdict and "Trust: LOW" in verdict

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from lib.report.page import ci, count, met, num, pct, isnan
-from lib.report.stats import importance, mcnemar, wilson_interval
+from lib.report.stats import holm, importance, mcnemar, wilson_interval
 from lib.report.study import Study
 
 SMALL_TEST = 200          # below this many test images, say how wide the interval is
@@ -151,9 +151,13 @@ def _top_two(s: Study, r: Review, best, runner) -> None:
     if same:
         pa, pb = predictions(s.by_id[r.best_id]), predictions(s.by_id[r.runner_id])
         r.mcnemar = {**mcnemar(pa[0], pa[1], pb[1]), "runs": [r.best_id, r.runner_id]}
-        r.distinguishable = r.mcnemar["p_value"] <= ALPHA
-        r.paired_note = (f"McNemar exact p = {r.mcnemar['p_value']:.3g} ({r.mcnemar['b']} image(s) only the winner "
-                         f"gets right, {r.mcnemar['c']} only the runner-up)")
+        p_all = _p_against_every_rival(s, r, best)
+        r.mcnemar.update(comparisons=len(p_all), p_holm=holm(list(p_all.values()))[list(p_all).index(r.runner_id)])
+        r.distinguishable = r.mcnemar["p_holm"] <= ALPHA
+        corrected = (f", Holm-corrected for {len(p_all)} comparisons p = {r.mcnemar['p_holm']:.3g}"
+                     if len(p_all) > 1 else "")
+        r.paired_note = (f"McNemar exact p = {r.mcnemar['p_value']:.3g}{corrected} ({r.mcnemar['b']} image(s) only "
+                         f"the winner gets right, {r.mcnemar['c']} only the runner-up)")
         if not r.distinguishable:
             r.warn("critical", "mcnemar", f"the top two are not distinguishable on the test set: {r.paired_note}; "
                    f"p > {ALPHA} — treat them as tied")
@@ -175,6 +179,18 @@ def _top_two(s: Study, r: Review, best, runner) -> None:
     if best[s.metric] - runner[s.metric] == 0:
         r.warn("warning", "tie", f"the top two tie on {s.metric} ({met(best[s.metric])}); the smaller/faster one is "
                "listed first — the selection metric does not separate them")
+
+
+def _p_against_every_rival(s: Study, r: Review, best) -> dict[str, float]:
+    """McNemar p of the winner against the best run of every other configuration seen on the same test
+    images (the runner-up among them): the family that Holm's correction accounts for."""
+    winner = predictions(s.by_id[r.best_id])
+    rivals = s.fin[s.fin["_group"] != best["_group"]].groupby("_group", sort=False).head(1)
+    out = {}
+    for run_id in rivals["run_id"]:
+        if _same_test_set(s.by_id[r.best_id], s.by_id[run_id])[0]:
+            out[run_id] = mcnemar(winner[0], winner[1], predictions(s.by_id[run_id])[1])["p_value"]
+    return out
 
 
 def _test_size(s: Study, r: Review, best) -> pd.DataFrame:

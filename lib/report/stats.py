@@ -37,6 +37,16 @@ def mcnemar(y_true, pred_a, pred_b) -> dict:
             "acc_a": float(ra.mean()) if len(yt) else math.nan, "acc_b": float(rb.mean()) if len(yt) else math.nan}
 
 
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the given order: the winner was compared with every other
+    configuration, so its smallest p-values are the likeliest to be luck (family-wise error at alpha)."""
+    m, out, running = len(p_values), [1.0] * len(p_values), 0.0
+    for rank, i in enumerate(np.argsort(p_values, kind="stable")):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        out[i] = running
+    return out
+
+
 def pareto_front(xs, ys, maximize_y: bool = True) -> list[bool]:
     """Membership of the front that minimises x and maximises (or minimises) y; NaN points are off it."""
     xs, ys = np.asarray(xs, float), np.asarray(ys, float)
