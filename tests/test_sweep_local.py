@@ -374,3 +374,17 @@ def test_a_storage_password_is_never_written(tmp_path, monkeypatch, capsys):
     assert secret not in out.out + out.err + status
     for path in (tmp_path / "out").rglob("*"):
         assert not path.is_file() or secret.encode() not in path.read_bytes(), path
+
+
+def test_extend_gives_a_random_study_its_edited_search_space(tmp_path):
+    """Optuna refuses new choices for a parameter it has seen: an edited parameter is searched afresh."""
+    spec = fake_sweep("random", {"lr": {"values": [0.1, 0.2]}, "epochs": {"value": 1}})
+    f = write(tmp_path, spec)
+    assert local(f, tmp_path / "out", count=2, seed=1) == 0
+    spec["parameters"]["lr"]["values"] = [0.3, 0.4]
+    write(tmp_path, spec)
+    with pytest.raises(SweepError, match=r"parameters\.lr\.values: \[0\.1, 0\.2\] -> \[0\.3, 0\.4\]"):
+        local(f, tmp_path / "out", count=2, seed=1)
+    assert local(f, tmp_path / "out", count=2, seed=1, extend=True) == 0
+    df = trials(tmp_path / "out")
+    assert set(df["state"]) == {"complete"} and set(df["lr"][2:]) <= {0.3, 0.4} and set(df["lr"][:2]) <= {0.1, 0.2}
