@@ -46,3 +46,13 @@ def test_the_soup_is_a_candidate_for_report_and_export(study):
     assert "soup" in {c["id"] for c in candidates(study)}
     model, record = load_run_model(study / "soup")
     assert record["soup"]["best_single"] in ("frz", "par", "bad")
+
+
+def test_the_report_sets_the_soup_against_its_best_single_run(study, tmp_path):
+    from lib.report import build_report
+
+    soup.greedy_soup(study, study / "soup-r")
+    res = build_report(study, tmp_path / "report")
+    (row,) = [x for x in res["soups"] if x["run_id"] == "soup-r"]
+    assert row["best_single"] in ("frz", "par", "bad") and 0 <= row["p_value"] <= 1
+    assert any("soup `soup-r`" in w and "McNemar exact p" in w for w in res["warnings"])

@@ -95,17 +95,18 @@ def build_report(source_runs, out_dir, metric: str = "best_val_acc", latency: di
     _verdict_section(doc, r)
     if not s.fin.empty:
         _tables(doc, s, r)
-    _curves_section(doc, s, out, plots)
+    _curves_section(doc, s, files)
     if not s.fin.empty:
-        _best_section(doc, s, r, out, plots)
-        _tradeoff_section(doc, s, out, plots)
-        _params_section(doc, s, r, out, plots)
+        _best_section(doc, s, r, cmc, files)
+        _tradeoff_section(doc, s, files)
+        _params_section(doc, s, r, files)
     _failed_section(doc, s)
     _methods_section(doc, s)
-    paths = _write(out, s, doc, title)
+    paths = _write(out, s, doc, title, files)
+    plots = {name.rsplit(".", 1)[0]: str(out / name) for name in files}
     pareto = s.fin.loc[s.fin["pareto_size"], "run_id"].tolist() if not s.fin.empty else []
     return {"verdict": "\n".join(r.verdict), "best_run_id": r.best_id, "runner_up_id": r.runner_id,
-            "warnings": [w["text"] for w in r.warnings], "warning_details": r.warnings, "mcnemar": r.mcnemar,
+            "warnings": [w["text"] for w in r.warnings], "warning_details": r.warnings, "mcnemar": r.mcnemar, "soups": r.soups,
             "seed_groups": [{k: v for k, v in g.items() if k != "_group"} for g in r.seed_groups],
             "pareto_size": pareto, "importance": r.importance, "metric": metric, "goal": goal,
             "n_runs": len(s.df), "n_finished": len(s.fin), "paths": paths, "plots": plots, **paths}

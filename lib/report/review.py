@@ -32,6 +32,7 @@ class Review:
     distinguishable: bool | None = None
     paired_note: str = ""
     importance: list[dict] = field(default_factory=list)
+    soups: list[dict] = field(default_factory=list)       # each soup against its best single ingredient
 
     def warn(self, level: str, kind: str, text: str) -> None:
         self.warnings.append({"level": level, "kind": kind, "text": text})
@@ -97,6 +98,7 @@ def review(s: Study) -> Review:
         _overfitting(s, r, best)
         _data(s, r, best)
         _seeds(s, r, best, runner)
+        _soups(s, r)
         r.verdict = _verdict(s, r, best, runner, perfect)
         r.importance = importance(s.fin, list(s.varying), s.metric)
     r.warnings.sort(key=lambda w: LEVELS.get(w["level"], 3))
@@ -270,6 +272,20 @@ def _data(s: Study, r: Review, best) -> None:
                    f"the winner on {s.metric} is #{rank} on test accuracy (best on test: `{top['run_id']}` at "
                    f"{pct(top['test_acc'])}); do not re-pick the winner on the test set — that would make the test "
                    "score optimistic too")
+
+
+def _soups(s: Study, r: Review) -> None:
+    """A model soup against its best single ingredient, on the same test images (McNemar)."""
+    for run_id, run in s.by_id.items():
+        soup, single = run.get("soup"), s.by_id.get((run.get("soup") or {}).get("best_single"))
+        if not soup or single is None or not _same_test_set(run, single)[0]:
+            continue
+        (y, a), (_, b) = predictions(run), predictions(single)
+        test = mcnemar(y, a, b)
+        r.soups.append({"run_id": run_id, "best_single": single["id"], **test})
+        r.warn("info", "soup", f"soup `{run_id}` of {len(soup['ingredients'])} run(s) vs its best single run "
+               f"`{single['id']}` on test: {pct(test['acc_a'])} vs {pct(test['acc_b'])}, McNemar exact p = "
+               f"{test['p_value']:.3g} ({test['b']} image(s) only the soup gets right, {test['c']} only the single run)")
 
 
 def _best_group(r: Review, best) -> dict | None:
