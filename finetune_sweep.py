@@ -20,7 +20,8 @@ from lib import cloud, sweep_local
 from lib.sweep_spec import SweepError
 
 # The kit's one-line errors, by name: their modules are imported lazily (export needs torch, predict must not).
-ONE_LINE_ERRORS = {"SweepError", "ExportError", "ConfigError", "DataError", "WeightsError"}
+ONE_LINE_ERRORS = {"SweepError", "ExportError", "ConfigError", "DataError", "WeightsError", "ReportError",
+                   "PredictError"}
 
 
 def _fixed(pairs):
@@ -54,13 +55,14 @@ def cmd_report(a):
     from lib import report
 
     out = Path(a.out or Path(a.source if Path(a.source).exists() else "reports") / "report")
-    result = report.build_report(a.source, out, metric=a.metric)
+    result = report.build_report(a.source, out, metric=a.metric)   # metric None: the sweep's own
     print(result["verdict"])
     print(f"report: {out / 'report.html'}\n        {out / 'report.md'}\n        {out / 'runs.csv'}")
     return 0
 
 
 def cmd_export(a):
+    api = cloud.public_api() if cloud.is_sweep_path(a.source) else None   # no key: one line before torch loads
     from lib import export
 
     result = export.export_best(a.source, Path(a.out), metric=a.metric, max_size_mb=a.max_size_mb,
@@ -80,6 +82,7 @@ def cmd_export(a):
 def cmd_predict(a):
     from lib import predict  # ONNX Runtime only: torch is never imported on this path
 
+    predict.check_request(a.paths, a.top, a.csv)   # typos fail here, before the model is loaded
     results = predict.predict(a.model, a.paths, top_k=a.top)
     print(predict.format_table(results))
     if a.csv:
@@ -135,7 +138,7 @@ def parser():
     r = sub.add_parser("report", help="which strategy won, by how much, and can we trust it")
     r.add_argument("source", help="a local sweep dir, a runs dir, or a W&B sweep path ENTITY/PROJECT/SWEEP_ID")
     r.add_argument("--out", help="default: SOURCE/report")
-    r.add_argument("--metric", default="best_val_acc")
+    r.add_argument("--metric", help="what ranks the runs (default: the sweep's metric, else best_val_acc)")
     r.set_defaults(fn=cmd_report)
     e = sub.add_parser("export", help="ship the best run: ONNX (+ INT8), attributions, model card")
     e.add_argument("source", help="a local sweep dir, a runs dir, one run dir, or a W&B sweep path "

@@ -128,7 +128,15 @@ def save_grid(path: Path, images: np.ndarray, maps: dict, rows: list[int], y_tru
               classes: list[str], title: str, cam_layer: str | None) -> Path:
     """One row per image: original | Integrated Gradients | Grad-CAM overlay. ``images`` (uint8
     N, 3, H, W) and ``maps`` are parallel to ``rows``, the images' indices into the label arrays.
-    A bare Figure (no pyplot): headless, and no global backend switch."""
+    A bare Figure (no pyplot): headless, and no global backend switch. Mathtext off: class names are
+    data, and a name with two `$` would be parsed as TeX (a bad formula fails the figure)."""
+    from matplotlib import rc_context
+
+    with rc_context({"text.parse_math": False}):
+        return _grid(path, images, maps, rows, y_true, y_pred, probs, classes, title, cam_layer)
+
+
+def _grid(path, images, maps, rows, y_true, y_pred, probs, classes, title, cam_layer) -> Path:
     from matplotlib.figure import Figure
 
     cols = 3

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -35,6 +36,12 @@ def _has_credentials() -> bool:
                                            update_session=False) is not None
     except AuthenticationError:  # a malformed key: let wandb.sweep report it in its own words
         return True
+
+
+def is_sweep_path(source) -> bool:
+    """``entity/project/sweep_id`` that is not a local path (report and export take either)."""
+    return isinstance(source, str) and not Path(source).exists() and \
+        re.fullmatch(r"[^/\s]+/[^/\s]+/[^/\s]+", source) is not None
 
 
 def public_api():
@@ -105,14 +112,32 @@ def _exit_code(code: int) -> int:
     return 128 - code if code < 0 else code  # killed by signal N: 128+N, as a shell reports it
 
 
+def _check_agent_request(sweep_id: str, count: int | None, gpus: list[str] | None) -> None:
+    if count is not None and count < 1:
+        raise SweepError(f"--count {count}: expected an integer >= 1 (leave it out to run until the sweep ends)")
+    if gpus is not None and (not gpus or not all(g.strip() for g in gpus)):
+        raise SweepError(f"--gpus {','.join(gpus)!r}: expected comma-separated GPU indices, e.g. 0,1")
+    if not sweep_id.strip() or len(sweep_id.split("/")) > 3:
+        raise SweepError(f"{sweep_id!r} is not a sweep id: expected ENTITY/PROJECT/SWEEP_ID (as `create` prints)")
+
+
 def agent(sweep_id: str, count: int | None, gpus: list[str] | None, *, stagger_s: float = 20.0,
-          popen=subprocess.Popen) -> int:
+          popen=None) -> int:
     """Run one `wandb agent` per GPU until all end; return the worst exit code.
 
     Starts are stagger_s apart: agents that asked the controller at the same moment got the same first
     parameters (wandb#597). SIGINT/SIGTERM are forwarded to every agent, each time they arrive, so a
     second Ctrl-C escalates as it does for a single `wandb agent` (terminate the runs, then kill).
+    ``popen`` stands in for subprocess.Popen (tests); with the real one, credentials are checked first.
     """
+    _check_agent_request(sweep_id, count, gpus)
+    if popen is None:
+        # `wandb agent` needs the server in every WANDB_MODE; without a key each agent fails after its
+        # stagger (minutes with several GPUs), or waits at a login prompt on a terminal.
+        if not _has_credentials():
+            raise SweepError("no W&B API key: `wandb agent` needs the W&B server; run `wandb login` (or set "
+                             "WANDB_API_KEY), or run the sweep offline with `python finetune_sweep.py local SWEEP.yaml`")
+        popen = subprocess.Popen
     procs: list[tuple[str, subprocess.Popen]] = []
     signals: list[tuple[int, int]] = []  # (signal, how many agents it was forwarded to)
 

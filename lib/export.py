@@ -21,11 +21,12 @@ import statistics
 import sys
 import time
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
 
+from lib.cells import md_cell, md_code, md_text
 from lib.records import atomic_write, read_json, write_json
 
 ONNX_FILE, INT8_FILE, CARD_FILE, EXPORT_FILE, ATTR_DIR = (
@@ -66,6 +67,7 @@ def load_run_model(run_dir) -> tuple[torch.nn.Module, dict]:
     for key in ("config", "classes", "data_config"):
         if key not in record:
             raise ExportError(f"{path} has no {key!r}: not a complete run record")
+    check_record(record, path)
     weights = run_dir / "model.safetensors"
     if not weights.is_file():
         raise ExportError(f"run {record.get('id', run_dir.name)} has no weights: {weights} is missing")
@@ -75,6 +77,11 @@ def load_run_model(run_dir) -> tuple[torch.nn.Module, dict]:
     from safetensors.torch import load_file
 
     name = record["config"]["model"]
+    if not timm.is_model(name):
+        # hf-hub:/local-dir: names make timm fetch or read a config from elsewhere; training only
+        # accepts architecture names, so a record with another one was edited.
+        raise ExportError(f"{path}: model {name!r} is not a timm architecture name (as training uses): refused, "
+                          "it would be fetched from the network or read from another folder")
     try:
         model = timm.create_model(name, pretrained=False, num_classes=len(record["classes"]),
                                   **lib.models.size_kwargs(name, int(record["config"].get("image_size") or 0)))
@@ -88,12 +95,42 @@ def load_run_model(run_dir) -> tuple[torch.nn.Module, dict]:
     return model.eval(), record
 
 
+def _unsafe_path(p) -> bool:
+    """A split path that could read outside data_dir: not text, absolute (POSIX or with a Windows
+    drive), or with a '..' part (either separator: a record may come from a Windows machine)."""
+    if not isinstance(p, str) or not p or "\0" in p:
+        return True
+    pure = PurePosixPath(p.replace("\\", "/"))
+    return pure.is_absolute() or ".." in pure.parts or re.match(r"[A-Za-z]:", p) is not None
+
+
+def check_record(record: dict, path: Path) -> None:
+    """What export takes from run.json, checked: a record downloaded from W&B is only as trustworthy
+    as everyone who can write to the project. Split paths stay inside data_dir (the images read are
+    uploaded back as attribution grids); classes are names; the model is checked in load_run_model."""
+    classes, config, dc = record.get("classes"), record.get("config"), record.get("data_config")
+    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
+        raise ExportError(f"{path}: 'classes' is not a list of class names: a damaged or edited record")
+    if not (isinstance(config, dict) and isinstance(config.get("model"), str) and isinstance(dc, dict)):
+        raise ExportError(f"{path}: 'config.model' or 'data_config' is missing or not what training writes")
+    split = record.get("split") or {}
+    if not isinstance(split, dict) or not all(isinstance(v, list) for v in split.values()):
+        raise ExportError(f"{path}: 'split' is not lists of image paths: a damaged or edited record")
+    for name, paths in split.items():
+        bad = next((p for p in paths if _unsafe_path(p)), None)
+        if bad is not None:
+            raise ExportError(f"{path}: {name} image path {str(bad)[:200]!r} is not relative to data_dir "
+                              "(absolute or with '..'): refused, it would read files outside the data folder")
+
+
 def _labels(record: dict, split: str) -> list[int]:
     """Labels of a split's images: the recorded test labels, else the class folder in the path."""
     paths = record["split"][split]
     y_true = (record.get("test_predictions") or {}).get("y_true")
-    if split == "test" and y_true is not None and len(y_true) == len(paths):
-        return [int(v) for v in y_true]
+    n = len(record["classes"])
+    if split == "test" and isinstance(y_true, list) and len(y_true) == len(paths) and all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n for v in y_true):
+        return list(y_true)
     index = {c: i for i, c in enumerate(record["classes"])}
     out = []
     for p in paths:
@@ -469,21 +506,22 @@ def model_card(result: dict, record: dict) -> str:
             "weight_decay", "scheduler", "epochs", "batch_size", "image_size", "augment", "label_smoothing",
             "mixup", "cutmix", "dropout", "weights", "seed"]
     lines = [
-        f"# Model card: {cfg['model']} ({len(record['classes'])} classes)", "",
-        f"- run id: `{record['id']}`" + (f" ({record['name']})" if record.get("name") else ""),
-        f"- backbone: `{cfg['model']}`, initial weights: {json.dumps(record.get('weights_source', cfg.get('weights')))}",
+        f"# Model card: {md_text(cfg['model'])} ({len(record['classes'])} classes)", "",
+        f"- run id: {md_code(record['id'])}" + (f" ({md_text(record['name'])})" if record.get("name") else ""),
+        f"- backbone: {md_code(cfg['model'])}, initial weights: "
+        f"{md_text(json.dumps(record.get('weights_source', cfg.get('weights'))))}",
         _params_line(s),
         f"- exported: {result['exported_at']} with the {result.get('exporter', 'n/a')} exporter "
         f"(ONNX opset {result.get('opset', 'n/a')})", "",
         "## Training configuration", "",
         "| key | value |", "|---|---|",
-        *[f"| {k} | {cfg[k]} |" for k in keys if k in cfg], "",
-        "## Classes", "", ", ".join(f"`{c}`" for c in record["classes"]), "",
+        *[f"| {k} | {md_cell(cfg[k])} |" for k in keys if k in cfg], "",
+        "## Classes", "", ", ".join(md_code(c) for c in record["classes"]), "",
         "## Data", "",
-        f"- data folder: `{cfg.get('data_dir')}`",
+        f"- data folder: {md_code(cfg.get('data_dir'))}",
         f"- images: train {counts.get('train', 'n/a')}, val {counts.get('val', 'n/a')}, test {n_test}",
         f"- skipped as unusable during training: {len(record.get('skipped', []))}",
-        *[f"- warning: {w}" for w in record.get("warnings", [])], "",
+        *[f"- warning: {md_text(w)}" for w in record.get("warnings") or []], "",
         "## Metrics", "",
         "| metric | value |", "|---|---|",
         f"| best validation accuracy | {_fmt(s.get('best_val_acc'))} (epoch {s.get('best_epoch', 'n/a')}) |",
@@ -495,8 +533,9 @@ def model_card(result: dict, record: dict) -> str:
     per_class = record.get("per_class") or []
     if per_class:
         lines += ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|",
-                  *[f"| {p['class']} | {p['precision']:.3f} | {p['recall']:.3f} | {p['f1']:.3f} | {p['support']} |"
-                    for p in per_class], ""]
+                  *["| " + " | ".join(md_cell(_fmt(p.get(k), 3)) for k in ("class", "precision", "recall", "f1",
+                                                                          "support")) + " |"
+                    for p in per_class if isinstance(p, dict)], ""]
     lat = result.get("latency_ms_per_image", {})
     lines += ["## Files, speed and parity", "",
               "| file | size |", "|---|---|",
@@ -514,7 +553,7 @@ def model_card(result: dict, record: dict) -> str:
                       f"images); agrees with fp32 on "
                       f"{_fmt(result.get('int8_top1_agreement_with_fp32'), 3)} of the test images."]
     if result.get("error"):
-        lines += ["", f"**EXPORT FAILED:** {result['error']}"]
+        lines += ["", f"**EXPORT FAILED:** {md_text(result['error'])}"]
     lines += ["", "## Use", "",
               "```python", "from lib.predict import predict, format_table   # ONNX Runtime + Pillow, no torch",
               "print(format_table(predict(\"model.onnx\", [\"photo.jpg\", \"a/folder\"], top_k=3)))",
@@ -541,26 +580,43 @@ def model_card(result: dict, record: dict) -> str:
 
 def is_wandb_sweep(source) -> bool:
     """``entity/project/sweep_id`` that is not a local path."""
-    return isinstance(source, str) and not Path(source).exists() and \
-        re.fullmatch(r"[^/\s]+/[^/\s]+/[^/\s]+", source) is not None
+    from lib.cloud import is_sweep_path
+
+    return is_sweep_path(source)
 
 
 def candidates(source, metric: str = "best_val_acc", max_size_mb: float | None = None, api=None) -> list[dict]:
     """Finished runs of a sweep dir, runs dir, single run dir or W&B sweep path, best first by
     ``metric``; ties go to the smaller model. Runs over ``max_size_mb`` are left out."""
-    from lib.report import load_local, load_wandb
+    from lib.report import ReportError, load_local, load_wandb
 
     if is_wandb_sweep(source):
         runs = [r for r in load_wandb(source, api, history=False) if r.get("state") == "finished"]
     else:
-        runs = [r for r in load_local(source) if r.get("state") == "finished"
-                and (Path(r["dir"]) / "model.safetensors").exists()]
+        try:
+            runs = [r for r in load_local(source) if r.get("state") == "finished"
+                    and (Path(r["dir"]) / "model.safetensors").exists()]
+        except ReportError as e:   # no such folder: the same one line, as export's own error
+            raise ExportError(str(e)) from None
     runs = [r for r in runs if (r.get("summary") or {}).get(metric) is not None]
     if max_size_mb is not None:
         runs = [r for r in runs if r["summary"].get("model_size_mb", float("inf")) <= max_size_mb]
     lower_is_better = "loss" in metric
     return sorted(runs, key=lambda r: ((1 if lower_is_better else -1) * r["summary"][metric],
                                        r["summary"].get("model_size_mb", 0.0)))
+
+
+def _check_request(source, out_dir, max_size_mb, max_latency_ms, attributions) -> None:
+    """Arguments that cannot work, caught before anything is read or written."""
+    if not is_wandb_sweep(source) and not Path(source).exists():
+        raise ExportError(f"no such folder: {source} (and not a W&B sweep path ENTITY/PROJECT/SWEEP_ID)")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ExportError(f"--out {out_dir} is a file, not a folder")
+    for name, value in (("--max-size-mb", max_size_mb), ("--max-latency-ms", max_latency_ms)):
+        if value is not None and not value > 0:
+            raise ExportError(f"{name} {value}: expected a number > 0")
+    if attributions < 0:
+        raise ExportError(f"--attributions {attributions}: expected 0 (none) or more test images")
 
 
 def export_best(source, out_dir, *, metric: str = "best_val_acc", max_size_mb: float | None = None,
@@ -570,6 +626,7 @@ def export_best(source, out_dir, *, metric: str = "best_val_acc", max_size_mb: f
     measures here, so a candidate over ``max_latency_ms`` is exported, measured, and passed over.
     From a W&B sweep the run's model artifact is fetched into ``out_dir/source_run/`` and the export
     is logged back to W&B (lib.wandb_export); ``api`` stands in for ``wandb.Api()``."""
+    _check_request(source, out_dir, max_size_mb, max_latency_ms, attributions)
     from_wandb = is_wandb_sweep(source)
     if from_wandb and api is None:
         from lib.cloud import public_api

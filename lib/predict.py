@@ -16,10 +16,42 @@ import os
 from pathlib import Path
 
 import numpy as np
+
+from lib.cells import csv_cell
 from lib.images import IMAGE_EXTENSIONS, fit_square, load_rgb
 from lib.records import atomic_write
 
 BATCH = 32
+MAX_SIDE = 8192   # larger preprocessing sizes in the metadata are damage, not a model (config allows 4096)
+
+
+class PredictError(ValueError):
+    """The model or the request cannot be used (no model, corrupt file, nothing to classify): one line."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+def _metadata(path: Path, meta: dict, n_outputs) -> tuple[list[str], dict]:
+    """Classes and preprocessing from the ONNX metadata, checked: the file may come from anywhere."""
+    missing = [k for k in ("classes", "preprocessing") if k not in meta]
+    if missing:
+        raise PredictError(f"{path} has no {' or '.join(missing)} metadata: not a model exported by "
+                           "`finetune_sweep.py export`")
+    try:
+        classes, pre = json.loads(meta["classes"]), json.loads(meta["preprocessing"])
+        mean, std = np.asarray(pre["mean"], np.float32), np.asarray(pre["std"], np.float32)
+        sides = int(pre["resize_side"]), int(pre["input_size"][-1])
+        ok = (isinstance(classes, list) and len(classes) > 0 and all(isinstance(c, str) for c in classes)
+              and mean.shape == std.shape == (3,) and np.isfinite(mean).all() and np.isfinite(std).all()
+              and (std != 0).all() and all(0 < side <= MAX_SIDE for side in sides))
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        ok = False
+    if not ok:
+        raise PredictError(f"{path}: its classes/preprocessing metadata is damaged: export the model again")
+    if isinstance(n_outputs, int) and n_outputs != len(classes):
+        raise PredictError(f"{path}: the model has {n_outputs} outputs but its metadata names {len(classes)} classes")
+    return classes, pre
 
 
 class Model:
@@ -32,17 +64,18 @@ class Model:
         if path.is_dir():  # an export folder
             path = path / "model.onnx"
         if not path.is_file():
-            raise FileNotFoundError(f"no ONNX model at {model_path}")
+            raise PredictError(f"no ONNX model at {model_path}" + (" (the folder has no model.onnx)" if
+                                                                   Path(model_path).is_dir() else ""))
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime's own classes: truncated, not ONNX, bad graph
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise PredictError(f"{path} is not a usable ONNX model: {first[:300]}") from None
         meta = self.session.get_modelmeta().custom_metadata_map
-        missing = [k for k in ("classes", "preprocessing") if k not in meta]
-        if missing:
-            raise ValueError(f"{path} has no {' or '.join(missing)} metadata: export it with lib.export")
+        self.classes, self.pre = _metadata(path, meta, self.session.get_outputs()[0].shape[-1])
         self.path = path
-        self.classes: list[str] = json.loads(meta["classes"])
-        self.pre: dict = json.loads(meta["preprocessing"])
         self.input_name = self.session.get_inputs()[0].name
         self.mean = np.asarray(self.pre["mean"], np.float32).reshape(3, 1, 1)
         self.std = np.asarray(self.pre["std"], np.float32).reshape(3, 1, 1)
@@ -97,15 +130,34 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def check_request(paths, top_k: int, csv_path=None) -> None:
+    """What the command line asks, checked before the model is loaded: every path exists, there is at
+    least one image, ``top_k`` >= 1, and the CSV can be written where asked. PredictError otherwise."""
+    if int(top_k) < 1:
+        raise PredictError(f"--top {top_k}: expected an integer >= 1 (how many classes to show per image)")
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        raise PredictError(f"no such file or folder: {missing[0]}" + (f" (and {len(missing) - 1} more)"
+                                                                      if len(missing) > 1 else ""))
+    if not expand(paths):
+        raise PredictError(f"no images in {', '.join(map(str, paths))}: looked for "
+                           f"{', '.join(sorted(IMAGE_EXTENSIONS))} files")
+    if csv_path is not None and Path(csv_path).is_dir():
+        raise PredictError(f"--csv {csv_path} is a folder: name the CSV file to write")
+
+
 def predict(model_path, paths: list[str], top_k: int = 3) -> list[dict]:
     """Top-k classes with probabilities for each image: ``[{path, top: [(class, prob), ...]}]``.
     Folders are walked recursively; an image that cannot be used gets ``{path, error}`` instead.
-    ``model_path``: an ONNX file written by lib.export, or the export folder (its model.onnx)."""
+    ``model_path``: an ONNX file written by lib.export, or the export folder (its model.onnx).
+    PredictError when the model cannot be used or ``top_k`` < 1."""
+    if int(top_k) < 1:
+        raise PredictError(f"top_k={top_k}: expected an integer >= 1")
     model = Model(model_path)
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     files = expand(paths)
-    k = max(1, min(int(top_k), len(model.classes)))
+    k = min(int(top_k), len(model.classes))
     results: list[dict] = [{"path": f} for f in files]
     ready: list[tuple[int, np.ndarray]] = []
 
@@ -171,7 +223,8 @@ def write_csv(results: list[dict], path) -> Path:
         for i in range(k):
             top = r.get("top", [])
             cells += [top[i][0], f"{top[i][1]:.6f}"] if i < len(top) else ["", ""]
-        writer.writerow(cells + [r.get("error", "")])
+        # File and class names come from outside (the model's metadata, the folder): never formulas.
+        writer.writerow([csv_cell(c) for c in cells + [r.get("error", "")]])
     path = Path(path)
     atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
     return path

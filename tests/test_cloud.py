@@ -269,3 +269,39 @@ def test_agent_signal_while_staggering_starts_no_more_agents(tmp_path):
     assert time.monotonic() - t < 5 and parent.returncode == 0
     assert not (tmp_path / "gpu1.jsonl").exists()
     assert events(tmp_path / "gpu0.jsonl")[-1]["event"] == "got SIGINT"
+
+
+# --- agent: bad requests stop before any agent starts ----------------------------------------------
+
+@pytest.mark.parametrize("mode", [None, "offline", "disabled"])
+def test_agent_without_api_key_is_one_line_and_starts_nothing(no_key, monkeypatch, capsys, mode):
+    """`wandb agent` needs the server in every WANDB_MODE: without a key each agent failed after its
+    stagger (20 s apart), or waited at a login prompt on a terminal."""
+    import finetune_sweep
+
+    if mode:
+        monkeypatch.setenv("WANDB_MODE", mode)
+    started, real_popen = [], subprocess.Popen
+
+    def popen(argv, *args, **kwargs):   # wandb itself runs git: only `wandb agent` must not start
+        if "agent" in argv:
+            started.append(argv)
+        return real_popen(argv, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    t = time.monotonic()
+    assert finetune_sweep.main(["agent", "ent/proj/abc123", "--gpus", "0,1"]) == 2
+    assert time.monotonic() - t < 5 and started == []
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no W&B API key: `wandb agent` needs the W&B server") \
+        and "finetune_sweep.py local" in err[0]
+
+
+@pytest.mark.parametrize("args, message", [(["--count", "0"], "--count 0: expected an integer >= 1"),
+                                           (["--gpus", "0,,1"], "--gpus '0,,1': expected comma-separated")])
+def test_agent_bad_arguments_are_one_line(args, message, capsys):
+    import finetune_sweep
+
+    assert finetune_sweep.main(["agent", "ent/proj/abc123", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {message}"), err

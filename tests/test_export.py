@@ -2,6 +2,7 @@
 static INT8, Captum attributions, model card, export.json; prediction with ONNX Runtime only
 (PNG, JPEG, grayscale, folders, unreadable files), without importing torch."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -319,3 +320,155 @@ def test_export_from_wandb_without_the_artifact_is_one_line(trained, tmp_path):
     api = FakeApi([FakeRun("exp1", "finished", record["config"], record["summary"], [])])
     with pytest.raises(ExportError, match=r"cannot fetch ent/proj/model-exp1:best for run exp1: .*log_model=false"):
         export_best("ent/proj/sw1", tmp_path / "o", api=api)
+
+
+# ---------------------------------------------------------------- inputs nobody should trust, messages a person can act on
+def cli(args, capsys):
+    """finetune_sweep.py as a user runs it: exit code, stdout, stderr lines."""
+    import finetune_sweep
+
+    code = finetune_sweep.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err.strip().splitlines()
+
+
+@pytest.mark.parametrize("tamper, message", ids=["absolute", "dotdot", "hub model"], argvalues=[
+    ("absolute", r"test image path '/.*' is not relative to data_dir \(absolute or with '\.\.'\): refused"),
+    ("dotdot", r"test image path '\.\./.*' is not relative to data_dir"),
+    ("hub model", r"model 'hf-hub:timm/mobilenetv2_100\.ra_in1k' is not a timm architecture name .*: refused"),
+])
+def test_export_from_wandb_refuses_a_tampered_record(trained, tmp_path, monkeypatch, capsys, tamper, message):
+    """The run.json in a W&B artifact is only as trustworthy as everyone who can write to the project:
+    split paths that leave data_dir (the images would be read and uploaded as attribution grids) and
+    model names timm would fetch from the hub are refused before anything is read."""
+    import lib.cloud
+    from tests.fakes.wandb_api import FakeApi, FakeArtifact, FakeRun
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    record = read_json(trained / "run.json")
+    data_dir, first = Path(record["config"]["data_dir"]), record["split"]["test"][0]
+    if tamper == "absolute":
+        record["split"]["test"][0] = str(data_dir / first)          # a real image: old code read it
+    elif tamper == "dotdot":
+        record["split"]["test"][0] = f"../{data_dir.name}/{first}"
+    else:
+        record["config"]["model"] = "hf-hub:timm/mobilenetv2_100.ra_in1k"
+    folder = tmp_path / "artifact"
+    folder.mkdir()
+    (folder / "run.json").write_text(json.dumps(record))
+    shutil.copy(trained / "model.safetensors", folder)
+    api = FakeApi([FakeRun("exp1", "finished", record["config"], record["summary"], [])],
+                  {"ent/proj/model-exp1:best": FakeArtifact([folder / "model.safetensors", folder / "run.json"])})
+    monkeypatch.setattr(lib.cloud, "public_api", lambda: api)
+    out = tmp_path / "out"
+    code, _, err = cli(["export", "ent/proj/sw1", "--out", out, "--attributions", "2"], capsys)
+    assert code == 2 and len(err) == 1 and re.search(message, err[0]), err
+    assert not (out / "model.onnx").exists() and not (out / "wandb").exists()    # nothing exported, nothing logged
+
+
+def test_model_card_keeps_names_as_text(exported):
+    """Class names and config values from the record stay one cell of their table row, never HTML."""
+    from lib.export import model_card
+
+    run_dir, _, result = exported
+    record = read_json(run_dir / "run.json")
+    names = ["a|b", "<script>alert(1)</script>", "two\nlines", "back`tick"]
+    record = {**record, "classes": names, "name": "x\n# injected heading",
+              "per_class": [{**p, "class": n} for p, n in zip(record["per_class"], names)],
+              "config": {**record["config"], "augment": "none | <b>x</b>"}}
+    card = model_card(result, record)
+    outside_code = re.sub(r"(`+).*?\1", "", card)          # in a code span, HTML is shown, not rendered
+    assert "<script" not in outside_code and "<b>" not in outside_code and "\n# injected" not in card
+    assert "`<script>alert(1)</script>`" in card
+    for block in re.findall(r"(?:^\|.*\|$\n?)+", card, flags=re.M):     # every table keeps its columns
+        widths = {len(re.split(r"(?<!\\)\|", line)) for line in block.strip().splitlines()}
+        assert len(widths) == 1, block
+    assert "| a\\|b |" in card and "| &lt;script&gt;alert(1)&lt;/script&gt; |" in card and "| two lines |" in card
+    assert "``back`tick``" in card
+
+
+def test_attribution_grid_takes_any_class_name(tmp_path):
+    """Two `$` in a class name are text, not TeX (matplotlib would fail the figure on a bad formula)."""
+    from lib.attribution import save_grid
+
+    images = np.zeros((1, 3, 8, 8), np.uint8)
+    maps = {"ig": np.ones((1, 3, 8, 8), np.float32), "cam": None}
+    path = save_grid(tmp_path / "g.png", images, maps, [0], [0], [1], [0.5], ["cost $\\frac{ $", "b"], "t", None)
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_predict_csv_cells_are_never_formulas(exported, tmp_path, monkeypatch):
+    """Class names (the model's metadata) and file names are text in the CSV a spreadsheet opens."""
+    import csv
+
+    import onnx
+
+    from lib.predict import predict, write_csv
+
+    run_dir, out, _ = exported
+    proto = onnx.load(str(out / "model.onnx"))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    meta["classes"] = json.dumps(["=HYPERLINK(\"http://x\")", "+1+1", "-cmd", "@SUM(A1)"])
+    onnx.helper.set_model_props(proto, meta)
+    onnx.save(proto, str(tmp_path / "hostile.onnx"))
+    record = read_json(run_dir / "run.json")
+    image = Path(record["config"]["data_dir"]) / record["split"]["test"][0]
+    shutil.copy(image, tmp_path / "=evil.png")
+    monkeypatch.chdir(tmp_path)
+    results = predict(tmp_path / "hostile.onnx", ["=evil.png"], top_k=4)
+    with open(write_csv(results, tmp_path / "p.csv"), newline="") as f:
+        cells = [c for row in csv.reader(f) for c in row]
+    assert "'=evil.png" in cells and {"'=HYPERLINK(\"http://x\")", "'+1+1", "'-cmd", "'@SUM(A1)"} <= set(cells)
+    assert not [c for c in cells if c.startswith(("=", "+", "-", "@"))]
+
+
+@pytest.mark.parametrize("case, message", ids=["missing model", "corrupt model", "folder without a model",
+                                                "damaged metadata", "no images", "top 0", "missing image",
+                                                "csv is a folder"], argvalues=[
+    ("missing model", r"no ONNX model at .*nope\.onnx"),
+    ("corrupt model", r".*corrupt\.onnx is not a usable ONNX model: "),
+    ("folder without a model", r"no ONNX model at .*empty \(the folder has no model\.onnx\)"),
+    ("damaged metadata", r".*damaged\.onnx: the model has 4 outputs but its metadata names 3 classes"),
+    ("no images", r"no images in .*empty: looked for .*\.png"),
+    ("--top 0", r"--top 0: expected an integer >= 1"),
+    ("missing image", r"no such file or folder: .*nothere\.png"),
+    ("--csv is a folder", r"--csv .* is a folder"),
+])
+def test_predict_bad_requests_are_one_line(exported, tmp_path, capsys, case, message):
+    import onnx
+
+    _, out, _ = exported
+    image = str(next(Path(read_json(exported[0] / "run.json")["config"]["data_dir"]).rglob("*.png")))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x07garbage, not a protobuf")
+    if case == "damaged metadata":
+        proto = onnx.load(str(out / "model.onnx"))
+        onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
+                                            "classes": json.dumps(["a", "b", "c"])})
+        onnx.save(proto, str(tmp_path / "damaged.onnx"))
+    args = {"missing model": [tmp_path / "nope.onnx", image], "corrupt model": [tmp_path / "corrupt.onnx", image],
+            "folder without a model": [tmp_path / "empty", image],
+            "damaged metadata": [tmp_path / "damaged.onnx", image], "no images": [out, tmp_path / "empty"],
+            "--top 0": [out, image, "--top", "0"], "missing image": [out, image, tmp_path / "nothere.png"],
+            "--csv is a folder": [out, image, "--csv", tmp_path]}[case]
+    code, stdout, err = cli(["predict", *args], capsys)
+    assert code == 2 and len(err) == 1 and re.match("error: " + message, err[0]), err
+    assert stdout == ""
+
+
+@pytest.mark.parametrize("args, message", ids=["missing", "empty", "out is a file", "attributions -1", "size 0"],
+                         argvalues=[
+    (["MISSING", "--out", "OUT"], r"no such folder: .*missing_sweep"),
+    (["EMPTY", "--out", "OUT"], r"no finished run with best_val_acc and weights in .*empty"),
+    (["RUN", "--out", "A_FILE"], r"--out .* is a file, not a folder"),
+    (["RUN", "--out", "OUT", "--attributions", "-1"], r"--attributions -1: expected 0"),
+    (["RUN", "--out", "OUT", "--max-size-mb", "0"], r"--max-size-mb 0.0: expected a number > 0"),
+])
+def test_export_bad_requests_are_one_line(trained, tmp_path, capsys, args, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    where = {"MISSING": tmp_path / "missing_sweep", "EMPTY": tmp_path / "empty", "RUN": trained,
+             "OUT": tmp_path / "out", "A_FILE": tmp_path / "a_file"}
+    code, stdout, err = cli(["export", *[where.get(a, a) for a in args]], capsys)
+    assert code == 2 and len(err) == 1 and re.match("error: " + message, err[0]), err
+    assert not (tmp_path / "out").exists()

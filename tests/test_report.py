@@ -285,7 +285,9 @@ def test_single_run_all_failed_and_nans(tmp_path):
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "No runs found" in build_report(empty, tmp_path / "empty_out")["verdict"]
+    with pytest.raises(report.ReportError, match="no runs in"):
+        build_report(empty, tmp_path / "empty_out")
+    assert not (tmp_path / "empty_out").exists()
 
 
 # ---------------------------------------------------------------- W&B

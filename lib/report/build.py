@@ -2,50 +2,72 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import html
 import math
-import re
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from lib.cells import csv_cell
+from lib.records import atomic_write
 from lib.report.page import CSS, Doc, ci, count, hp, isnan, met, num, pct
 from lib.report.plots import (MAX_CURVE_RUNS, _confusion_plot, _curves_plot, _overlay_plot, _params_plot,
                               _tradeoff_plot)
-from lib.report.review import GAP_OVERFIT, Review, _state_text, predictions, review
-from lib.report.sources import _read_json, load_local, load_wandb
+from lib.report.review import GAP_OVERFIT, LEVELS, Review, _state_text, predictions, review
+from lib.report.sources import ReportError, _read_json, load_local, read_wandb
 from lib.report.study import NOISE_KEYS, Study, make_study
 
 MAX_TABLE_ROWS = 100
+MAX_CLASSES = 1000        # a confusion matrix from labels alone (no class names recorded) stops here
+PLOT_FILES = ("curves.png", "curves_all.png", "confusion_matrix.png", "tradeoff.png", "params.png")
 
 
-def _confusion(run: dict) -> tuple[np.ndarray, list[str]] | None:
-    classes = run.get("classes")
+def _labels(values) -> np.ndarray:
+    """Recorded labels as ints, one by one; anything that is not an integer (a damaged record) is -1."""
+    out = np.full(len(values), -1, dtype=np.int64)
+    for i, v in enumerate(values):
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and 0 <= v < 2**62:
+            out[i] = int(v)
+    return out
+
+
+def _confusion(run: dict) -> tuple[np.ndarray, list[str], int] | None:
+    """The test confusion matrix (recorded, else counted from the test predictions), its class
+    names, and how many predictions were left out because a label is outside the classes (a
+    damaged or edited record): those must neither crash the report nor land in another cell."""
+    classes = [str(c) for c in run["classes"]] if isinstance(run.get("classes"), list) else []
     cm = run.get("confusion_matrix")
     if cm is not None:
-        cm = np.asarray(cm, dtype=int)
-        if cm.ndim == 2 and cm.shape[0] == cm.shape[1] and cm.size:
-            classes = classes if classes and len(classes) == cm.shape[0] else [str(i) for i in range(cm.shape[0])]
-            return cm, list(classes)
-    pred = predictions(run)
-    if pred is None:
+        with contextlib.suppress(TypeError, ValueError, OverflowError):
+            cm = np.asarray(cm, dtype=np.int64)
+            if cm.ndim == 2 and cm.shape[0] == cm.shape[1] and cm.size and (cm >= 0).all():
+                names = classes if len(classes) == cm.shape[0] else [str(i) for i in range(cm.shape[0])]
+                return cm, names, 0
+    if predictions(run) is None:
         return None
-    n = max(int(pred[0].max()), int(pred[1].max())) + 1
-    n = max(n, len(classes or []))
-    cm = np.zeros((n, n), dtype=int)
-    for t, p in zip(pred[0], pred[1]):
-        cm[int(t), int(p)] += 1
-    classes = classes if classes and len(classes) == n else [str(i) for i in range(n)]
-    return cm, list(classes)
+    # Label by label, not as one array: a single text label would make every label text.
+    y_true, y_pred = (_labels(run["test_predictions"][k]) for k in ("y_true", "y_pred"))
+    # Without class names, the labels seen in y_true are the classes (bounded: a plot of more is unreadable).
+    n = len(classes) or min(int(y_true.max()) + 1, MAX_CLASSES)
+    ok = (y_true >= 0) & (y_true < n) & (y_pred >= 0) & (y_pred < n)
+    if n <= 0 or not ok.any():
+        return None
+    cm = np.zeros((n, n), dtype=np.int64)
+    np.add.at(cm, (y_true[ok], y_pred[ok]), 1)
+    return cm, classes or [str(i) for i in range(n)], int((~ok).sum())
 
 
 def _per_class(run: dict, cmc) -> list[dict]:
-    if run.get("per_class"):
-        return list(run["per_class"])
+    if isinstance(run.get("per_class"), list) and run["per_class"]:
+        return [p for p in run["per_class"] if isinstance(p, dict)]
     if cmc is None:
         return []
-    cm, classes = cmc
+    cm, classes = cmc[0], cmc[1]
     out = []
     for i, c in enumerate(classes):
         tp, support, predicted = cm[i, i], cm[i].sum(), cm[:, i].sum()
@@ -57,6 +79,7 @@ def _per_class(run: dict, cmc) -> list[dict]:
 
 
 def _load_source(source_runs) -> tuple[list[dict], str, dict]:
+    """The runs, a name for the source, and the sweep's own metric ({"metric", "goal"} or {})."""
     if isinstance(source_runs, (str, Path)):
         path = Path(source_runs)
         if path.exists():
@@ -65,30 +88,67 @@ def _load_source(source_runs) -> tuple[list[dict], str, dict]:
                 with contextlib.suppress(Exception):
                     meta = _read_json(path / "sweep.json")
             return load_local(path), str(path), meta
-        if isinstance(source_runs, str) and re.fullmatch(r"[^/\s]+/[^/\s]+/[^/\s]+", source_runs):
-            return load_wandb(source_runs), f"W&B sweep {source_runs}", {}
-        raise FileNotFoundError(f"{source_runs}: neither a directory nor a W&B sweep path entity/project/sweep_id")
+        from lib.cloud import is_sweep_path
+
+        if is_sweep_path(source_runs):
+            runs, meta = read_wandb(source_runs)
+            return runs, f"W&B sweep {source_runs}", meta
+        raise ReportError(f"no such folder: {source_runs} (and not a W&B sweep path ENTITY/PROJECT/SWEEP_ID)")
     runs = list(source_runs)
     return runs, f"{len(runs)} run records", {}
 
 
-def build_report(source_runs, out_dir, metric: str = "best_val_acc", latency: dict | None = None,
+def _recorded_metrics(runs: list[dict]) -> set[str]:
+    """Numeric keys of the runs' summaries and per-epoch rows: what a report can rank by."""
+    keys = set()
+    for run in runs:
+        for row in [run.get("summary") or {}, *(run.get("history") or [])]:
+            keys |= {k for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return keys
+
+
+def _selection(runs: list[dict], metric: str | None, goal: str | None, meta: dict) -> tuple[str, str]:
+    """The metric and goal to rank by: as asked, else the sweep's own (sweep.json or the W&B sweep
+    config), else best_val_acc. A metric no run records and no run of the kit can record is a typo."""
+    from lib.sweep_spec import EPOCH_KEYS, RUN_KEYS
+
+    sweep_metric = meta.get("metric") if isinstance(meta.get("metric"), str) else None
+    metric = metric or sweep_metric or "best_val_acc"
+    known = _recorded_metrics(runs) | RUN_KEYS | EPOCH_KEYS | ({sweep_metric} if sweep_metric else set())
+    if metric not in known:
+        close = difflib.get_close_matches(metric, sorted(known), n=1)
+        raise ReportError(f"unknown metric {metric!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                          + f": the runs record {', '.join(sorted(known))}")
+    if goal not in ("maximize", "minimize"):
+        goal = meta.get("goal") if metric == sweep_metric and meta.get("goal") in ("maximize", "minimize") else \
+            ("minimize" if "loss" in metric else "maximize")
+    return metric, goal
+
+
+def build_report(source_runs, out_dir, metric: str | None = None, latency: dict | None = None,
                  goal: str | None = None, title: str | None = None) -> dict:
     """Write runs.csv, report.md, report.html and the plots to ``out_dir``.
 
     ``source_runs``: a list of run dicts (from ``load_local``/``load_wandb``), a local sweep or runs dir,
-    or a W&B sweep path. ``latency``: run_id -> CPU latency in ms (adds a latency/accuracy front).
-    ``goal``: maximize/minimize (default: the sweep's, else minimize for a metric named *loss*).
+    or a W&B sweep path. ``metric``/``goal``: what ranks the runs (default: the sweep's own metric, else
+    best_val_acc; the goal: the sweep's, else minimize for a metric named *loss*). ``latency``: run_id ->
+    CPU latency in ms (adds a latency/accuracy front). Raises ReportError (one line) on no runs or an
+    unknown metric, before writing anything: an earlier report in ``out_dir`` stays as it was.
     Returns {"verdict", "best_run_id", "runner_up_id", "warnings", "paths", ...}."""
     runs, source, meta = _load_source(source_runs)
-    if goal is None:
-        goal = meta.get("goal") if meta.get("metric") == metric and meta.get("goal") else \
-            ("minimize" if "loss" in metric else "maximize")
+    if not runs:
+        raise ReportError(f"no runs in {source}: expected a sweep dir (sweep.json and runs/), a runs dir "
+                          "(<run_id>/run.json) or one run folder")
+    metric, goal = _selection(runs, metric, goal, meta)
     s = make_study(runs, metric, goal, {str(k): float(v) for k, v in (latency or {}).items()})
     r = review(s)
+    cmc = _confusion(s.by_id[r.best_id]) if r.best_id is not None else None
+    if cmc is not None and cmc[2]:
+        r.warn("warning", "labels", f"the winner's record has {cmc[2]} test prediction(s) with a label outside its "
+               f"{len(cmc[1])} classes (damaged or edited?): left out of its confusion matrix")
+        r.warnings.sort(key=lambda w: LEVELS.get(w["level"], 3))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    doc, plots = Doc(), {}
+    doc, files = Doc(), {}
     doc.h(1, title or "Fine-tuning sweep report")
     doc.p(f"Source: `{source}` · {len(s.df)} run(s): {_state_text(s.df)} · selection metric: `{metric}` ({goal}) · "
           f"generated {time.strftime('%Y-%m-%d %H:%M')}", cls="meta")
@@ -166,7 +226,7 @@ def _tables(doc: Doc, s: Study, r: Review) -> None:
                                  f"({', '.join(sorted(NOISE_KEYS - {'seed'}))}); std is the sample std (ddof=1).")
 
 
-def _curves_section(doc: Doc, s: Study, out: Path, plots: dict) -> None:
+def _curves_section(doc: Doc, s: Study, files: dict) -> None:
     finished = set(s.fin["run_id"])
     ordered = [s.by_id[i] for i in s.fin["run_id"]] + [x for x in s.runs if x.get("id") not in finished]
     png = _curves_plot(ordered, s.labels)
@@ -177,19 +237,18 @@ def _curves_section(doc: Doc, s: Study, out: Path, plots: dict) -> None:
     if n_hist > MAX_CURVE_RUNS:
         doc.p(f"Showing the first {MAX_CURVE_RUNS} of {n_hist} runs with curves (best first); all runs are "
               "overlaid in the next figure.")
-    _image(doc, out, plots, "curves.png", png, "loss and accuracy per epoch, train and val, best runs first")
+    _image(doc, files, "curves.png", png, "loss and accuracy per epoch, train and val, best runs first")
     over = _overlay_plot(ordered, s.metric)
     if over:
-        _image(doc, out, plots, "curves_all.png", over, "val loss and val accuracy of every run")
+        _image(doc, files, "curves_all.png", over, "val loss and val accuracy of every run")
 
 
-def _best_section(doc: Doc, s: Study, r: Review, out: Path, plots: dict) -> None:
+def _best_section(doc: Doc, s: Study, r: Review, cmc, files: dict) -> None:
     best_run = s.by_id[r.best_id]
-    cmc = _confusion(best_run)
     doc.h(2, f"Best run `{r.best_id}`: errors by class", "best")
     if cmc is not None:
         png = _confusion_plot(cmc[0], cmc[1], f"confusion matrix of {s.labels[r.best_id]} (test)")
-        _image(doc, out, plots, "confusion_matrix.png", png,
+        _image(doc, files, "confusion_matrix.png", png,
                f"test confusion matrix of {r.best_id} (counts; colour = row share)")
     pcs = _per_class(best_run, cmc)
     if pcs:
@@ -202,14 +261,14 @@ def _best_section(doc: Doc, s: Study, r: Review, out: Path, plots: dict) -> None
         doc.p("This run recorded no test predictions, confusion matrix or per-class metrics.")
 
 
-def _tradeoff_section(doc: Doc, s: Study, out: Path, plots: dict) -> None:
+def _tradeoff_section(doc: Doc, s: Study, files: dict) -> None:
     fin, metric = s.fin, s.metric
     png = _tradeoff_plot(fin, metric, s.maximize, bool(s.latency))
     doc.h(2, "Accuracy against cost", "tradeoff")
     if not png:
         doc.p("No model sizes recorded.")
         return
-    _image(doc, out, plots, "tradeoff.png", png, f"{metric} against model size" + (" and CPU latency" if s.latency else ""))
+    _image(doc, files, "tradeoff.png", png, f"{metric} against model size" + (" and CPU latency" if s.latency else ""))
     front = fin[fin["pareto_size"]].sort_values("model_size_mb")
     doc.p("Pareto front (size): " + ", ".join(f"`{x['run_id']}` {x['model']}/{x['strategy']} "
                                              f"{num(x['model_size_mb'], '{:.1f}')} MB → {met(x[metric])}"
@@ -220,14 +279,14 @@ def _tradeoff_section(doc: Doc, s: Study, out: Path, plots: dict) -> None:
                                                     f"{met(x[metric])}" for _, x in front.iterrows()))
 
 
-def _params_section(doc: Doc, s: Study, r: Review, out: Path, plots: dict) -> None:
+def _params_section(doc: Doc, s: Study, r: Review, files: dict) -> None:
     doc.h(2, "Swept parameters", "params")
     if not s.varying:
         doc.p("No parameter varies across the finished runs.")
         return
     png = _params_plot(s.fin, s.varying, s.metric)
     if png:
-        _image(doc, out, plots, "params.png", png, f"{s.metric} against each parameter that varies across runs")
+        _image(doc, files, "params.png", png, f"{s.metric} against each parameter that varies across runs")
     if r.importance:
         rows = [[x["key"], x["kind"], x["method"], num(x["importance"], "{:.2f}"), x["direction"],
                  num(x["p_value"], "{:.3g}"), str(x["levels"]), str(x["n"])] for x in r.importance]
@@ -263,7 +322,9 @@ def _methods_section(doc: Doc, s: Study) -> None:
     ])
 
 
-def _write(out: Path, s: Study, doc: Doc, title: str | None) -> dict:
+def _write(out: Path, s: Study, doc: Doc, title: str | None, files: dict[str, bytes]) -> dict:
+    """Every file at the end, each one atomically: a report that fails on the way writes nothing, and
+    plots an earlier report had but this one has not are removed (they would show other runs)."""
     csv_df = s.df.copy()
     if not s.fin.empty:
         for col in ("pareto_size", "pareto_latency"):
@@ -272,18 +333,25 @@ def _write(out: Path, s: Study, doc: Doc, title: str | None) -> dict:
         csv_df["rank"] = math.nan
         csv_df.loc[s.fin.index, "rank"] = range(1, len(s.fin) + 1)
     csv_df = csv_df.drop(columns=[c for c in csv_df if c.startswith("_")])
-    paths = {"runs_csv": str(out / "runs.csv"), "report_md": str(out / "report.md"),
-             "report_html": str(out / "report.html")}
-    csv_df.to_csv(paths["runs_csv"], index=False)
-    Path(paths["report_md"]).write_text("\n".join(doc.md))
+    for col in csv_df.columns:   # names and errors from records (text columns): never formulas
+        if not pd.api.types.is_numeric_dtype(csv_df[col]):
+            csv_df[col] = csv_df[col].map(csv_cell)
     page = ("<!doctype html><html><head><meta charset=\"utf-8\"><title>"
             + html.escape(title or "Fine-tuning sweep report") + f"</title><style>{CSS}</style></head><body>"
             + "\n".join(doc.html) + "</body></html>\n")
-    Path(paths["report_html"]).write_text(page)
-    return paths
+    texts = {"runs.csv": csv_df.to_csv(index=False), "report.md": "\n".join(doc.md), "report.html": page}
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} is a file, not a folder")
+    for name, data in files.items():
+        atomic_write(out / name, lambda tmp, data=data: Path(tmp).write_bytes(data))
+    for name in set(PLOT_FILES) - set(files):
+        (out / name).unlink(missing_ok=True)
+    for name, text in texts.items():
+        atomic_write(out / name, lambda tmp, text=text: Path(tmp).write_text(text))
+    return {"runs_csv": str(out / "runs.csv"), "report_md": str(out / "report.md"),
+            "report_html": str(out / "report.html")}
 
 
-def _image(doc: Doc, out: Path, plots: dict, name: str, png: bytes, alt: str) -> None:
-    (out / name).write_bytes(png)
-    plots[name.rsplit(".", 1)[0]] = str(out / name)
+def _image(doc: Doc, files: dict, name: str, png: bytes, alt: str) -> None:
+    files[name] = png
     doc.image(name, png, alt)

@@ -8,6 +8,8 @@ import re
 import numpy as np
 import pandas as pd
 
+from lib.cells import md_cell, md_text
+
 
 def isnan(v) -> bool:
     return v is None or (isinstance(v, (float, np.floating)) and not np.isfinite(v)) or v is pd.NA
@@ -58,12 +60,12 @@ class Doc:
         self.html: list[str] = []
 
     def h(self, level: int, text: str, anchor: str | None = None):
-        self.md.append(f"{'#' * level} {text}\n")
+        self.md.append(f"{'#' * level} {md_text(text)}\n")
         aid = f' id="{anchor}"' if anchor else ""
         self.html.append(f"<h{level}{aid}>{html.escape(text)}</h{level}>")
 
     def p(self, text: str, cls: str | None = None):
-        self.md.append(text + "\n")
+        self.md.append(md_text(text) + "\n")
         c = f' class="{cls}"' if cls else ""
         self.html.append(f"<p{c}>{_inline(text)}</p>")
 
@@ -71,21 +73,22 @@ class Doc:
         if not items:
             return
         pairs = [it if isinstance(it, tuple) else ("", it) for it in items]
-        self.md.append("\n".join(f"- {('**' + lvl.upper() + '** ') if lvl else ''}{t}" for lvl, t in pairs) + "\n")
+        self.md.append("\n".join(f"- {('**' + lvl.upper() + '** ') if lvl else ''}{md_text(t)}" for lvl, t in pairs)
+                       + "\n")
         lis = "".join(f'<li class="{lvl}">{("<b>" + lvl.upper() + "</b> ") if lvl else ""}{_inline(t)}</li>'
                       for lvl, t in pairs)
         self.html.append(f'<ul class="{cls}">{lis}</ul>')
 
     def verdict(self, lines: list[str]):
-        self.md.append("\n".join(f"> {line}  " for line in lines) + "\n")
+        self.md.append("\n".join(f"> {md_text(line)}  " for line in lines) + "\n")
         self.html.append('<div class="verdict">' + "".join(f"<p>{_inline(line)}</p>" for line in lines) + "</div>")
 
     def table(self, header: list[str], rows: list[list[str]], note: str | None = None, highlight: int | None = None):
         if not rows:
             return
-        esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-        md = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
-        md += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+        # Cells hold run, class and model names from records: escaped so they stay one cell of one row.
+        md = ["| " + " | ".join(md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+        md += ["| " + " | ".join(md_cell(c) for c in r) + " |" for r in rows]
         self.md.append("\n".join(md) + "\n")
         numeric = [' class="n"' if all(_NUMISH.fullmatch(str(r[j])) for r in rows) else "" for j in range(len(header))]
         head = "".join(f"<th{numeric[j]}>{html.escape(str(h))}</th>" for j, h in enumerate(header))
@@ -98,7 +101,7 @@ class Doc:
             self.p(note, cls="note")
 
     def image(self, name: str, png: bytes, alt: str):
-        self.md.append(f"![{alt}]({name})\n")
+        self.md.append(f"![{md_text(alt).replace('[', '(').replace(']', ')')}]({name})\n")
         data = base64.b64encode(png).decode()
         self.html.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
                          f"<figcaption>{html.escape(alt)}</figcaption></figure>")

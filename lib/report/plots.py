@@ -1,6 +1,7 @@
 """The report's figures (matplotlib's object API: no pyplot, no global state, no display)."""
 from __future__ import annotations
 
+import functools
 import io
 import math
 
@@ -11,6 +12,19 @@ from lib.report.page import hp, isnan
 from lib.report.stats import is_numeric
 
 MAX_CURVE_RUNS = 16       # runs with their own panel of curves (all of them share the overlay)
+
+
+def plain_text(plot):
+    """Run a plot with mathtext off: labels are run, class and parameter names from records, and two
+    `$` in one (`price_$5_$10`) would be parsed as TeX, and a bad formula fails the whole figure."""
+    @functools.wraps(plot)
+    def wrapper(*args, **kwargs):
+        from matplotlib import rc_context
+
+        with rc_context({"text.parse_math": False}):
+            return plot(*args, **kwargs)
+    return wrapper
+
 
 def _wrap(text: str, width: int) -> str:
     import textwrap
@@ -29,6 +43,7 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+@plain_text
 def _curves_plot(runs: list[dict], labels: dict[str, str]) -> bytes | None:
     from matplotlib.ticker import MaxNLocator
 
@@ -76,6 +91,7 @@ def _curves_plot(runs: list[dict], labels: dict[str, str]) -> bytes | None:
     return _png(fig)
 
 
+@plain_text
 def _overlay_plot(runs: list[dict], metric_label: str) -> bytes | None:
     runs = [r for r in runs if r.get("history")]
     if len(runs) <= MAX_CURVE_RUNS:
@@ -95,6 +111,7 @@ def _overlay_plot(runs: list[dict], metric_label: str) -> bytes | None:
     return _png(fig)
 
 
+@plain_text
 def _confusion_plot(cm: np.ndarray, classes: list[str], title: str) -> bytes:
     n = len(classes)
     side = min(12, max(4.5, 0.45 * n + 2.5))
@@ -118,6 +135,7 @@ def _confusion_plot(cm: np.ndarray, classes: list[str], title: str) -> bytes:
     return _png(fig)
 
 
+@plain_text
 def _tradeoff_plot(fin: pd.DataFrame, metric: str, maximize: bool, has_latency: bool) -> bytes | None:
     panels = [("model_size_mb", "model size (MB)", "pareto_size")]
     if has_latency:
@@ -150,6 +168,7 @@ def _tradeoff_plot(fin: pd.DataFrame, metric: str, maximize: bool, has_latency: 
     return _png(fig)
 
 
+@plain_text
 def _params_plot(fin: pd.DataFrame, keys: list[str], metric: str) -> bytes | None:
     keys = [k for k in keys if k in fin][:12]
     if not keys:

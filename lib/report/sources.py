@@ -16,6 +16,13 @@ STATE_MAP = {"finished": "finished", "running": "running", "failed": "failed", "
              "pending": "running", "complete": "finished", "fail": "failed", "waiting": "running"}
 
 
+class ReportError(ValueError):
+    """The report cannot be made from what was given (no runs, unknown metric, ...): one line."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
 def _read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
@@ -98,7 +105,8 @@ def load_local(sweep_dir) -> list[dict]:
     Also accepts a plain runs dir (``DIR/<run_id>/run.json``) or one run folder."""
     root = Path(sweep_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such directory")
+        raise ReportError(f"{root} is a file, not a folder: pass a sweep dir, a runs dir or one run folder"
+                          if root.exists() else f"no such folder: {root}")
     if (root / "run.json").exists():
         folders = [root]
     else:
@@ -166,6 +174,21 @@ def load_wandb(path: str, api=None, history: bool = True) -> list[dict]:
     """Every run of the W&B sweep ``entity/project/sweep_id``, as the same dicts as ``load_local``.
     ``classes``, ``test_predictions``, ``per_class``, ``confusion_matrix``, ``warnings`` come from
     summary keys of those names when the runs logged them (ours do not: McNemar is then unavailable)."""
+    return read_wandb(path, api, history)[0]
+
+
+def _wandb_metric(sweep) -> dict:
+    """The sweep config's metric as sweep.json has it ({"metric", "goal"}), or {} when it names none."""
+    with contextlib.suppress(Exception):   # a sweep without a readable config still has runs
+        metric = _as_dict(getattr(sweep, "config", None)).get("metric") or {}
+        if isinstance(metric, dict) and isinstance(metric.get("name"), str):
+            goal = metric.get("goal")
+            return {"metric": metric["name"], **({"goal": goal} if goal in ("maximize", "minimize") else {})}
+    return {}
+
+
+def read_wandb(path: str, api=None, history: bool = True) -> tuple[list[dict], dict]:
+    """``load_wandb``'s runs, and the sweep's metric from its config ({"metric", "goal"}, or {})."""
     if api is None:
         from lib.cloud import public_api
 
@@ -200,7 +223,7 @@ def load_wandb(path: str, api=None, history: bool = True) -> list[dict]:
         if rec["state"] != "finished":
             rec["error"] = raw.get("error") or (f"W&B state {wandb_state}" if wandb_state != rec["state"] else None)
         runs.append(rec)
-    return runs
+    return runs, _wandb_metric(sweep)
 
 
 # --------------------------------------------------------------------------- frames

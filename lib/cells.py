@@ -1,0 +1,45 @@
+"""Text from records (run names, class names, errors) going into tables other programs read.
+
+Run and class names come from run.json files and W&B, which anyone with write access can edit, so
+they are data, never markup: a CSV cell must not become a spreadsheet formula, a Markdown cell must
+not end its row or its table, and nothing may become HTML. Only the standard library: ``lib.predict``
+imports this without torch or pandas.
+"""
+from __future__ import annotations
+
+import html
+import re
+
+# What makes Excel, LibreOffice and Google Sheets read a cell as a formula (OWASP, "CSV injection").
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|nan)", re.I)
+_LINE_BREAKS = re.compile(r"[\r\n\u2028\u2029]+")
+
+
+def csv_cell(value):
+    """A cell a spreadsheet shows as text: a string starting with = + - @ tab or CR gets a leading
+    single quote (OWASP's advice). Numbers, and strings that are plain numbers (-0.5), are left
+    alone so columns stay numeric."""
+    if isinstance(value, str) and value.startswith(FORMULA_START) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def md_text(value) -> str:
+    """Inline Markdown text: one line (a line break would end the table row or start a new block)
+    and no HTML (Markdown renders raw tags)."""
+    return html.escape(_LINE_BREAKS.sub(" ", str(value)), quote=False)
+
+
+def md_cell(value) -> str:
+    """A Markdown table cell: ``md_text``, and pipes escaped so the row keeps its columns."""
+    return md_text(value).replace("|", "\\|")
+
+
+def md_code(value) -> str:
+    """Inline code: a span delimited by more backticks than the text holds, so a backtick in the
+    name cannot end it early (CommonMark). HTML inside a code span is shown, not rendered."""
+    text = _LINE_BREAKS.sub(" ", str(value))
+    ticks = "`" * (max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
