@@ -309,7 +309,7 @@ def test_status_after_a_killed_runner_and_its_orphaned_trainer_is_stopped(tmp_pa
     """SIGKILL kills the runner alone: status says interrupted (not running), lists the pending points
     with their parameters (integers as integers), and the next `local` stops the orphaned trainer
     before the trial runs again."""
-    f = write(tmp_path, fake_sweep("grid", {"lr": {"value": 0.5}, "epochs": {"values": [30, 2, 3]},
+    f = write(tmp_path, fake_sweep("grid", {"lr": {"value": 0.5}, "epochs": {"values": [50, 2, 3]},
                                             "sleep": {"value": 0.1}}))
     runner = _runner([f, "--sweep_dir", tmp_path / "out"])
     _wait_for_epoch(tmp_path / "out")
@@ -320,19 +320,19 @@ def test_status_after_a_killed_runner_and_its_orphaned_trainer_is_stopped(tmp_pa
     status = sweep_local.status_table(tmp_path / "out")
     rows = [line.split() for line in status.splitlines()[1:4]]
     assert [r[1] for r in rows] == ["interrupted", "waiting", "waiting"] and "running" not in status
-    assert [r[3] for r in rows] == ["30", "2", "3"] and "30.0" not in status
+    assert [r[3] for r in rows] == ["50", "2", "3"] and "50.0" not in status
     sweep = sweep_spec.load(f)
     sweep_local.open_study(sweep, sweep_local.Options(sweep_dir=tmp_path / "out"))
     assert _gone(child)                                                     # stopped before any requeue runs
     assert local(f, tmp_path / "out") == 0
     df = trials(tmp_path / "out")
-    assert sorted(df["epochs"]) == [2, 3, 30] and set(df["state"]) == {"complete"}
+    assert sorted(df["epochs"]) == [2, 3, 50] and set(df["state"]) == {"complete"}
 
 
 def test_a_trial_whose_runner_died_on_another_machine_is_requeued_by_its_heartbeat(tmp_path):
     """Two runners share one journal; the one on 'another machine' is SIGKILLed. Its pid means nothing
     here: its heartbeat goes stale, and the runner still alive runs its trial again."""
-    f = write(tmp_path, fake_sweep("grid", {"lr": {"values": [0.1, 0.2]}, "epochs": {"value": 10},
+    f = write(tmp_path, fake_sweep("grid", {"lr": {"values": [0.1, 0.2]}, "epochs": {"value": 20},
                                             "sleep": {"value": 0.1}}))
     beat = {"heartbeat_s": 0.2, "grace_s": 1.5}
     elsewhere = (f"import sys; from pathlib import Path; from lib import sweep_local\n"
