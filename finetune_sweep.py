@@ -43,7 +43,18 @@ def cmd_agent(a):
     return cloud.agent(a.sweep_id, a.count, a.gpus.split(",") if a.gpus else None)
 
 
+def _check_counts(a):
+    """Numbers that would start nothing, or stop at once: one line before anything is created."""
+    for name, hint in (("workers", ""), ("count", " (leave it out to run the whole sweep)"), ("max_failures", "")):
+        value = getattr(a, name)
+        if value is not None and value < 1:
+            raise SweepError(f"--{name}={value}: expected an integer >= 1{hint}")
+    if a.seed is not None and not 0 <= a.seed < 2**32:
+        raise SweepError(f"--seed={a.seed}: expected an integer in [0, 2**32 - 1]")
+
+
 def cmd_local(a):
+    _check_counts(a)
     sweep_dir = Path(a.sweep_dir or Path("runs") / "sweeps" / Path(a.sweep_file).stem)
     opts = sweep_local.Options(sweep_dir=sweep_dir, workers=a.workers, count=a.count, storage=a.storage,
                                seed=a.seed, max_failures=a.max_failures, extend=a.extend,

@@ -555,14 +555,13 @@ class Runner:
             return self._outcome(0, run_dir, False)
         param_file = run_dir / "sweep-params.yaml"
         owned = {"runs_dir": str(self.opts.sweep_dir / "runs"), "group": self.sweep.name, "run_id": run_id}
-        wandb_params = {"wandb_version": 1, **{k: {"value": v} for k, v in {**params, **owned}.items()}}
-        param_file.write_text(yaml.safe_dump(wandb_params, sort_keys=False))
+        sweep_spec.write_params_file(param_file, self.sweep, params, owned)   # nested groups as W&B writes them
         env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SWEEP_ID": self.sweep.name, "WANDB_RUN_ID": run_id,
                "WANDB_SWEEP_PARAM_PATH": str(param_file), "WANDB_DIR": str(run_dir),
                "WANDB_ERROR_REPORTING": "false", "WANDB_SILENT": "true"}
         # Parallel trials share the cores: give each its share instead of oversubscribing them all.
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.opts.workers)))
-        argv = sweep_spec.build_command(self.sweep, params, run_dir, env, PROJECT_ROOT)
+        argv = sweep_spec.build_command(self.sweep, params, run_dir, PROJECT_ROOT)
         with open(run_dir / "output.log", "ab") as log:
             proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd())
             with self.lock:
@@ -744,6 +743,7 @@ def metric_value(record: dict, rows: list[dict], metric: str, goal: str) -> floa
 
 def run_local(sweep_file: str, opts: Options, fixed: dict[str, str] | None = None) -> int:
     sweep = sweep_spec.load(sweep_file, fixed)
+    sweep_spec.check_here(sweep)   # data_dir, weights: before anything is started or written
     runner = Runner(sweep, opts)
     code = runner.run()
     print(status_table(opts.sweep_dir, opts.storage))

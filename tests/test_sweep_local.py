@@ -57,12 +57,12 @@ def test_distributions_follow_wandb():
     assert 85 <= draws.count("x") <= 95
 
 
-def test_command_macros(tmp_path):
+def test_command_macros(tmp_path, monkeypatch):
+    monkeypatch.setenv("MY_TAG", "x1")        # wandb agent reads ${envvar:NAME} from its own environment
     sweep = sweep_spec.parse(fake_sweep("grid", {"lr": {"value": 0.1}}, command=[
         "${env}", "${interpreter}", "${program}", "${args}", "${args_no_boolean_flags}", "${args_no_hyphens}",
         "${args_json}", "${args_json_file}", "--tag=${envvar:MY_TAG}"]), tmp_path / "s.yaml", {})
-    argv = sweep_spec.build_command(sweep, {"lr": 0.1, "amp": True, "train_bn": False}, tmp_path,
-                                    {"MY_TAG": "x1"}, ROOT)
+    argv = sweep_spec.build_command(sweep, {"lr": 0.1, "amp": True, "train_bn": False}, tmp_path, ROOT)
     assert argv[:3] == ["/usr/bin/env", sys.executable, FAKE]
     assert argv[3:6] == ["--lr=0.1", "--amp=True", "--train_bn=False"]
     assert argv[6:8] == ["--lr=0.1", "--amp"]                               # false flags are dropped
