@@ -9,7 +9,8 @@ folder can be deleted at any time.
 Several runs (threads, processes, machines on a shared disk) may ask for the same entry at once:
 the first takes a lock file and builds it, the others wait and read it. An entry appears by one
 atomic rename of a finished folder, so a writer killed half way leaves nothing that could be read.
-Arrays larger than the memory budget are memory-mapped from disk instead of loaded.
+The memory budget (``cache_memory_mb``) bounds everything one run holds in memory, not each array:
+an entry that does not fit in what is left of it is memory-mapped from disk instead of loaded.
 """
 from __future__ import annotations
 
@@ -84,16 +85,31 @@ Builder = Callable[[Space], tuple[dict[str, np.ndarray], dict]]
 
 
 class SharedCache:
-    """``root=None`` turns sharing off: entries are built in memory every time."""
+    """``root=None`` turns sharing off: entries are built in memory every time. One per run: it keeps
+    account of what the run holds in memory (``held``), which the budget bounds as a whole."""
 
     def __init__(self, root: Path | None, memory_mb: float):
         self.root, self.memory_bytes = root, memory_mb * 2**20
+        self.held: dict[str, int] = {}   # entry name -> bytes of it this run holds in memory
+
+    def room(self, replacing: str = "") -> float:
+        """What is left of the budget for the entry ``replacing`` (its own earlier holding set free)."""
+        return self.memory_bytes - sum(n for name, n in self.held.items() if name != replacing)
+
+    def release(self, kind: str) -> None:
+        """Set free the holdings of one kind (a phase's frozen outputs, replaced by the next phase's)."""
+        self.held = {name: n for name, n in self.held.items() if not name.startswith(f"{kind}-")}
 
     def get(self, kind: str, key, build: Builder) -> Entry:
         """The entry for ``key``, read, or made by ``build(space)`` -> (arrays, meta) and stored."""
-        if self.root is None:
-            return Entry(*build(Space(None, self.memory_bytes)), reused=False, path=None)
         name = f"{kind}-{fingerprint(kind, key)}"
+        entry = self._get(name, build)
+        self.held[name] = sum(a.nbytes for a in entry.arrays.values() if not isinstance(a, np.memmap))
+        return entry
+
+    def _get(self, name: str, build: Builder) -> Entry:
+        if self.root is None:
+            return Entry(*build(Space(None, self.room(name))), reused=False, path=None)
         final = self.root / name
         if (final / "meta.json").exists():
             return self._load(final)
@@ -104,9 +120,13 @@ class SharedCache:
             tmp = final.with_name(f".tmp-{final.name}")
             shutil.rmtree(tmp, ignore_errors=True)   # a writer killed earlier; we hold the lock
             tmp.mkdir()
-            space = Space(tmp, self.memory_bytes)
-            arrays, meta = build(space)
-            self._write(tmp, final, arrays, meta, space)
+            space = Space(tmp, self.room(name))
+            try:
+                arrays, meta = build(space)
+                self._write(tmp, final, arrays, meta, space)
+            except BaseException:   # interrupted (SIGTERM) or failed: leave no half-built entry behind
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         if space.mapped:   # read back as the copy-on-write map every later run gets
             return Entry(self._load(final).arrays, meta, reused=False, path=final)
         return Entry(arrays, meta, reused=False, path=final)
@@ -131,7 +151,7 @@ class SharedCache:
         meta = json.loads((path / "meta.json").read_text())
         files = {k: path / f"{k}.npy" for k in meta.pop("arrays")}
         rows = meta.pop("rows", {})
-        big = sum(f.stat().st_size for f in files.values()) > self.memory_bytes
+        big = sum(f.stat().st_size for f in files.values()) > self.room(path.name)
         # Copy-on-write maps: pages come from disk on demand and are shared by the runs of this machine.
         arrays = {k: np.load(f, mmap_mode="c" if big else None) for k, f in files.items()}
         arrays = {k: a[:rows[k]] if k in rows else a for k, a in arrays.items()}

@@ -108,6 +108,7 @@ class Config:
     runs_dir: str = _opt("runs", "where run records go: <runs_dir>/<run_id>/")
     cache_dir: str = _opt(str(Path.home() / ".cache" / "finetune-kit"), "converted pip-shipped weights and other caches")
     run_id: str = _opt("", "run id (default: the W&B sweep run's id, else a new one); an existing id resumes")
+    overwrite: bool = _opt(False, "train again over a finished run with the same run_id (else that is refused)")
     run_name: str = _opt("", "readable name (default: model-strategy-lr)")
     project: str = _opt("finetune-study", "W&B project")
     entity: str = _opt("", "W&B entity (team or user); empty = your default")

@@ -25,7 +25,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from lib.cache import SharedCache, files_fingerprint, fingerprint
-from lib.images import IMAGE_EXTENSIONS, fit_square, load_rgb
+from lib.images import IMAGE_EXTENSIONS, fit_square, load_rgb, unusable_file
 
 SPLITS = ("train", "val", "test")
 CHUNK = 32   # images per decoding task
@@ -64,10 +64,11 @@ def _scan_classes(folder: Path, root: Path, skipped: list[dict]) -> dict[str, li
         files = []
         for f in _list_files(entry):
             rel = str(f.relative_to(root))
-            if f.suffix.lower() in IMAGE_EXTENSIONS:
-                files.append(rel)
+            why = "not an image file" if f.suffix.lower() not in IMAGE_EXTENSIONS else unusable_file(f)
+            if why:
+                skipped.append({"path": rel, "reason": why})
             else:
-                skipped.append({"path": rel, "reason": "not an image file"})
+                files.append(rel)
         classes[entry.name] = files
     return classes
 
@@ -149,9 +150,13 @@ class Decoded:
 
 
 def decode_split(root: Path, items: list[tuple[str, int]], side: int, interpolation: str, min_side: int,
-                 skipped: list[dict], desc: str, threads: int | None = None, empty=np.empty) -> Decoded:
-    """``empty(shape, dtype)`` allocates the images (lib.cache's Space: a file when over budget)."""
+                 skipped: list[dict], desc: str, threads: int | None = None, empty=np.empty, stop=None) -> Decoded:
+    """``empty(shape, dtype)`` allocates the images (lib.cache's Space: a file when over budget).
+    ``stop`` (lib.training.StopFlag) is checked before every image: its Interrupted ends the decoding
+    within one image per thread, the tasks not started yet included."""
     def one(item):
+        if stop:
+            stop.check()
         try:
             return item, *decode(root / item[0], side, interpolation, min_side), None
         except (ValueError, OSError) as e:
@@ -180,7 +185,7 @@ def decode_split(root: Path, items: list[tuple[str, int]], side: int, interpolat
 
 
 def decode_cached(cache: SharedCache, root: Path, items: list[tuple[str, int]], side: int, interpolation: str,
-                  min_side: int, skipped: list[dict], desc: str) -> Decoded:
+                  min_side: int, skipped: list[dict], desc: str, stop=None) -> Decoded:
     """``decode_split`` once per study: later runs read the uint8 arrays from the shared cache
     (memory-mapped when larger than the budget, and then decoded straight into the file) and get
     the same skipped-file list."""
@@ -190,7 +195,7 @@ def decode_cached(cache: SharedCache, root: Path, items: list[tuple[str, int]], 
     def build(space):
         dropped: list[dict] = []
         d = decode_split(root, items, side, interpolation, min_side, dropped, desc,
-                         empty=lambda shape, dtype: space.empty("images", shape, dtype))
+                         empty=lambda shape, dtype: space.empty("images", shape, dtype), stop=stop)
         return {"images": d.images.numpy(), "labels": d.labels.numpy()}, \
             {"paths": d.paths, "hashes": d.hashes, "skipped": dropped}
     entry = cache.get("decoded", key, build)

@@ -146,10 +146,13 @@ def why_not(cfg: Config, phase_name: str) -> str | None:
 
 
 @torch.no_grad()
-def extract(front: Callable, loader: DataLoader, accel, desc: str) -> np.ndarray:
-    """The front's output for every image, in the loader's order (it must not shuffle)."""
+def extract(front: Callable, loader: DataLoader, accel, desc: str, stop=None) -> np.ndarray:
+    """The front's output for every image, in the loader's order (it must not shuffle). ``stop``: a
+    lib.training.StopFlag, checked every batch (a preemption must not wait for the whole split)."""
     out = []
     for x, y in tqdm(loader, desc=desc, leave=False, disable=None, unit="batch"):
+        if stop:
+            stop.check()
         x, _ = accel.to_device(x, y)
         with accel.autocast():
             out.append(front(x).float().cpu())
@@ -177,10 +180,11 @@ class Cached:
 @dataclass
 class Store:
     """What caching needs besides the loaders: the decoded splits (their fingerprints), the model's
-    preprocessing and the shared cache."""
+    preprocessing, the shared cache, and the run's stop flag (lib.training.StopFlag)."""
     decoded: dict
     data_config: dict
     cache: SharedCache
+    stop: object = None
 
 
 def prepare(cut: Cut, cfg: Config, loaders: dict, store: Store, accel, epochs: int,
@@ -192,8 +196,10 @@ def prepare(cut: Cut, cfg: Config, loaders: dict, store: Store, accel, epochs: i
         per_image = cut.front(sample).numel() * 4
     decoded, cache = store.decoded, store.cache
     total = per_image * (len(decoded["train"].labels) * n_views + len(decoded["val"].labels))
-    if total > cache.memory_bytes:
-        return f"the frozen output needs {total / 2**20:.0f} MB > cache_memory_mb={cfg.cache_memory_mb:g}"
+    cache.release("features")   # an earlier phase's outputs: this phase's replace them
+    if total > cache.room():    # the budget bounds the run: decoded images in memory count too
+        return (f"the frozen output needs {total / 2**20:.1f} MB > the {max(cache.room(), 0) / 2**20:.1f} MB "
+                f"left of cache_memory_mb={cfg.cache_memory_mb:g} beside the decoded images")
     key = {"weights": tensors_fingerprint(cut.frozen_state), "cut": cut.name, "model": cfg.model,
            "preprocessing": store.data_config, "dtype": str(accel.dtype), "device": accel.device.type}
     reused = []
@@ -208,7 +214,7 @@ def prepare(cut: Cut, cfg: Config, loaders: dict, store: Store, accel, epochs: i
             with torch.random.fork_rng(devices=range(torch.cuda.device_count())):   # GPU augmentation draws there
                 if view is not None:
                     torch.manual_seed(cfg.seed * 1000 + view)   # view v: the same pixels in every run
-                return {"x": extract(cut.front, ordered, accel, f"{cut.name} {split}")}, {}
+                return {"x": extract(cut.front, ordered, accel, f"{cut.name} {split}", store.stop)}, {}
         entry = cache.get("features", {**key, "data": decoded[split].key, "split": split,
                                        "view": None if view is None else [cfg.augment, view, cfg.seed]}, build)
         reused.append(entry.reused)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +19,52 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
             "lanczos": Image.LANCZOS}
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is reported, not half-decoded
+# Files are read whole into memory. An uncompressed 8-bit RGB TIFF at Pillow's decompression-bomb limit
+# (89 Mpx) is 268 MB; anything over this cap is a mistake (a disk image, a video renamed), not a photo.
+MAX_FILE_BYTES = 512 * 2**20
+KINDS = {stat.S_ISFIFO: "a named pipe (FIFO)", stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
+         stat.S_ISSOCK: "a socket", stat.S_ISDIR: "a folder"}
+
+
+def unusable_file(path, st: os.stat_result | None = None) -> str | None:
+    """Why ``path`` (symlinks followed) cannot be an image file, or None. A FIFO blocks its reader for
+    ever and /dev/zero never ends, whatever their names: only regular files under the size cap are read."""
+    try:
+        st = st or os.stat(path)
+    except OSError as e:
+        return f"cannot read: {e.strerror or e}"
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in KINDS.items() if test(st.st_mode)), "not a regular file")
+        return f"not a regular file: {kind}"
+    if st.st_size > MAX_FILE_BYTES:
+        return f"larger than the {MAX_FILE_BYTES // 2**20} MB cap of an image file ({st.st_size / 2**20:.0f} MB)"
+    return None
+
+
+def read_image_file(path) -> bytes:
+    """The bytes of a regular file under the size cap; ValueError with the reason otherwise. Opened
+    without blocking and checked on the open file: a FIFO put in place after the folder was listed
+    cannot hang the run either."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise ValueError(f"cannot read: {e.strerror or e}") from None
+    with os.fdopen(fd, "rb") as fh:
+        why = unusable_file(path, os.fstat(fd))
+        if why:
+            raise ValueError(why)
+        try:
+            data = fh.read(MAX_FILE_BYTES + 1)
+        except OSError as e:
+            raise ValueError(f"cannot read: {e.strerror or e}") from None
+    if len(data) > MAX_FILE_BYTES:   # it grew after the check
+        raise ValueError(f"larger than the {MAX_FILE_BYTES // 2**20} MB cap of an image file")
+    return data
 
 
 def load_rgb(path) -> tuple[Image.Image, str]:
     """The picture and the sha1 of the file's bytes; ValueError with the reason if unusable."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise ValueError(f"cannot read: {e.strerror or e}") from None
+    data = read_image_file(path)
     if not data:
         raise ValueError("empty file")
     digest = hashlib.sha1(data).hexdigest()

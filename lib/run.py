@@ -19,7 +19,7 @@ from lib import data, features, models, training
 from lib.cache import SharedCache
 from lib.config import Config, ConfigError
 from lib.data import DataError
-from lib.records import RunRecord, atomic_write
+from lib.records import RunBusy, RunRecord, atomic_write, run_lock
 from lib.weights import WeightsError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED, EXIT_PRUNED = 0, 1, 2, 3, 4
@@ -95,11 +95,12 @@ def shared_cache(cfg: Config) -> SharedCache:
     return SharedCache(root, cfg.cache_memory_mb)
 
 
-def load_data(cfg: Config, splits: data.Splits, data_cfg: dict, record: RunRecord, cache: SharedCache) -> dict:
+def load_data(cfg: Config, splits: data.Splits, data_cfg: dict, record: RunRecord, cache: SharedCache,
+              stop: training.StopFlag | None = None) -> dict:
     """Decode every split once per study; drop what cannot be used (listed in ``splits.skipped``)."""
     side = data.resize_side(data_cfg)
     decoded = {s: data.decode_cached(cache, Path(cfg.data_dir), splits.items[s], side, data_cfg["interpolation"],
-                                     cfg.min_image_side, splits.skipped, desc=f"decode {s}")
+                                     cfg.min_image_side, splits.skipped, desc=f"decode {s}", stop=stop)
                for s in data.SPLITS}
     for split in ("train", "val"):
         if len(decoded[split].labels) == 0:
@@ -160,12 +161,39 @@ def test_metrics(result: dict, classes: list[str]) -> tuple[dict, list[dict], li
 
 def execute(cfg: Config, env: dict) -> int:
     """Run one experiment. The caller has prepared W&B's environment (lib.tracking)."""
-    from lib.tracking import Tracker, in_sweep
+    from lib.tracking import in_sweep
 
     run_id = cfg.run_id or (env.get("WANDB_RUN_ID") if in_sweep(env) else "") or new_run_id()
     check_writable(cfg.runs_dir)
     if cfg.shared_cache_dir not in ("", "none"):
         check_writable(cfg.shared_cache_dir, "shared_cache_dir")
+    # From here on SIGTERM/SIGINT only set the flag, which every long stage checks (training.StopFlag):
+    # a preempted run records where it stood and exits 3 instead of dying half-way through a write.
+    stop = training.StopFlag()
+    previous = {sig: signal.signal(sig, lambda n, _f: setattr(stop, "signal", signal.Signals(n).name))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with run_lock(Path(cfg.runs_dir) / run_id):   # held until the run ends: one process per run
+            refuse_finished(cfg, run_id)
+            return _execute(cfg, env, run_id, stop)
+    except RunBusy as e:
+        raise ConfigError(str(e)) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def refuse_finished(cfg: Config, run_id: str) -> None:
+    """A finished run is a result: training over it takes --overwrite (a sweep runner never reuses one)."""
+    record = RunRecord(cfg.runs_dir, run_id)
+    if record.data.get("state") == "finished" and not cfg.overwrite:
+        raise ConfigError(f"run {run_id} already finished ({record.path}): pass --overwrite to train it "
+                          "again, or another --run_id")
+
+
+def _execute(cfg: Config, env: dict, run_id: str, stop: training.StopFlag) -> int:
+    from lib.tracking import Tracker
+
     # WANDB_DIR (W&B's own variable) lets a sweep runner put W&B's files next to the record.
     tracker = Tracker(cfg, Path(env.get("WANDB_DIR") or Path(cfg.runs_dir) / run_id), run_id)
     try:
@@ -177,7 +205,11 @@ def execute(cfg: Config, env: dict) -> int:
     tracker.update_config(cfg)
     record = RunRecord(cfg.runs_dir, run_id)
     resume = load_checkpoint(record)
-    if not resume:
+    for note in record.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    if resume:
+        print(f"resuming run {run_id} from epoch {resume['progress']['epoch']}", file=sys.stderr)
+    else:
         record.start_fresh()
     started = time.time()
     record.update(id=run_id, name=cfg.run_name or cfg.default_run_name(), state="running",
@@ -185,9 +217,6 @@ def execute(cfg: Config, env: dict) -> int:
                   resumed_from_epoch=resume["progress"]["epoch"] if resume else None,
                   wandb={"mode": env.get("WANDB_MODE"), "run_id": tracker.run.id,
                          "sweep_id": env.get("WANDB_SWEEP_ID")})
-    stop = training.StopFlag()
-    previous = {sig: signal.signal(sig, lambda n, _f: setattr(stop, "signal", signal.Signals(n).name))
-                for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         summary = train_with_oom_retries(cfg, record, tracker, stop, resume)
     except training.Interrupted as e:
@@ -218,9 +247,6 @@ def execute(cfg: Config, env: dict) -> int:
         record.update(state="failed", error=f"{type(e).__name__}: {e}")
         tracker.finish(exit_code=EXIT_FAILED)
         raise
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     record.update(state="finished", summary=summary, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   wall_time_s=round(time.time() - started, 2))
     (record.dir / CHECKPOINT).unlink(missing_ok=True)  # large, and only needed to resume
@@ -281,12 +307,20 @@ class Hooks:
 
 
 def load_checkpoint(record: RunRecord) -> dict | None:
-    """The checkpoint of an unfinished run with this id, with epochs logged after it dropped."""
+    """The checkpoint of an unfinished run with this id, with epochs logged after it dropped. A damaged
+    one (a truncated or zeroed file) is noted in the record and the run starts over: there is no older
+    checkpoint to fall back to, and a fresh start is always correct."""
     path = record.dir / CHECKPOINT
     if not path.exists() or record.data.get("state") == "finished":
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    done = state["progress"]["epoch"]
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        done = state["progress"]["epoch"]
+        int(done), state["model"], state["rng"]   # noqa: B018 - what resuming needs is there
+    except Exception as e:  # noqa: BLE001 - whatever torch.load raises on a damaged file (Runtime, EOF, Unpickling...)
+        detail = " ".join(str(e).split())[:120] or type(e).__name__
+        record.notes.append(f"{CHECKPOINT} was damaged ({detail}): the run starts over from the beginning")
+        return None
     for row in [r for r in record.metrics if r["epoch"] > done]:
         record.metrics.remove(row)
     return state
@@ -296,12 +330,16 @@ def _train(cfg: Config, record: RunRecord, tracker, stop: training.StopFlag, res
     training.seed_everything(cfg.seed)
     device = training.pick_device(cfg.device)
     # The head needs the class count and decoding needs the model's preprocessing: discover first.
+    # A preemption grace period is short: the stop flag is checked between stages and inside every long
+    # one (decoding, feature extraction, evaluation), not only between training batches.
     splits = data.discover(cfg.data_dir, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    stop.check()
     model, source, data_cfg = models.create(cfg, len(splits.classes), Path(cfg.cache_dir) / "weights")
+    stop.check()
     cache = shared_cache(cfg)
-    decoded = load_data(cfg, splits, data_cfg, record, cache)
+    decoded = load_data(cfg, splits, data_cfg, record, cache, stop)
     record.update(classes=splits.classes, split=splits.as_record(), skipped=splits.skipped,
-                  warnings=splits.warnings, weights_source=source, data_config=data_cfg,
+                  warnings=[*record.notes, *splits.warnings], weights_source=source, data_config=data_cfg,
                   device=str(device), counts={s: len(d.labels) for s, d in decoded.items()},
                   data_cache=f"{sum(d.reused for d in decoded.values())} of {len(decoded)} splits reused "
                              "from the sweep cache" if cache.root else "not shared")
@@ -311,9 +349,9 @@ def _train(cfg: Config, record: RunRecord, tracker, stop: training.StopFlag, res
     mixup = training.make_mixup(cfg, len(splits.classes))
     loaders = make_loaders(cfg, data_cfg, decoded, mixup is not None, device)
     loss_fn = make_loss(cfg, decoded["train"], len(splits.classes), mixup is not None).to(device)
-    store = features.Store(decoded, data_cfg, cache)
+    store = features.Store(decoded, data_cfg, cache, stop)
     fitted = training.fit(cfg, model, loaders, accel, loss_fn, mixup, Hooks(record, tracker), stop, resume, store)
-    test = training.evaluate(model, loaders["test"], accel)
+    test = training.evaluate(model, loaders["test"], accel, stop)
     test_summary, per_class, cm = test_metrics(test, splits.classes)
     weights_file = record.dir / "model.safetensors"
     summary = {**fitted, **test_summary, "total_params": total,

@@ -110,10 +110,12 @@ def train_epoch(model, loader, opt, schedule, loss_fn, mixup, accel: Accel, desc
 
 
 @torch.no_grad()
-def evaluate(model, loader, accel: Accel) -> dict:
+def evaluate(model, loader, accel: Accel, stop: "StopFlag | None" = None) -> dict:
     model.eval()
     total_loss, preds, labels = 0.0, [], []
     for x, y in loader:
+        if stop:
+            stop.check()
         x, y = accel.to_device(x, y)
         with accel.autocast():
             logits = model(x)
@@ -138,12 +140,13 @@ class EarlyStopping:
 
 
 class Interrupted(Exception):
-    """SIGTERM/SIGINT arrived: the run stops at the next batch; the last epoch's checkpoint resumes it."""
+    """SIGTERM/SIGINT arrived: the run stops at the next batch or image; the last checkpoint resumes it."""
 
 
 @dataclass
 class StopFlag:
-    """Set by the signal handler; checked after every batch."""
+    """Set by the signal handler; checked after every batch of training, evaluation and feature
+    extraction, every decoded image, and between the stages of a run."""
     signal: str | None = None
 
     def check(self) -> None:
@@ -242,10 +245,17 @@ def _start_phase(cfg: Config, model: nn.Module, phase, index: int, loaders: dict
     return PhaseRun(held, opt, schedule, stopper, cached.net, cached, f"{phase.name}: {cached.mode}")
 
 
-def _checkpoint(p: Progress, model: nn.Module, run: PhaseRun, index: int, loaders: dict, accel: Accel) -> dict:
-    return {"progress": dataclasses.asdict(p), "model": model.state_dict(), "optimizer": run.opt.state_dict(),
-            "optimizer_phase": index, "schedule": run.schedule.state_dict(), "rng": _rng_state(loaders["train"]),
-            "scaler": accel.scaler.state_dict() if accel.scaler else None}
+def _checkpoint(p: Progress, model: nn.Module, run: PhaseRun, index: int, loaders: dict, accel: Accel,
+                hooks) -> dict:
+    """Everything to continue exactly, the best weights included. The best weights file is written as soon
+    as an epoch improves, the checkpoint only every ``checkpoint_epochs``: a run killed in between resumes
+    from an older checkpoint and retrains epochs whose first version may have left the best weights file.
+    So the checkpoint is the truth and carries its own best weights (``best``: None when they are the
+    checkpoint's model, which is the common case and costs nothing), and resuming writes them back."""
+    best = None if p.best_epoch == p.epoch else hooks.load_best()
+    return {"progress": dataclasses.asdict(p), "model": model.state_dict(), "best": best,
+            "optimizer": run.opt.state_dict(), "optimizer_phase": index, "schedule": run.schedule.state_dict(),
+            "rng": _rng_state(loaders["train"]), "scaler": accel.scaler.state_dict() if accel.scaler else None}
 
 
 def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.Module,
@@ -260,6 +270,8 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
     if resume:
         model.load_state_dict(resume["model"])
         _set_rng_state(resume["rng"], loaders["train"])
+        if "best" in resume:   # see _checkpoint
+            hooks.best(resume["best"] if resume["best"] is not None else resume["model"])
     bar = tqdm(total=cfg.epochs, initial=p.epoch, desc="epochs", disable=None, unit="epoch")
     cache_modes: list[str] = []
     for index in range(p.phase_index, len(plan)):
@@ -274,7 +286,7 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
             lr = max(g["lr"] for g in run.opt.param_groups)
             tr = train_epoch(run.net, run.train_loader(loaders, phase_epoch), run.opt, run.schedule, loss_fn, mixup,
                              accel, desc=f"epoch {p.epoch}/{cfg.epochs} {phase.name}", stop=stop)
-            va = evaluate(run.net, run.val_loader(loaders), accel)
+            va = evaluate(run.net, run.val_loader(loaders), accel, stop)
             run.schedule.step_epoch(va["acc"])
             p.images, p.train_time = p.images + tr["images"], p.train_time + tr["seconds"]
             improved = va["acc"] > p.best_val_acc
@@ -289,7 +301,7 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
             # Every checkpoint_epochs epochs and at phase ends: the model and optimizer state of a big
             # model on a fast GPU can take longer to write than an epoch on cached features takes to run.
             if last or (cfg.checkpoint_epochs and p.epoch % cfg.checkpoint_epochs == 0):
-                hooks.checkpoint(_checkpoint(p, model, run, index, loaders, accel))
+                hooks.checkpoint(_checkpoint(p, model, run, index, loaders, accel, hooks))
             hooks.epoch({"epoch": p.epoch, "phase": phase.name, "lr": lr, "train_loss": tr["loss"],
                          "train_acc": tr["acc"], "val_loss": va["loss"], "val_acc": va["acc"],
                          "time_s": round(tr["seconds"], 3), "best_val_acc": p.best_val_acc})

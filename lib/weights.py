@@ -7,14 +7,18 @@
     weights that a pip package ships (:data:`OFFLINE_SOURCES`), converted once to timm's layout.
 It returns the model and a small JSON-able ``source`` dict for the run record. Every failure is a
 :class:`WeightsError` with one actionable line, and with no network it fails within seconds (timm's own
-download retries take 50-550 s there). Checkpoints are only ever read with ``weights_only=True``.
+download retries take 50-550 s there). Weights files are read here, never by timm's file loader (which in
+timm 1.0.20-1.0.25 unpickles with ``weights_only=False``): safetensors, or ``torch.load(weights_only=True)``,
+and timm gets the state dict.
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
+import pickle
+import re
 import socket
-import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,9 +30,11 @@ import timm
 import torch
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import try_to_load_from_cache
-from safetensors.torch import save_file
-from timm.models import get_pretrained_cfg, load_state_dict
+from safetensors.torch import load_file, save_file
+from timm.models import clean_state_dict, get_pretrained_cfg
 from timm.models._hub import check_cached_file
+
+from lib.records import atomic_write
 
 FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
@@ -102,16 +108,8 @@ def pip_weights_file(model_name: str, cache_dir: str | Path) -> Path | None:
         return target
     original = torch.load(source.locate(module), map_location="cpu", weights_only=True)
     tensors = _to_timm_layout(model_name, original, source.package)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename: a reader never sees half a file, and racing writers both succeed.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{model_name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"source": source.package})
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # Written beside the target and renamed: a reader never sees half a file, and racing writers both succeed.
+    atomic_write(target, lambda tmp: save_file(tensors, tmp, metadata={"source": source.package}))
     return target
 
 
@@ -220,20 +218,52 @@ def _no_offline_weights(model_name: str) -> str:
             f"scratch, or a model with pip-shipped ImageNet weights: {shipped}")
 
 
-def _from_file(model_name: str, path: Path, kwargs: dict) -> torch.nn.Module:
-    what = f"weights from {path}"
+# timm's trainer saves its arguments in checkpoints: a plain namespace, safe to rebuild.
+SAFE_GLOBALS = [argparse.Namespace]
+STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")   # timm's order, EMA first
+
+
+def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, never running code from it: safetensors, or a torch pickle through
+    ``weights_only=True`` (a state dict, or a trainer checkpoint holding one under the keys timm knows)."""
     try:
-        # timm drops the file's classifier whenever num_classes differs from the model's *default* head size
-        # (1000), even when the file's head already has num_classes rows (a fine-tuned checkpoint), and fails
-        # on the reverse: tell it the file's real head size so only a truly mismatched head is re-initialised.
-        overlay: dict[str, Any] = {"file": str(path)}
-        classifier = _classifier(model_name)
-        head = load_state_dict(str(path)).get(f"{classifier}.weight") if classifier else None
-        if head is not None:
-            overlay["num_classes"] = head.shape[0]
-    except Exception as e:
-        raise WeightsError(f"cannot create {model_name} with {what}: {_one_line(e)}") from e
-    return _build(model_name, what, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        if path.suffix == ".safetensors":
+            state = load_file(path)
+        else:
+            with torch.serialization.safe_globals(SAFE_GLOBALS):
+                state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
+        raise WeightsError(f"--weights={path}: refused: the file holds pickled objects other than tensors{what}, "
+                           "which could run code when loaded; save the state dict alone (safetensors or "
+                           "torch.save(model.state_dict()))") from None
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file: whatever the reader raises
+        raise WeightsError(f"--weights={path}: cannot read it as weights: {_one_line(e)}") from None
+    if isinstance(state, dict):
+        key = next((k for k in STATE_DICT_KEYS if isinstance(state.get(k), dict)), None)
+        state = state[key] if key else state
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"--weights={path}: no state dict of tensors in it (expected name -> tensor, or a "
+                           f"checkpoint with one under {'/'.join(STATE_DICT_KEYS)})")
+    return clean_state_dict(state)   # drops DataParallel's "module." prefixes
+
+
+def _from_file(model_name: str, path: Path, kwargs: dict) -> torch.nn.Module:
+    state = read_weights_file(path)
+    # timm drops the file's classifier whenever num_classes differs from the model's *default* head size
+    # (1000), even when the file's head already has num_classes rows (a fine-tuned checkpoint), and fails
+    # on the reverse: tell it the file's real head size so only a truly mismatched head is re-initialised.
+    # timm loads "state_dict" before anything else ("source" cleared so no hub id can win over it);
+    # "file" is for lib.models' small_cnn, which reads it itself with weights_only=True.
+    overlay: dict[str, Any] = {"state_dict": state, "source": "", "file": str(path)}
+    classifier = _classifier(model_name)
+    head = state.get(f"{classifier}.weight") if classifier else None
+    if head is not None:
+        overlay["num_classes"] = head.shape[0]
+    model = _build(model_name, f"weights from {path}", pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    model.pretrained_cfg.pop("state_dict", None)   # the tensors, now in the model: do not hold them twice
+    return model
 
 
 def _classifier(model_name: str) -> str | None:

@@ -210,3 +210,66 @@ def test_out_of_memory_retries_with_half_the_batch(base_args, tmp_path, monkeypa
     assert main(base_args + ["--model=small_cnn", "--batch_size=32", "--run_id=oom"]) == 0
     rec = read_json(tmp_path / "runs" / "oom" / "run.json")
     assert rec["state"] == "finished" and rec["config"]["batch_size"] == 8 and rec["oom_retries"] == 2
+
+
+def test_pipes_devices_and_huge_files_named_like_images_are_skipped(tmp_path, cache_dir):
+    """A FIFO blocks its reader for ever, /dev/zero never ends, a huge file fills memory: skipped, with why."""
+    from lib.images import MAX_FILE_BYTES, load_rgb
+
+    root = tmp_path / "odd"
+    for cls in ("cats", "dogs"):
+        (root / cls).mkdir(parents=True)
+        for i in range(4):
+            rgb(seed=i + (10 if cls == "dogs" else 0)).save(root / cls / f"ok_{i}.png")
+    os.mkfifo(root / "cats" / "pipe.png")
+    os.symlink("/dev/zero", root / "dogs" / "zero.png")
+    with open(root / "dogs" / "huge.png", "wb") as fh:
+        fh.truncate(MAX_FILE_BYTES + 1)                     # sparse: no disk used
+    expect = {"cats/pipe.png": "FIFO", "dogs/zero.png": "character device", "dogs/huge.png": "MB cap"}
+    # Found when the folder is listed, before any file is opened (opening the FIFO used to wait for ever).
+    reasons = {s["path"]: s["reason"] for s in data.discover(str(root), 0.25, 0.0, seed=0).skipped}
+    for path, why in expect.items():
+        assert why in reasons.get(path, ""), (path, reasons.get(path))
+    with pytest.raises(ValueError, match="FIFO"):           # one put there after the listing: refused on opening
+        load_rgb(root / "cats" / "pipe.png")
+
+    assert main([f"--data_dir={root}", f"--runs_dir={tmp_path / 'runs'}", f"--cache_dir={cache_dir}",
+                 "--model=small_cnn", "--epochs=1", "--image_size=32", "--val_fraction=0.25", "--test_fraction=0.0",
+                 "--batch_size=4", "--run_id=odd", "--device=cpu"]) == 0
+    rec = read_json(tmp_path / "runs" / "odd" / "run.json")
+    reasons = {s["path"]: s["reason"] for s in rec["skipped"]}
+    assert all(why in reasons[path] for path, why in expect.items()) and len(rec["split"]["train"]) == 6
+
+
+class RunsCode:
+    """Pickles as a call to open(path, "w"): unpickling it runs code that leaves a file behind."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_a_weights_file_that_would_run_code_is_refused(base_args, tmp_path, capsys, monkeypatch):
+    """timm 1.0.20-1.0.25 load a --weights file with torch.load(weights_only=False). Their loader stands in for
+    this timm's: the kit reads the file itself, and its code must never run."""
+    import timm.models
+    import timm.models._builder
+    import timm.models._helpers
+
+    real = timm.models._helpers.load_state_dict
+
+    def timm_1_0_25(path, use_ema=True, device="cpu", weights_only=False):
+        return real(path, use_ema, device, weights_only)
+    for module in (timm.models, timm.models._builder, timm.models._helpers):
+        monkeypatch.setattr(module, "load_state_dict", timm_1_0_25)
+    monkeypatch.setattr("lib.weights.load_state_dict", timm_1_0_25, raising=False)   # where the kit used it
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pth"
+    torch.save({"blocks.0.0.weight": torch.zeros(32, 3, 3, 3), "payload": RunsCode(str(marker))}, evil)
+
+    assert main(base_args + ["--model=small_cnn", f"--weights={evil}", "--run_id=evil"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "refused" in err[0], err
+    assert not marker.exists()

@@ -6,14 +6,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from lib.demo_data import prepare
 from lib.records import read_json
+from lib.run import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,3 +63,101 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(more_animals, tmp_path,
     a, b = load_file(tmp_path / "cut" / "model.safetensors"), load_file(tmp_path / "straight" / "model.safetensors")
     assert all(a[k].equal(b[k]) for k in a)
     assert not (tmp_path / "cut" / "last.ckpt").exists()    # removed once finished
+
+
+def sigterm_after_rows(args: list[str], run_dir: Path, rows: int) -> int:
+    """``main(args)`` in this process, sent a real SIGTERM once ``rows`` epochs are in its metrics.jsonl."""
+    metrics = run_dir / "metrics.jsonl"
+
+    def watch():
+        deadline = time.time() + 120
+        while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= rows):
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    saved = signal.signal(signal.SIGTERM, lambda *_: None)   # a signal after the run restored this: harmless
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        return main(args)
+    finally:
+        watcher.join(timeout=130)
+        signal.signal(signal.SIGTERM, saved)
+
+
+def test_a_resume_says_so_and_tests_the_checkpoints_best_weights(base_args, tmp_path, capsys):
+    """The best weights file runs ahead of the checkpoint (written when an epoch improves, the checkpoint every
+    checkpoint_epochs): a kill in between leaves weights of an epoch that the resumed run retrains, maybe
+    differently (GPU nondeterminism). The checkpoint is the truth: resuming writes its best weights back."""
+    run_dir = tmp_path / "runs" / "cut"
+    args = base_args + ["--model=small_cnn", "--strategy=full", "--epochs=25", "--run_id=cut"]
+    assert sigterm_after_rows(args, run_dir, rows=1) == 3
+    epoch = len(rows(run_dir))                          # checkpoint_epochs=1: the checkpoint's epoch
+    best = load_file(run_dir / "model.safetensors")
+    # What a writer killed after saving an improved epoch but before its checkpoint leaves behind.
+    save_file({k: v + 1.0 if v.is_floating_point() else v for k, v in best.items()}, run_dir / "model.safetensors")
+    capsys.readouterr()
+
+    # Resumed with nothing left to train (epochs = the checkpoint's), it goes straight to the test split.
+    assert main(args[:-2] + [f"--epochs={epoch}", "--run_id=cut"]) == 0
+    assert f"resuming run cut from epoch {epoch}" in capsys.readouterr().err
+    rec = read_json(run_dir / "run.json")
+    assert rec["state"] == "finished" and rec["resumed_from_epoch"] == epoch
+    final = load_file(run_dir / "model.safetensors")
+    assert all(final[k].equal(best[k]) for k in best)
+
+
+def test_a_damaged_checkpoint_and_record_start_the_run_over_with_a_warning(base_args, tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "dmg"
+    args = base_args + ["--model=small_cnn", "--strategy=full", "--epochs=25", "--run_id=dmg"]
+    assert sigterm_after_rows(args, run_dir, rows=1) == 3
+    ckpt = run_dir / "last.ckpt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])     # a torn write
+    (run_dir / "run.json").write_bytes(b"")                             # a lost one
+    capsys.readouterr()
+
+    assert main(args[:-2] + ["--epochs=2", "--run_id=dmg"]) == 0
+    err = capsys.readouterr().err
+    rec = read_json(run_dir / "run.json")
+    assert rec["state"] == "finished" and rec["resumed_from_epoch"] is None
+    assert [r["epoch"] for r in rows(run_dir)] == [1, 2]                # started over
+    for name in ("run.json was damaged", "last.ckpt was damaged"):
+        assert any(name in w for w in rec["warnings"]), rec["warnings"]
+        assert f"warning: {name}" in err
+
+
+@pytest.fixture(scope="module")
+def big_images(tmp_path_factory):
+    """2 classes x 80 photos of 3000 x 3000 px (hard links to one JPEG): decoding them takes tens of seconds."""
+    from PIL import Image
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("big")
+    noise = np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)
+    Image.fromarray(noise).resize((3000, 3000)).save(root / "one.jpg", quality=85)
+    for cls in ("a", "b"):
+        (root / "data" / cls).mkdir(parents=True)
+        for i in range(80):
+            os.link(root / "one.jpg", root / "data" / cls / f"{i}.jpg")
+    return root / "data"
+
+
+def test_sigterm_while_decoding_stops_within_seconds(big_images, tmp_path, cache_dir):
+    args = [sys.executable, "finetune_resnet.py", f"--data_dir={big_images}", f"--runs_dir={tmp_path}",
+            f"--cache_dir={cache_dir}", "--model=small_cnn", "--image_size=32", "--device=cpu", "--run_id=dec"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / ".cache").glob(".tmp-decoded-*")):
+        time.sleep(0.01)                                   # the train split's decoding has begun
+    proc.send_signal(signal.SIGTERM)
+    sent = time.time()
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    took = time.time() - sent
+    assert proc.returncode == 3, err[-1500:]
+    assert took < 10, took                                 # not after the 160 images (tens of seconds)
+    rec = read_json(tmp_path / "dec" / "run.json")
+    assert rec["state"] == "preempted" and rec["preempted_by"] == "SIGTERM"
+    assert not list((tmp_path / ".cache").glob(".tmp-*"))  # no half-built cache entry left behind
