@@ -241,8 +241,8 @@ def _start_phase(cfg: Config, model: nn.Module, phase, index: int, loaders: dict
             accel.scaler.load_state_dict(resume["scaler"])
         stopper.bad = p.bad_epochs
     if isinstance(cached, str):
-        return PhaseRun(held, opt, schedule, stopper, model, None, f"{phase.name}: off ({cached})")
-    return PhaseRun(held, opt, schedule, stopper, cached.net, cached, f"{phase.name}: {cached.mode}")
+        return PhaseRun(held, opt, schedule, stopper, model, None, f"{phase.title}: off ({cached})")
+    return PhaseRun(held, opt, schedule, stopper, cached.net, cached, f"{phase.title}: {cached.mode}")
 
 
 def _checkpoint(p: Progress, model: nn.Module, run: PhaseRun, index: int, loaders: dict, accel: Accel,
@@ -285,7 +285,7 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
             run.net.training = True   # not train(): that would undo the held modules
             lr = max(g["lr"] for g in run.opt.param_groups)
             tr = train_epoch(run.net, run.train_loader(loaders, phase_epoch), run.opt, run.schedule, loss_fn, mixup,
-                             accel, desc=f"epoch {p.epoch}/{cfg.epochs} {phase.name}", stop=stop)
+                             accel, desc=f"epoch {p.epoch}/{cfg.epochs} {phase.title}", stop=stop)
             va = evaluate(run.net, run.val_loader(loaders), accel, stop)
             run.schedule.step_epoch(va["acc"])
             p.images, p.train_time = p.images + tr["images"], p.train_time + tr["seconds"]
@@ -302,11 +302,11 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
             # model on a fast GPU can take longer to write than an epoch on cached features takes to run.
             if last or (cfg.checkpoint_epochs and p.epoch % cfg.checkpoint_epochs == 0):
                 hooks.checkpoint(_checkpoint(p, model, run, index, loaders, accel, hooks))
-            hooks.epoch({"epoch": p.epoch, "phase": phase.name, "lr": lr, "train_loss": tr["loss"],
+            hooks.epoch({"epoch": p.epoch, "phase": phase.title, "lr": lr, "train_loss": tr["loss"],
                          "train_acc": tr["acc"], "val_loss": va["loss"], "val_acc": va["acc"],
                          "time_s": round(tr["seconds"], 3), "best_val_acc": p.best_val_acc})
             bar.update(1)
-            tqdm.write(f"epoch {p.epoch:>3} {phase.name:<8} lr {lr:.2e}  train loss {tr['loss']:.4f} "
+            tqdm.write(f"epoch {p.epoch:>3} {phase.title:<8} lr {lr:.2e}  train loss {tr['loss']:.4f} "
                        f"acc {tr['acc']:.3f}  val loss {va['loss']:.4f} acc {va['acc']:.3f}", file=sys.stderr)
             if done:
                 break

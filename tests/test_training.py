@@ -91,3 +91,21 @@ def test_a_fixed_size_model_is_built_for_the_chosen_size(base_args):
     assert rec["state"] == "finished" and rec["data_config"]["input_size"] == [3, 32, 32]
     assert rec["summary"]["feature_cache"] == \
         "partial: off (VisionTransformer's forward is not a plain sequence of modules)"
+
+
+@pytest.mark.parametrize("extra, cache", [
+    (["--strategy=surgical", "--surgical_unit=last"], "surgical: on: after blocks.5"),
+    (["--strategy=surgical", "--surgical_unit=first"], "surgical: off (its first layer trains)"),
+    (["--strategy=bitfit"], "bitfit: off (biases train in every layer)"),
+    (["--strategy=norm_only"], "norm_only: off (normalisation layers train in every stage)"),
+    (["--strategy=gradual", "--unfreeze_every=1"], "freeze: on: pre-logits, exact")])
+def test_literature_strategies_run_and_the_cache_serves_a_frozen_front(base_args, extra, cache):
+    """surgical, bitfit, norm_only and gradual end to end; the study cache serves the phases whose
+    frozen part comes first (surgical last, gradual's stages) and says why not for the others."""
+    rec, metrics, _ = run(base_args, ["--model=mobilenetv2_100", "--lr=1e-2", *extra])
+    assert rec["state"] == "finished" and len(metrics) == 2
+    assert rec["summary"]["feature_cache"].startswith(cache)
+    assert 0 < rec["summary"]["trainable_params"] < rec["summary"]["total_params"]
+    if "--strategy=gradual" in extra:
+        assert [m["phase"] for m in metrics] == ["freeze", "partial+1"]
+        assert "; partial+1: on: after blocks.5" in rec["summary"]["feature_cache"]
