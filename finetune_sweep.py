@@ -58,7 +58,7 @@ def cmd_local(a):
     sweep_dir = Path(a.sweep_dir or Path("runs") / "sweeps" / Path(a.sweep_file).stem)
     opts = sweep_local.Options(sweep_dir=sweep_dir, workers=a.workers, count=a.count, storage=a.storage,
                                seed=a.seed, max_failures=a.max_failures, extend=a.extend,
-                               retry_failed=a.retry_failed)
+                               retry_failed=a.retry_failed, repeats=a.repeats)
     return sweep_local.run_local(a.sweep_file, opts, _fixed(a.set))
 
 
@@ -78,7 +78,7 @@ def cmd_export(a):
 
     result = export.export_best(a.source, Path(a.out), metric=a.metric, max_size_mb=a.max_size_mb,
                                 max_latency_ms=a.max_latency_ms, quantize=a.quantize, attributions=a.attributions,
-                                data_dir=a.data_dir)
+                                data_dir=a.data_dir, api=api)
     out = Path(a.out)
     if result.get("wandb_export_run"):
         print(f"logged to W&B as run {result['wandb_export_run']} (job_type=export)")
@@ -143,6 +143,8 @@ def parser():
     loc.add_argument("--extend", action="store_true",
                      help="adopt an edited sweep file in an existing sweep dir: a grid runs only its new points; "
                           "random/bayes draw new trials from the edited space")
+    loc.add_argument("--repeats", type=int, default=1, metavar="K",
+                     help="grid: run every point with K seeds (seed, seed+1, ...: a `seed` parameter, as on W&B)")
     loc.add_argument("--retry_failed", action="store_true",
                      help="run the failed trials again (once each), under their run ids")
     loc.set_defaults(fn=cmd_local)

@@ -68,6 +68,7 @@ class Options:
     max_failures: int = 3             # consecutive failed trials that stop the sweep
     poll_s: float = 0.5
     extend: bool = False              # adopt an edited sweep file (grid: its new points only)
+    repeats: int = 1                  # grid: every point with this many seeds (a `seed` parameter)
     retry_failed: bool = False        # run the failed trials again, under their run ids
     heartbeat_s: float = 30.0         # a running trial's runner beats this often...
     grace_s: float | None = None      # ...and is taken for dead after this long without a beat (4 beats)
@@ -742,7 +743,7 @@ def metric_value(record: dict, rows: list[dict], metric: str, goal: str) -> floa
 
 
 def run_local(sweep_file: str, opts: Options, fixed: dict[str, str] | None = None) -> int:
-    sweep = sweep_spec.load(sweep_file, fixed)
+    sweep = sweep_spec.load(sweep_file, fixed, opts.repeats)
     sweep_spec.check_here(sweep)   # data_dir, weights: before anything is started or written
     runner = Runner(sweep, opts)
     code = runner.run()

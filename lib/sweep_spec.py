@@ -118,7 +118,7 @@ def shown(name: str) -> str:
     return name.replace(HyperParameterSet.NESTING_DELIMITER, ".")
 
 
-def load(path: str, fixed: dict[str, str] | None = None) -> Sweep:
+def load(path: str, fixed: dict[str, str] | None = None, repeats: int = 1) -> Sweep:
     p = Path(path)
     if not p.is_file():
         raise SweepError(f"sweep file {path!r} not found")
@@ -128,7 +128,25 @@ def load(path: str, fixed: dict[str, str] | None = None) -> Sweep:
         raise SweepError(f"sweep file {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise SweepError(f"sweep file {path!r} must be a mapping (program, method, metric, parameters)")
-    return parse(raw, p, fixed or {})
+    fixed = dict(fixed or {})
+    return parse(with_repeats(raw, repeats, fixed, p.name), p, fixed)
+
+
+def with_repeats(raw: dict, repeats: int, fixed: dict, name: str) -> dict:
+    """``--repeats K``: every grid point with K seeds, written as what it is on W&B, a ``seed`` parameter
+    with K values starting at the file's (or --set's) seed, so the stored sweep says how it was run."""
+    if repeats == 1:
+        return raw
+    if repeats < 1 or raw.get("method") != "grid":
+        raise SweepError(f"{name}: --repeats {repeats} needs a grid sweep and K >= 1 (a random or bayes "
+                         "study repeats nothing: add a `seed` parameter instead)")
+    params = dict(raw.get("parameters") or {})
+    seed = params.get("seed", {"value": fixed.pop("seed", 42)})
+    if set(seed) != {"value"}:
+        raise SweepError(f"{name}: --repeats cannot be combined with a swept `seed` parameter")
+    start = int(seed["value"])
+    params["seed"] = {"values": list(range(start, start + repeats))}
+    return {**raw, "parameters": params}
 
 
 def parse(raw: dict, path: Path, fixed: dict[str, str]) -> Sweep:

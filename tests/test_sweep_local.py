@@ -388,3 +388,27 @@ def test_extend_gives_a_random_study_its_edited_search_space(tmp_path):
     assert local(f, tmp_path / "out", count=2, seed=1, extend=True) == 0
     df = trials(tmp_path / "out")
     assert set(df["state"]) == {"complete"} and set(df["lr"][2:]) <= {0.3, 0.4} and set(df["lr"][:2]) <= {0.1, 0.2}
+
+
+# --- repeats and recipes ------------------------------------------------------------------------------
+def test_repeats_run_every_grid_point_with_k_seeds(tmp_path):
+    f = write(tmp_path, fake_sweep("grid", {"lr": {"values": [0.1, 0.2]}, "seed": {"value": 7}}))
+    assert local(f, tmp_path / "out", repeats=3) == 0
+    df = trials(tmp_path / "out")
+    assert sorted(zip(df["lr"], df["seed"])) == [(lr, s) for lr in (0.1, 0.2) for s in (7, 8, 9)]
+    stored = yaml.safe_load((tmp_path / "out" / "sweep.yaml").read_text())
+    assert stored["parameters"]["seed"] == {"values": [7, 8, 9]}      # what the same study is on W&B
+    with pytest.raises(SweepError, match="needs a grid sweep"):
+        local(write(tmp_path, fake_sweep("random", {"lr": {"min": 0.1, "max": 0.2}}), "r.yaml"),
+              tmp_path / "r", repeats=2, count=1)
+
+
+def test_a_recipe_grid_runs_each_recipe_once(tmp_path):
+    recipes = [{"strategy": "freeze", "lr": 0.001, "epochs": 15}, {"strategy": "full", "lr": 1.0e-5, "epochs": 20}]
+    f = write(tmp_path, fake_sweep("grid", {"recipe": {"values": recipes}, "model": {"values": ["a", "b"]}}))
+    assert local(f, tmp_path / "out", workers=2) == 0
+    df = trials(tmp_path / "out")
+    assert len(df) == 4 and set(df["state"]) == {"complete"}
+    got = sorted((r["model"], r["recipe"]["strategy"]) for r in
+                 (read_json(p)["config"] for p in (tmp_path / "out" / "runs").glob("*/run.json")))
+    assert got == [("a", "freeze"), ("a", "full"), ("b", "freeze"), ("b", "full")]
