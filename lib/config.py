@@ -88,6 +88,9 @@ class Config:
     label_smoothing: float = _opt(0.0, "label smoothing of the cross-entropy", min=0.0, max=0.5)
     mixup: float = _opt(0.0, "mixup alpha (0 = off)", min=0.0)
     cutmix: float = _opt(0.0, "cutmix alpha (0 = off)", min=0.0)
+    ema: bool = _opt(False, "keep an exponential moving average of the weights (timm's ModelEmaV3, warmed up); "
+                            "each epoch evaluates it next to the raw weights and the better is kept")
+    ema_decay: float = _opt(0.998, "ema: the average's decay per step, once warmed up", min=0.0, max=0.99999)
     class_weighting: bool = _opt(False, "weight the loss by inverse class frequency (imbalanced data)")
     # --- speed ---
     feature_cache: bool = _opt(True, "the frozen front of freeze/partial phases runs once and is stored; "

@@ -77,7 +77,7 @@ def make_mixup(cfg: Config, num_classes: int) -> Mixup | None:
 
 
 def train_epoch(model, loader, opt, schedule, loss_fn, mixup, accel: Accel, desc: str,
-                stop: "StopFlag | None" = None) -> dict:
+                stop: "StopFlag | None" = None, after_step=None) -> dict:
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
     for x, y in tqdm(loader, desc=desc, leave=False, disable=None, unit="batch"):
@@ -100,6 +100,8 @@ def train_epoch(model, loader, opt, schedule, loss_fn, mixup, accel: Accel, desc
             loss.backward()
             opt.step()
         schedule.step_batch()
+        if after_step:
+            after_step()
         total_loss += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
@@ -154,6 +156,39 @@ class StopFlag:
             raise Interrupted(self.signal)
 
 
+class Ema:
+    """timm's ModelEmaV3 of the whole model. Its decay warms up (1 - (1 + step)^-2/3, capped at
+    ``decay``): a small dataset gives a few hundred steps, and a fixed 0.999 would leave the average
+    at the starting weights. Evaluated by swapping its weights into the model, so a phase training on
+    cached features evaluates it on them too (the frozen front is the same in both)."""
+
+    def __init__(self, model: nn.Module, decay: float, state: dict | None = None):
+        from timm.utils import ModelEmaV3
+
+        self.ema, self.step = ModelEmaV3(model, decay=decay, use_warmup=True), 0
+        if state:
+            self.ema.module.load_state_dict(state["weights"])
+            self.step = state["step"]
+
+    def update(self, model: nn.Module) -> None:
+        self.step += 1
+        self.ema.update(model, step=self.step)
+
+    def weights(self) -> dict:
+        return self.ema.module.state_dict()
+
+    def state(self) -> dict:
+        return {"weights": self.weights(), "step": self.step}
+
+    def evaluate(self, model: nn.Module, net: nn.Module, loader, accel: Accel, stop) -> dict:
+        raw = {k: v.clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.weights())
+        try:
+            return evaluate(net, loader, accel, stop)
+        finally:
+            model.load_state_dict(raw)
+
+
 @dataclass
 class Progress:
     """Where a run stands after an epoch: with the checkpoint, enough to continue it exactly."""
@@ -168,6 +203,7 @@ class Progress:
     train_time: float = 0.0
     trainable: int = 0
     stopped_early: bool = False
+    best_weights: str = "raw"     # raw | ema: which weights scored best_val_acc
 
 
 def _rng_state(loader) -> dict:
@@ -246,16 +282,17 @@ def _start_phase(cfg: Config, model: nn.Module, phase, index: int, loaders: dict
 
 
 def _checkpoint(p: Progress, model: nn.Module, run: PhaseRun, index: int, loaders: dict, accel: Accel,
-                hooks) -> dict:
+                hooks, ema: Ema | None = None) -> dict:
     """Everything to continue exactly, the best weights included. The best weights file is written as soon
     as an epoch improves, the checkpoint only every ``checkpoint_epochs``: a run killed in between resumes
     from an older checkpoint and retrains epochs whose first version may have left the best weights file.
     So the checkpoint is the truth and carries its own best weights (``best``: None when they are the
     checkpoint's model, which is the common case and costs nothing), and resuming writes them back."""
-    best = None if p.best_epoch == p.epoch else hooks.load_best()
+    best = None if p.best_epoch == p.epoch and p.best_weights == "raw" else hooks.load_best()
     return {"progress": dataclasses.asdict(p), "model": model.state_dict(), "best": best,
             "optimizer": run.opt.state_dict(), "optimizer_phase": index, "schedule": run.schedule.state_dict(),
-            "rng": _rng_state(loaders["train"]), "scaler": accel.scaler.state_dict() if accel.scaler else None}
+            "rng": _rng_state(loaders["train"]), "scaler": accel.scaler.state_dict() if accel.scaler else None,
+            "ema": ema.state() if ema else None}
 
 
 def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.Module,
@@ -272,6 +309,7 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
         _set_rng_state(resume["rng"], loaders["train"])
         if "best" in resume:   # see _checkpoint
             hooks.best(resume["best"] if resume["best"] is not None else resume["model"])
+    ema = Ema(model, cfg.ema_decay, (resume or {}).get("ema")) if cfg.ema else None
     bar = tqdm(total=cfg.epochs, initial=p.epoch, desc="epochs", disable=None, unit="epoch")
     cache_modes: list[str] = []
     for index in range(p.phase_index, len(plan)):
@@ -285,14 +323,18 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
             run.net.training = True   # not train(): that would undo the held modules
             lr = max(g["lr"] for g in run.opt.param_groups)
             tr = train_epoch(run.net, run.train_loader(loaders, phase_epoch), run.opt, run.schedule, loss_fn, mixup,
-                             accel, desc=f"epoch {p.epoch}/{cfg.epochs} {phase.title}", stop=stop)
+                             accel, desc=f"epoch {p.epoch}/{cfg.epochs} {phase.title}", stop=stop,
+                             after_step=ema and (lambda: ema.update(model)))
             va = evaluate(run.net, run.val_loader(loaders), accel, stop)
+            va_ema = ema.evaluate(model, run.net, run.val_loader(loaders), accel, stop) if ema else None
             run.schedule.step_epoch(va["acc"])
             p.images, p.train_time = p.images + tr["images"], p.train_time + tr["seconds"]
-            improved = va["acc"] > p.best_val_acc
+            use_ema = va_ema is not None and va_ema["acc"] > va["acc"]   # the better of the two is kept
+            improved = max(va["acc"], va_ema["acc"] if va_ema else -1) > p.best_val_acc
             if improved:
-                p.best_val_acc, p.best_epoch, p.best_train_acc = va["acc"], p.epoch, tr["acc"]
-                hooks.best(model.state_dict())
+                p.best_val_acc, p.best_epoch, p.best_train_acc = (va_ema if use_ema else va)["acc"], p.epoch, tr["acc"]
+                p.best_weights = "ema" if use_ema else "raw"
+                hooks.best(ema.weights() if use_ema else model.state_dict())
             done = run.stopper.step(improved)
             p.bad_epochs = run.stopper.bad
             p.stopped_early = done and index == len(plan) - 1
@@ -301,10 +343,11 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
             # Every checkpoint_epochs epochs and at phase ends: the model and optimizer state of a big
             # model on a fast GPU can take longer to write than an epoch on cached features takes to run.
             if last or (cfg.checkpoint_epochs and p.epoch % cfg.checkpoint_epochs == 0):
-                hooks.checkpoint(_checkpoint(p, model, run, index, loaders, accel, hooks))
+                hooks.checkpoint(_checkpoint(p, model, run, index, loaders, accel, hooks, ema))
             hooks.epoch({"epoch": p.epoch, "phase": phase.title, "lr": lr, "train_loss": tr["loss"],
                          "train_acc": tr["acc"], "val_loss": va["loss"], "val_acc": va["acc"],
-                         "time_s": round(tr["seconds"], 3), "best_val_acc": p.best_val_acc})
+                         "time_s": round(tr["seconds"], 3), "best_val_acc": p.best_val_acc,
+                         **({"val_acc_ema": va_ema["acc"]} if va_ema else {})})
             bar.update(1)
             tqdm.write(f"epoch {p.epoch:>3} {phase.title:<8} lr {lr:.2e}  train loss {tr['loss']:.4f} "
                        f"acc {tr['acc']:.3f}  val loss {va['loss']:.4f} acc {va['acc']:.3f}", file=sys.stderr)
@@ -318,4 +361,4 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
             "stopped_early": p.stopped_early, "trainable_params": p.trainable,
             "train_time_s": round(p.train_time, 3),
             "train_images_per_s": round(p.images / p.train_time, 2) if p.train_time else None,
-            "feature_cache": "; ".join(cache_modes)}
+            "feature_cache": "; ".join(cache_modes), "best_weights": p.best_weights}

@@ -109,3 +109,16 @@ def test_literature_strategies_run_and_the_cache_serves_a_frozen_front(base_args
     if "--strategy=gradual" in extra:
         assert [m["phase"] for m in metrics] == ["freeze", "partial+1"]
         assert "; partial+1: on: after blocks.5" in rec["summary"]["feature_cache"]
+
+
+def test_ema_is_evaluated_next_to_the_raw_weights_and_the_better_is_kept(base_args):
+    """timm's ModelEmaV3: each epoch scores both; the best checkpoint holds whichever won, and the
+    record says which (the test metrics come from those weights)."""
+    rec, metrics, run_dir = run(base_args, ["--model=small_cnn", "--strategy=full", "--epochs=3", "--lr=3e-3",
+                                            "--ema=true", "--ema_decay=0.9", "--run_id=ema"])
+    assert all("val_acc_ema" in m for m in metrics)
+    assert any(m["val_acc_ema"] != m["val_acc"] for m in metrics)          # a real average, not a copy
+    best = max(metrics, key=lambda m: max(m["val_acc"], m["val_acc_ema"]))
+    kind = "ema" if best["val_acc_ema"] > best["val_acc"] else "raw"
+    assert rec["summary"]["best_weights"] == kind
+    assert rec["summary"]["best_val_acc"] == pytest.approx(max(best["val_acc"], best["val_acc_ema"]))
