@@ -84,12 +84,17 @@ def _write(model, soup, best, runs, kept, steps, val_acc, root, out: Path, secon
     record.start_fresh()
     weights = record.save_weights(soup)
     total = sum(p.numel() for p in model.parameters())
+    names, used = [runs[j]["id"] for j in kept], [runs[j]["summary"] for j in kept]
+    # What the soup cost: every ingredient's training, then the soup's own evaluations.
     summary = {"best_val_acc": val_acc, "best_epoch": None, **test_summary, "total_params": total,
-               "trainable_params": 0, "model_size_mb": round(weights.stat().st_size / 2**20, 3),
-               "epochs_run": 0, "train_time_s": round(seconds, 2)}
-    names = [runs[j]["id"] for j in kept]
+               "trainable_params": max(u.get("trainable_params") or 0 for u in used),
+               "model_size_mb": round(weights.stat().st_size / 2**20, 3), "epochs_run": 0,
+               "train_time_s": round(seconds + sum(u.get("train_time_s") or 0 for u in used), 2)}
     record.update(id=out.name, name=f"soup-{len(kept)}-{best['config']['model']}", state="finished",
-                  config={**best["config"], "run_id": out.name, "run_name": ""}, summary=summary,
+                  # strategy `soup`: a configuration of its own in reports (model / soup), not a seed of the best
+                  config={**best["config"], "run_id": out.name, "run_name": "", "strategy": "soup",
+                          "soup": "+".join(names)},
+                  summary=summary,
                   classes=best["classes"], split=best["split"], data_config=best["data_config"],
                   weights_source=best.get("weights_source"), per_class=per_class, confusion_matrix=cm,
                   test_predictions={"y_true": test["y_true"].tolist(), "y_pred": test["y_pred"].tolist()},
