@@ -20,9 +20,11 @@ data/.animal_mnist.complete: $(STAMP)
 	$(PY) -m lib.demo_data --out data/animal_mnist --per_class 500
 
 demo: $(STAMP) data/.animal_mnist.complete
-	# The offline study of sweeps/demo.yaml: every strategy on pretrained MobileNetV2 vs small_cnn from scratch.
+	# The offline study of sweeps/demo.yaml: 6 recipes (MobileNetV2 under 5 strategies, small_cnn from scratch).
 	# Running it again continues an interrupted study; `rm -rf runs/demo` starts over.
 	$(PY) finetune_sweep.py local sweeps/demo.yaml --sweep_dir runs/demo
+	# A greedy soup of the MobileNetV2 runs: a candidate like any run (report, export).
+	$(PY) finetune_sweep.py soup runs/demo --out runs/demo/runs/soup
 	$(PY) finetune_sweep.py report runs/demo --out runs/demo/report
 	$(PY) finetune_sweep.py export runs/demo --quantize --attributions 8 --out runs/demo/export
 	@echo "report:  runs/demo/report/report.html"

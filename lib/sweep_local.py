@@ -767,9 +767,11 @@ def _trial_rows(sweep_dir: Path, storage_url: str | None = None) -> tuple[list[d
         duration = (t.datetime_complete - t.datetime_start).total_seconds() \
             if t.datetime_complete and t.datetime_start else None
         config = t.user_attrs.get("config") or _flat(_point(t))
+        config = {**(config.get("recipe") or {}), **{k: v for k, v in config.items() if k != "recipe"}}  # as columns
         rows.append({"trial": t.number, "state": "interrupted" if _gone(t, stale, opts.host) else t.state.name.lower(),
                      "run_id": t.user_attrs.get("run_id"), "config": config, "value": t.value,
-                     "duration_s": round(duration, 1) if duration else None, "error": t.user_attrs.get("error")})
+                     "duration_s": round(duration, 1) if duration else None, "error": t.user_attrs.get("error"),
+                     "gpu": t.user_attrs.get("gpu")})
     return rows, meta
 
 

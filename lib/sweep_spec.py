@@ -262,6 +262,21 @@ def _check_params(params: list[HyperParameter], path: Path, ours: bool) -> None:
                 config_lib.build({key: _plain(value)}, base=_lenient_base())
             except config_lib.ConfigError as e:
                 raise SweepError(f"{path.name}: parameter {shown(p.name)!r}: {e}") from None
+    _check_recipes(params, path)
+
+
+def _check_recipes(params: list[HyperParameter], path: Path) -> None:
+    """A key both in a recipe and a parameter of its own: the run's explicit key would silently win over
+    the recipe (as on W&B, which passes both), so say so instead. --set is not a parameter: it wins."""
+    own = {leaf_name(p.name) for p in params}
+    for p in params:
+        if leaf_name(p.name) != "recipe":
+            continue
+        for recipe in p.config.get("values", [p.config.get("value")]):
+            both = sorted(set(recipe or {}) & own) if isinstance(recipe, dict) else []
+            if both:
+                raise SweepError(f"{path.name}: {both[0]!r} is set both in a recipe and as a parameter, and the "
+                                 "parameter would win in every run: set it in one place")
 
 
 def _lenient_base() -> config_lib.Config:

@@ -18,11 +18,12 @@ from sweeps import schema_violations_from_proposed_config
 from sweeps.params import HyperParameter, HyperParameterSet
 
 from lib import config as config_lib
+from lib import sweep_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
 EXPECTED = {"strategy_grid", "resnet50_freezing", "small_vs_pretrained", "resnet18_vs_mobilenetv3",
-            "lr_search", "demo"}
+            "lr_search", "demo", "quickstart"}
 
 # What a run records (README "The record of every run"): summary keys, and per-epoch keys.
 SUMMARY_KEYS = {"best_val_acc", "best_epoch", "test_acc", "test_loss", "test_precision_macro",
@@ -164,7 +165,7 @@ def test_sweep_file_is_valid_for_wandb_and_for_the_config(path):
 
 
 GRID_RUNS = {"strategy_grid": 6, "resnet50_freezing": 6, "small_vs_pretrained": 4,
-             "resnet18_vs_mobilenetv3": 2, "demo": 8}  # as each file's description says
+             "resnet18_vs_mobilenetv3": 2, "demo": 6, "quickstart": 12}  # as each file's description says
 
 
 @pytest.mark.parametrize("path", [p for p in SWEEP_FILES if _load_method(p) == "grid"], ids=lambda p: p.name)
@@ -210,8 +211,10 @@ def test_demo_sweep_is_the_offline_cpu_study():
     params = {_leaf(p.name): p.config for p in _leaves(cfg["parameters"])}
     assert cfg["method"] == "grid" and "early_terminate" not in cfg
     assert params["data_dir"]["value"] == "data/animal_mnist"  # what `make demo` writes
-    assert set(params["strategy"]["values"]) == {"freeze", "partial", "full", "two_phase"}
-    assert set(params["model"]["values"]) == {"mobilenetv2_100", "small_cnn"}  # both work with no network
+    recipes = params["recipe"]["values"]
+    assert {r["strategy"] for r in recipes if r["model"] == "mobilenetv2_100"} == \
+        {"freeze", "partial", "full", "two_phase", "surgical"}
+    assert {r["model"] for r in recipes} == {"mobilenetv2_100", "small_cnn"}  # both work with no network
 
 
 def test_lr_search_uses_hyperband_as_asked():
@@ -291,3 +294,13 @@ def test_sweep_file_passes_the_kits_own_checks(path, capsys):
     assert capsys.readouterr().err == ""
     if sweep.method == "grid" and path.stem in GRID_RUNS:
         assert len(sweep.grid()) == GRID_RUNS[path.stem]
+
+
+def test_a_key_in_a_recipe_and_as_a_parameter_is_refused(tmp_path):
+    """The run's explicit key would win over the recipe in every run (W&B passes both): say so."""
+    spec = {"program": "finetune_resnet.py", "method": "grid", "metric": {"name": "best_val_acc", "goal": "maximize"},
+            "parameters": {"recipe": {"values": [{"strategy": "freeze", "lr": 1.0e-3}]}, "lr": {"value": 0.01}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(sweep_spec.SweepError, match="'lr' is set both in a recipe and as a parameter"):
+        sweep_spec.load(str(path))
