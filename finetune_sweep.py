@@ -10,7 +10,8 @@
     python finetune_sweep.py predict export/model.onnx photo.jpg folder/ --top 3
     python finetune_sweep.py soup runs/sweeps/demo --out runs/sweeps/demo/runs/soup   # greedy model soup
 
-Exit codes: 0 done, 1 stopped by failures, 2 bad sweep file or arguments, 130 interrupted.
+Exit codes: 0 done, 1 stopped by failures, 2 bad sweep file or arguments, 3 time budget spent with work left
+(run the same command again), 130 interrupted.
 """
 import argparse
 import sys
@@ -39,8 +40,16 @@ def cmd_create(a):
     return 0
 
 
+def _budget(a) -> tuple[float | None, float | None]:
+    """--time_budget and --trial_estimate in seconds (one-line errors before anything starts)."""
+    budget = cloud.parse_duration(a.time_budget) if a.time_budget else None
+    estimate = cloud.parse_duration(a.trial_estimate, "--trial_estimate") if a.trial_estimate else None
+    return budget, estimate
+
+
 def cmd_agent(a):
-    return cloud.agent(a.sweep_id, a.count, a.gpus.split(",") if a.gpus else None)
+    budget, estimate = _budget(a)
+    return cloud.agent(a.sweep_id, a.count, a.gpus, time_budget_s=budget, trial_estimate_s=estimate)
 
 
 def _check_counts(a):
@@ -55,10 +64,16 @@ def _check_counts(a):
 
 def cmd_local(a):
     _check_counts(a)
+    budget, estimate = _budget(a)
+    gpus = cloud.resolve_gpus(a.gpus)
+    if gpus and a.workers not in (None, len(gpus)):
+        raise SweepError(f"--workers {a.workers} with --gpus {a.gpus}: one worker per GPU ({len(gpus)}); "
+                         f"leave --workers out")
     sweep_dir = Path(a.sweep_dir or Path("runs") / "sweeps" / Path(a.sweep_file).stem)
-    opts = sweep_local.Options(sweep_dir=sweep_dir, workers=a.workers, count=a.count, storage=a.storage,
-                               seed=a.seed, max_failures=a.max_failures, extend=a.extend,
-                               retry_failed=a.retry_failed, repeats=a.repeats)
+    opts = sweep_local.Options(sweep_dir=sweep_dir, workers=len(gpus) if gpus else a.workers or 1, count=a.count,
+                               storage=a.storage, seed=a.seed, max_failures=a.max_failures, extend=a.extend,
+                               retry_failed=a.retry_failed, repeats=a.repeats, gpus=gpus, time_budget_s=budget,
+                               trial_estimate_s=estimate)
     return sweep_local.run_local(a.sweep_file, opts, _fixed(a.set))
 
 
@@ -116,6 +131,15 @@ def cmd_status(a):
     return 0
 
 
+def _add_budget(p):
+    p.add_argument("--time_budget", metavar="DURATION",
+                   help="e.g. 11h30m, 45m, 90s: no trial starts that would not end in time; at the deadline "
+                        "running trials get SIGTERM (they checkpoint, are marked preempted) and the exit code is 3")
+    p.add_argument("--trial_estimate", metavar="DURATION",
+                   help="how long one trial takes, until the study has finished trials to measure "
+                        "(local: their median; agent: this value)")
+
+
 def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -127,11 +151,15 @@ def parser():
     g = sub.add_parser("agent", help="run `wandb agent` once per GPU (CUDA_VISIBLE_DEVICES), staggered")
     g.add_argument("sweep_id", help="ENTITY/PROJECT/SWEEP_ID")
     g.add_argument("--count", type=int, help="runs per agent")
-    g.add_argument("--gpus", help="comma-separated GPU indices, e.g. 0,1,2,3")
+    g.add_argument("--gpus", help="all, or comma-separated GPU indices, e.g. 0,1,2,3: one agent per GPU")
+    _add_budget(g)
     g.set_defaults(fn=cmd_agent)
     loc = sub.add_parser("local", help="run the sweep offline (Optuna); run again to continue it")
     loc.add_argument("sweep_file")
-    loc.add_argument("--workers", type=int, default=1, help="trials at once on this machine")
+    loc.add_argument("--workers", type=int, help="trials at once on this machine (default 1; with --gpus one per GPU)")
+    loc.add_argument("--gpus", help="all, or comma-separated GPU indices: one worker per GPU, its trials see only "
+                                    "that GPU (CUDA_VISIBLE_DEVICES)")
+    _add_budget(loc)
     loc.add_argument("--count", type=int, help="at most this many trials in this invocation")
     loc.add_argument("--storage", help="Optuna RDB URL shared by workers on several machines "
                                        "(default: a journal file in the sweep dir)")

@@ -43,7 +43,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from lib import sweep_spec
+from lib import cloud, sweep_spec
 from lib.records import RunRecord, read_json, write_json
 from lib.sweep_spec import Sweep, SweepError
 
@@ -73,6 +73,13 @@ class Options:
     heartbeat_s: float = 30.0         # a running trial's runner beats this often...
     grace_s: float | None = None      # ...and is taken for dead after this long without a beat (4 beats)
     host: str = field(default_factory=socket.gethostname)   # this machine, as trials record it
+    gpus: list[str] | None = None     # one worker per GPU, its trials see only it (CUDA_VISIBLE_DEVICES)
+    time_budget_s: float | None = None     # no trial starts past it that would not end in time; SIGTERM at it
+    trial_estimate_s: float | None = None  # how long a trial takes, until the study has finished one
+
+    def __post_init__(self):
+        if self.gpus:   # one worker per GPU
+            self.workers = len(self.gpus)
 
     @property
     def grace(self) -> float:
@@ -462,6 +469,9 @@ class Runner:
         self.failures_in_a_row = 0
         self.stop_reason: str | None = None
         self.children: set[subprocess.Popen] = set()
+        # the budget counts from the command's start; "budget" says why the runner stopped early, if it did
+        self.deadline = time.monotonic() + opts.time_budget_s if opts.time_budget_s else None
+        self.budget: str | None = None
         self.sampler = _sampler(sweep, opts.seed)   # one per process: its draws are per trial, not per thread
         study = open_study(sweep, opts)
         self.versions = study.user_attrs.get("versions", {})
@@ -471,15 +481,15 @@ class Runner:
         self.t0 = time.time()
 
     # -- the loop of one worker ------------------------------------------------
-    def work(self) -> None:
+    def work(self, gpu: str | None = None) -> None:
         try:
-            self._work()
+            self._work(gpu)
         except Exception as e:  # noqa: BLE001 - a broken worker stops the sweep with its reason
             with self.lock:
                 self.stop_reason = f"stopped: worker error: {type(e).__name__}: {e}"
             self.stop.set()
 
-    def _work(self) -> None:
+    def _work(self, gpu: str | None) -> None:
         study = optuna.load_study(study_name=self.sweep.name, storage=storage(self.opts), sampler=self.sampler,
                                   pruner=_pruner(self.sweep))
         while not self.stop.is_set():
@@ -495,7 +505,7 @@ class Runner:
                 trial.set_user_attr("surplus", True)   # another worker took the last grid point
                 study.tell(trial, state=TrialState.FAIL)
                 continue
-            self._run(study, trial)
+            self._run(study, trial, gpu)
 
     def _next(self, study: optuna.Study) -> str:
         """start (a trial), wait (for trials running elsewhere), or done."""
@@ -508,6 +518,8 @@ class Runner:
             else:
                 started = sum(t.state != TrialState.WAITING for t in trials)
                 can_start = not self.sweep.run_cap or started < self.sweep.run_cap
+            if can_start and self._no_time_for_a_trial(trials):
+                return "done"
             if can_start:
                 self.started += 1
                 return "start"
@@ -516,7 +528,34 @@ class Runner:
                             and (t.user_attrs.get("host"), t.user_attrs.get("pid")) != mine for t in trials)
             return "wait" if elsewhere else "done"
 
-    def _run(self, study: optuna.Study, trial: optuna.Trial) -> None:
+    def _trial_estimate(self, trials: list) -> tuple[float | None, str | None]:
+        """How long one trial takes: the median of the study's finished trials, else --trial_estimate.
+        A trial that resumed a preempted run ran only its rest: it would make trials look shorter."""
+        durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials
+                     if t.state == TrialState.COMPLETE and t.datetime_complete and t.datetime_start
+                     and ("retry_of" not in t.user_attrs or t.user_attrs.get("fresh"))]
+        if durations:
+            return float(np.median(durations)), f"median of {len(durations)} finished trial(s)"
+        if self.opts.trial_estimate_s:
+            return self.opts.trial_estimate_s, "--trial_estimate"
+        return None, None
+
+    def _no_time_for_a_trial(self, trials: list) -> bool:
+        """Past the deadline, or less time left than one trial takes: start nothing (called under the lock)."""
+        if self.deadline is None:
+            return False
+        left = self.deadline - time.monotonic()
+        estimate, source = self._trial_estimate(trials)
+        if left > (estimate or 0):
+            return False
+        if self.budget is None:
+            self.budget = (f"time budget: {cloud.format_duration(left)} left, below one trial "
+                           f"(~{cloud.format_duration(estimate or 0)}, {source or 'the deadline has passed'}): "
+                           f"no new trial starts")
+            print(self.budget, flush=True)
+        return True
+
+    def _run(self, study: optuna.Study, trial: optuna.Trial, gpu: str | None = None) -> None:
         run_id = trial.user_attrs.get("run_id") or self._new_run_id(trial.number)
         for key, value in (("run_id", run_id), ("host", self.opts.host), ("pid", os.getpid()),
                            ("heartbeat_s", self.opts.heartbeat_s)):
@@ -527,7 +566,9 @@ class Runner:
         except Exception as e:  # noqa: BLE001 - a bad draw is a failed trial, not a dead worker
             return self._finish(study, trial, TrialState.FAIL, None, f"parameters: {e}")
         trial.set_user_attr("config", params)
-        state, value, error = self._execute(study, trial, run_id, params)
+        if gpu is not None:
+            trial.set_user_attr("gpu", gpu)
+        state, value, error = self._execute(study, trial, run_id, params, gpu)
         if state is None or (self.stop.is_set() and state == TrialState.FAIL):
             # preempted or interrupted, not failed: requeued under the same run id, which resumes it
             trial.set_user_attr("error", "interrupted; requeued")
@@ -545,7 +586,8 @@ class Runner:
             run_id = f"{base}-{n}"
         return run_id
 
-    def _execute(self, study, trial: optuna.Trial, run_id: str, params: dict) -> tuple[TrialState | None, float | None, str | None]:
+    def _execute(self, study, trial: optuna.Trial, run_id: str, params: dict,
+                 gpu: str | None = None) -> tuple[TrialState | None, float | None, str | None]:
         run_dir = self.opts.sweep_dir / "runs" / run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / STOP_FILE).unlink(missing_ok=True)
@@ -562,6 +604,8 @@ class Runner:
                "WANDB_ERROR_REPORTING": "false", "WANDB_SILENT": "true"}
         # Parallel trials share the cores: give each its share instead of oversubscribing them all.
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.opts.workers)))
+        if gpu is not None:   # this worker's GPU only: the trainer's cuda:0 is it
+            env["CUDA_VISIBLE_DEVICES"] = gpu
         argv = sweep_spec.build_command(self.sweep, params, run_dir, PROJECT_ROOT)
         with open(run_dir / "output.log", "ab") as log:
             proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd())
@@ -657,7 +701,15 @@ class Runner:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
         if main:
             signal.signal(signal.SIGTERM, on_sigterm)
-        threads = [threading.Thread(target=self.work, name=f"worker-{i}", daemon=True) for i in range(self.opts.workers)]
+        gpus = self.opts.gpus or [None] * self.opts.workers
+        threads = [threading.Thread(target=self.work, args=(gpu,), name=f"worker-{i}" + (f"-gpu{gpu}" if gpu else ""),
+                                    daemon=True) for i, gpu in enumerate(gpus)]
+        if self.deadline is not None:
+            with self.lock:
+                estimate, source = self._trial_estimate(_counted(optuna.load_study(
+                    study_name=self.sweep.name, storage=storage(self.opts))))
+            print(cloud.budget_line(self.opts.time_budget_s, estimate, source,
+                                    "running trials get SIGTERM, checkpoint and are requeued"), flush=True)
         try:
             for i, t in enumerate(threads):
                 t.start()
@@ -666,6 +718,7 @@ class Runner:
             while any(t.is_alive() for t in threads):
                 for t in threads:
                     t.join(timeout=0.5)
+                self._check_deadline()
         except (KeyboardInterrupt, _Stopping):
             return self._interrupted(threads, main)
         finally:
@@ -675,7 +728,20 @@ class Runner:
         if self.stop_reason:
             print(self.stop_reason)
             return 1
+        if self.budget:
+            print(f"{self.budget.split(':')[0]} spent: run the same command again to continue the sweep")
+            return cloud.EXIT_BUDGET
         return 0
+
+    def _check_deadline(self) -> None:
+        """At the deadline the workers stop their trials (SIGTERM: they checkpoint, and are requeued under
+        their run ids) and start no more."""
+        if self.deadline is None or time.monotonic() < self.deadline or self.stop.is_set():
+            return
+        with self.lock:
+            self.budget = "time budget"
+        print("time budget spent: running trials get SIGTERM, checkpoint and are requeued", flush=True)
+        self.stop.set()
 
     def _interrupted(self, threads: list[threading.Thread], main: bool) -> int:
         self.stop.set()
@@ -780,8 +846,10 @@ def trials_frame(sweep_dir: Path, storage_url: str | None = None):
     import pandas as pd
 
     rows, meta = _trial_rows(sweep_dir, storage_url)
+    gpus = any(r["gpu"] is not None for r in rows)   # a column only where trials ran on chosen GPUs
     return pd.DataFrame([{"trial": r["trial"], "state": r["state"], "run_id": r["run_id"], **r["config"],
-                          meta["metric"]: r["value"], "duration_s": r["duration_s"], "error": r["error"]}
+                          meta["metric"]: r["value"], "duration_s": r["duration_s"],
+                          **({"gpu": r["gpu"]} if gpus else {}), "error": r["error"]}
                          for r in rows]), meta
 
 
@@ -803,9 +871,11 @@ def status_table(sweep_dir: Path, storage_url: str | None = None) -> str:
     metric = meta["metric"]
     keys = list(dict.fromkeys(k for r in rows for k in r["config"]))
     varying = [k for k in keys if len({_cell(r["config"].get(k)) for r in rows}) > 1]
+    gpu = ["gpu"] if any(r["gpu"] is not None for r in rows) else []
     table = pd.DataFrame([[str(r["trial"]), r["state"], r["run_id"] or "-", *(_cell(r["config"].get(k)) for k in varying),
-                           f"{r['value']:.4f}" if r["value"] is not None else "-", _cell(r["duration_s"])]
-                          for r in rows], columns=["trial", "state", "run_id", *varying, metric, "duration_s"])
+                           f"{r['value']:.4f}" if r["value"] is not None else "-", _cell(r["duration_s"]),
+                           *(_cell(r["gpu"]) for _ in gpu)]
+                          for r in rows], columns=["trial", "state", "run_id", *varying, metric, "duration_s", *gpu])
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1

@@ -4,6 +4,7 @@ so the engine's search, pruning and recovery can be tested on many trials. Its "
 a known function of the parameters: lr * epoch / epochs (capped at 1)."""
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,17 @@ if cfg.get("fail") in (True, "true", "True"):
     sys.exit(1)
 record = RunRecord(cfg["runs_dir"], os.environ["WANDB_RUN_ID"])
 record.start_fresh()
-record.update(id=os.environ["WANDB_RUN_ID"], state="running", config=cfg, argv=sys.argv[1:])
+# The environment the runner gave it (which GPU it may see): a test reads it back from run.json.
+record.update(id=os.environ["WANDB_RUN_ID"], state="running", config=cfg, argv=sys.argv[1:],
+              env={k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")})
+
+
+def preempted(_signum, _frame):   # as finetune_resnet.py: SIGTERM -> recorded preempted, exit code 3
+    record.update(state="preempted")
+    sys.exit(3)
+
+
+signal.signal(signal.SIGTERM, preempted)
 epochs, lr, sleep = int(cfg.get("epochs", 3)), float(cfg.get("lr", 0.5)), float(cfg.get("sleep", 0.0))
 best = 0.0
 for epoch in range(1, epochs + 1):
