@@ -175,6 +175,8 @@ def parse(raw: dict, path: Path, fixed: dict[str, str]) -> Sweep:
         params = [_grid_param(p, path) for p in params]
     params = _with_fixed(params, fixed_values, path)
     _check_params(params, path, ours)
+    if ours:
+        _check_recipes(params, path, fixed_values)
     sweep = Sweep(path=path, raw=raw, method=method, metric=name, goal=goal, params=params,
                   program=program, command=_check_command(raw, path, ours), run_cap=raw.get("run_cap"),
                   hyperband=_check_early_terminate(raw, path), fixed=fixed_values, ours=ours)
@@ -262,13 +264,12 @@ def _check_params(params: list[HyperParameter], path: Path, ours: bool) -> None:
                 config_lib.build({key: _plain(value)}, base=_lenient_base())
             except config_lib.ConfigError as e:
                 raise SweepError(f"{path.name}: parameter {shown(p.name)!r}: {e}") from None
-    _check_recipes(params, path)
 
 
-def _check_recipes(params: list[HyperParameter], path: Path) -> None:
+def _check_recipes(params: list[HyperParameter], path: Path, fixed: dict) -> None:
     """A key both in a recipe and a parameter of its own: the run's explicit key would silently win over
-    the recipe (as on W&B, which passes both), so say so instead. --set is not a parameter: it wins."""
-    own = {leaf_name(p.name) for p in params}
+    the recipe (as on W&B, which passes both), so say so instead. --set is not the file's: it wins."""
+    own = {leaf_name(p.name) for p in params} - set(fixed)
     for p in params:
         if leaf_name(p.name) != "recipe":
             continue
