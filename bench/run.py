@@ -43,12 +43,15 @@ from lib.run import main as kit_main  # noqa: E402
 import sklearn.metrics  # noqa: E402,F401 - what a run imports is paid before timing, like torch: process start is not compared
 
 DEMO = ROOT / "sweeps" / "demo.yaml"
+FOUR = ("freeze", "partial", "full", "two_phase")   # the demo's strategies the figures below were measured on
 
 
 def study(quick: bool) -> dict:
     """The pretrained side of sweeps/demo.yaml's grid (MobileNetV2 under each strategy) with the
     YAML's fixed settings; --quick: 1,500 images and 3 epochs instead of 5,000 and the YAML's 4."""
-    points = [p for p in sweep_spec.load(str(DEMO)).grid() if p["model"] == "mobilenetv2_100"]
+    flat = [{**{k: v for k, v in p.items() if k != "recipe"}, **p.get("recipe", {})}   # recipes' keys as keys
+            for p in sweep_spec.load(str(DEMO)).grid()]
+    points = [p for p in flat if p["model"] == "mobilenetv2_100" and p["strategy"] in FOUR]
     common = {k: v for k, v in points[0].items() if k not in ("strategy", "data_dir")}
     common.update(device="cpu", **({"epochs": 3} if quick else {}))
     return {"per_class": 150 if quick else 500, "common": common, "strategies": [p["strategy"] for p in points]}
@@ -62,12 +65,15 @@ def run_kit(data_dir: Path, runs_dir: Path, common: dict, strategy: str) -> tupl
     return seconds, read_json(runs_dir / f"kit-{strategy}" / "run.json")["summary"]["best_val_acc"]
 
 
-def run_baseline(data_dir: Path, split: dict, common: dict, strategy: str) -> tuple[float, float]:
-    """The seed scripts' loop: ImageFolder + PIL every epoch, requires_grad freezing, fp32."""
+def run_baseline(data_dir: Path, split: dict, common: dict, strategy: str,
+                 device: torch.device = torch.device("cpu")) -> tuple[float, float]:
+    """The seed scripts' loop: ImageFolder + PIL every epoch, requires_grad freezing, fp32
+    (``device``: the model and each batch moved there, as the seed scripts do on a GPU)."""
     t = time.perf_counter()
     torch.manual_seed(common["seed"])
     model = timm.create_model("mobilenetv2_100", pretrained=False, num_classes=10)
     model.load_state_dict(_kit_initial_weights(), strict=False)
+    model.to(device)
     train, val, _ = baseline_data(model, data_dir, split, common["image_size"])
     kit_cfg = build({**common, "strategy": strategy})
     best = 0.0
@@ -78,12 +84,13 @@ def run_baseline(data_dir: Path, split: dict, common: dict, strategy: str) -> tu
         for _ in range(phase.epochs):
             model.train()
             for x, y in DataLoader(train, batch_size=common["batch_size"], shuffle=True):
+                x, y = x.to(device), y.to(device)
                 opt.zero_grad()
                 nn.functional.cross_entropy(model(x), y, label_smoothing=common.get("label_smoothing", 0.0)).backward()
                 opt.step()
             model.eval()
             with torch.no_grad():
-                hits = sum((model(x).argmax(1) == y).sum().item()
+                hits = sum((model(x.to(device)).argmax(1).cpu() == y).sum().item()
                            for x, y in DataLoader(val, batch_size=common["batch_size"]))
             best = max(best, hits / len(val))
     return time.perf_counter() - t, best

@@ -106,7 +106,10 @@ class Config:
                                      "at the end of each phase (0 = phase ends only); a resumed run redoes the rest", min=0)
     seed: int = _opt(42, "seed of the split, the initialisation and the data order", min=0, max=2**32 - 1)
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N | mps")
-    amp: bool = _opt(True, "mixed precision on CUDA (bf16 where supported, else fp16)")
+    amp: bool = _opt(True, "mixed precision on CUDA: bf16 on compute capability 8.0+, fp16 with a grad "
+                           "scaler on 7.x and 6.0 (V100, T4, P100), else fp32; the summary's amp_dtype says which")
+    compile: bool = _opt(False, "torch.compile the training forward pass (the summary's compile_s: time spent "
+                                "compiling); worth it only for long runs where measured faster")
     channels_last: bool = _opt(True, "channels_last memory format on CUDA and CPU (faster convolutions)")
     runs_dir: str = _opt("runs", "where run records go: <runs_dir>/<run_id>/")
     cache_dir: str = _opt(str(Path.home() / ".cache" / "finetune-kit"), "converted pip-shipped weights and other caches")

@@ -217,15 +217,27 @@ class BatchAugment:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
-        u = torch.rand(n, 5, device=x.device)
-        area = h * w * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 0])
-        ratio = torch.exp(math.log(3 / 4) + math.log(16 / 9) * u[:, 1])
-        cw, ch = (area * ratio).sqrt().clamp(max=w), (area / ratio).sqrt().clamp(max=h)
-        x0, y0 = u[:, 2] * (w - cw), u[:, 3] * (h - ch)
+        u = torch.rand(n, 3, device=x.device)
+        cw, ch = self._crop_sizes(n, h, w, x.device)
+        # whole pixels, as RandomResizedCrop places them (its randint gives each end half a pixel more room)
+        x0, y0 = (u[:, 0] * (w - cw + 1)).floor(), (u[:, 1] * (h - ch + 1)).floor()
         boxes = torch.stack([torch.arange(n, device=x.device, dtype=cw.dtype), x0, y0, x0 + cw, y0 + ch], 1)
         out = roi_align(x.float(), boxes, (self.size, self.size), spatial_scale=1.0, sampling_ratio=2, aligned=True)
-        out = torch.where((u[:, 4] < 0.5).view(n, 1, 1, 1), out.flip(-1), out)
+        out = torch.where((u[:, 2] < 0.5).view(n, 1, 1, 1), out.flip(-1), out)
         return (out / 255 - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def _crop_sizes(self, n: int, h: int, w: int, device, tries: int = 10):
+        """Crop widths and heights drawn as RandomResizedCrop draws them: up to ``tries`` (area, aspect)
+        candidates per image, the first that fits is used, else the whole image. Clamping a candidate
+        that does not fit instead would favour wide and tall crops (bench/gpu.py compares the two)."""
+        u = torch.rand(n, tries, 2, device=device)
+        area = h * w * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[..., 0])
+        ratio = torch.exp(math.log(3 / 4) + math.log(16 / 9) * u[..., 1])
+        cw, ch = (area * ratio).sqrt().round(), (area / ratio).sqrt().round()
+        fits = (cw <= w) & (ch <= h) & (cw > 0) & (ch > 0)
+        first, ok = fits.float().argmax(1, keepdim=True), fits.any(1)
+        return (torch.where(ok, cw.gather(1, first).squeeze(1), float(w)),
+                torch.where(ok, ch.gather(1, first).squeeze(1), float(h)))
 
 
 def transforms(data_cfg: dict, augment: str, train: bool, on_device: bool = False):

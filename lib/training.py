@@ -40,28 +40,64 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype that pays on this device, or None (fp32).
+    bf16 only where the tensor cores run it natively (compute capability 8.0+: A100, L4, RTX 30xx, H100):
+    ``torch.cuda.is_bf16_supported()`` also says yes on a T4 or V100, where bf16 is emulated and slower
+    than fp32. fp16 (with a grad scaler) where it is fast: 6.0 (P100) and 7.x (V100, T4); consumer
+    Pascal (6.1, 6.2) runs fp16 at a fraction of its fp32 rate, and older cards have no fast fp16."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    if major >= 8:
+        return torch.bfloat16
+    if major == 7 or (major, minor) == (6, 0):
+        return torch.float16
+    return None
+
+
+def amp_name(dtype: torch.dtype | None) -> str:
+    return {torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(dtype, "off")
+
+
 @dataclass
 class Accel:
-    """How batches run on the device: autocast dtype, grad scaler, memory format."""
+    """How batches run on the device: autocast dtype, grad scaler, memory format, and torch.compile
+    for the training forward pass (``compile_s``: time of each compiled net's first step, which is
+    where compilation happens)."""
     device: torch.device
     dtype: torch.dtype | None
     scaler: torch.amp.GradScaler | None
     memory_format: torch.memory_format
+    compile: bool = False
+    compile_s: float = 0.0
+    _compiled: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
     def for_config(cls, cfg: Config, device: torch.device) -> "Accel":
-        cuda = device.type == "cuda"
-        dtype = None
-        if cfg.amp and cuda:
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        dtype = amp_dtype(device) if cfg.amp else None
         scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
         # channels_last also pays on CPU (oneDNN): a MobileNetV2 training step at 64 px took 212 ms
         # instead of 357 ms on this project's 2-core machine.
         fmt = torch.channels_last if cfg.channels_last and device.type in ("cuda", "cpu") else torch.contiguous_format
-        return cls(device, dtype, scaler, fmt)
+        return cls(device, dtype, scaler, fmt, compile=cfg.compile)
+
+    @property
+    def amp_dtype(self) -> str:
+        return amp_name(self.dtype)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
+
+    def train_forward(self, net: nn.Module):
+        """The callable a training step runs: ``net`` itself, or its compiled version (kept per net;
+        the net itself stays what is saved, so state dict keys do not change)."""
+        if not self.compile:
+            return net, False
+        first = id(net) not in self._compiled
+        if first:
+            self._compiled[id(net)] = (net, torch.compile(net))   # net kept: its id stays its own
+        return self._compiled[id(net)][1], first
 
     def to_device(self, x: torch.Tensor, y: torch.Tensor):
         fmt = self.memory_format if x.ndim == 4 else torch.contiguous_format  # cached features are 2-D
@@ -80,13 +116,15 @@ def train_epoch(model, loader, opt, schedule, loss_fn, mixup, accel: Accel, desc
                 stop: "StopFlag | None" = None, after_step=None) -> dict:
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
+    forward, compiling = accel.train_forward(model)
     for x, y in tqdm(loader, desc=desc, leave=False, disable=None, unit="batch"):
+        step_start = time.perf_counter()
         x, y = accel.to_device(x, y)
         target = y
         if mixup is not None and len(x) % 2 == 0:
             x, target = mixup(x, y)
         with accel.autocast():
-            logits = model(x)
+            logits = forward(x)
             loss = loss_fn(logits, target) if mixup is None or target.ndim == 2 else \
                 nn.functional.cross_entropy(logits, target)
         if not torch.isfinite(loss):
@@ -104,6 +142,9 @@ def train_epoch(model, loader, opt, schedule, loss_fn, mixup, accel: Accel, desc
             after_step()
         total_loss += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
+        if compiling:   # the first step compiles (loss.item() above waited for it)
+            accel.compile_s += time.perf_counter() - step_start
+            compiling = False
         seen += len(y)
         if stop:
             stop.check()
@@ -361,4 +402,5 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
             "stopped_early": p.stopped_early, "trainable_params": p.trainable,
             "train_time_s": round(p.train_time, 3),
             "train_images_per_s": round(p.images / p.train_time, 2) if p.train_time else None,
-            "feature_cache": "; ".join(cache_modes), "best_weights": p.best_weights}
+            "feature_cache": "; ".join(cache_modes), "best_weights": p.best_weights,
+            "amp_dtype": accel.amp_dtype, "compile_s": round(accel.compile_s, 3) if accel.compile else None}
