@@ -76,14 +76,7 @@ def train_rate(name: str, batches, accel: Accel, size: dict, compile_backend: st
         x, y = next(batches)
         with accel.autocast():
             loss = nn.functional.cross_entropy(forward(x), y)
-        opt.zero_grad(set_to_none=True)
-        if accel.scaler:
-            accel.scaler.scale(loss).backward()
-            accel.scaler.step(opt)
-            accel.scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+        accel.step(loss, opt)
         n += len(y)
     sync(accel.device)
     out = {"images_per_s": round(n / (time.perf_counter() - t), 1), "amp_dtype": accel.amp_dtype,

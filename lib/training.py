@@ -86,6 +86,17 @@ class Accel:
     def amp_dtype(self) -> str:
         return amp_name(self.dtype)
 
+    def step(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+        """Backward and one optimizer step; under fp16 through the grad scaler (bf16 and fp32 need none)."""
+        opt.zero_grad(set_to_none=True)
+        if self.scaler:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
 
@@ -129,14 +140,7 @@ def train_epoch(model, loader, opt, schedule, loss_fn, mixup, accel: Accel, desc
                 nn.functional.cross_entropy(logits, target)
         if not torch.isfinite(loss):
             raise TrainingFailed(f"loss became {loss.item()} at {desc}: lower lr or check the data")
-        opt.zero_grad(set_to_none=True)
-        if accel.scaler:
-            accel.scaler.scale(loss).backward()
-            accel.scaler.step(opt)
-            accel.scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+        accel.step(loss, opt)
         schedule.step_batch()
         if after_step:
             after_step()
