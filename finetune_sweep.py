@@ -127,7 +127,8 @@ def cmd_soup(a):
 
 
 def cmd_status(a):
-    print(sweep_local.status_table(Path(a.sweep_dir), a.storage))
+    source = a.sweep_dir if "://" in a.sweep_dir else Path(a.sweep_dir)   # a folder, or the database's URL
+    print(sweep_local.status_table(source, a.storage))
     return 0
 
 
@@ -205,7 +206,7 @@ def parser():
     sp.add_argument("--data-dir", "--data_dir", dest="data_dir", help="where the runs' images are, if moved")
     sp.set_defaults(fn=cmd_soup)
     s = sub.add_parser("status", help="table of a local sweep's trials and the best so far")
-    s.add_argument("sweep_dir")
+    s.add_argument("sweep_dir", help="a sweep dir, or the database URL of a study shared by machines (its only study)")
     s.add_argument("--storage", help="the study's RDB URL, if not the one in sweep.json (which has no password)")
     s.set_defaults(fn=cmd_status)
     return p

@@ -50,6 +50,7 @@ from lib.sweep_spec import Sweep, SweepError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXIT_PREEMPTED, EXIT_PRUNED = 3, 4          # finetune_resnet.py's exit codes
 STOP_FILE = "STOP"                          # <run_dir>/STOP = "pruned": why the runner stops a trial
+STUDY_LOCK_KEY = 0x5EE9_5EE9                # PostgreSQL advisory lock: one runner at a time opens the study
 HEARTBEAT = "heartbeat"                     # journal trials: wall time of the runner's last beat
 CHILD_STOP_S = 60                           # a dead runner's trainer gets this long to checkpoint
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -122,8 +123,42 @@ def storage(opts: Options):
 
 
 def _open_rdb(url: str, **heartbeat) -> optuna.storages.RDBStorage:
-    """The database's own clock judges heartbeats: hosts' clocks need not agree."""
-    return optuna.storages.RDBStorage(url, **heartbeat)
+    """The database's own clock judges heartbeats: hosts' clocks need not agree. Runners starting at once
+    on a fresh database race to create Optuna's tables: the losers retry (the tables are there then)."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, **heartbeat)
+        except (IntegrityError, ProgrammingError):
+            if attempt == 4:
+                raise
+            time.sleep(0.2 + 0.3 * attempt)
+
+
+@contextlib.contextmanager
+def _shared_lock(opts: Options):
+    """The study's storage, held under a lock that every runner sharing it sees: the sweep dir's lock file
+    serializes one machine's runners only, and runners on other machines share nothing but the database.
+    PostgreSQL: an advisory lock (MySQL: GET_LOCK), released with its connection."""
+    st = storage(opts)
+    engine = getattr(st, "engine", None)
+    dialect = engine.dialect.name if engine is not None else None
+    if dialect not in ("postgresql", "mysql"):
+        yield st
+        return
+    from sqlalchemy import text
+
+    with engine.connect() as con:
+        if dialect == "postgresql":
+            con.execute(text("SELECT pg_advisory_lock(:key)"), {"key": STUDY_LOCK_KEY})
+        else:
+            con.execute(text("SELECT GET_LOCK('finetune_sweep', -1)"))
+        try:
+            yield st
+        finally:
+            con.execute(text("SELECT pg_advisory_unlock(:key)" if dialect == "postgresql"
+                             else "SELECT RELEASE_LOCK('finetune_sweep')"), {"key": STUDY_LOCK_KEY})
 
 
 def public_url(url: str | None, hide: bool = False) -> str | None:
@@ -230,14 +265,14 @@ def open_study(sweep: Sweep, opts: Options) -> optuna.Study:
     """Create or join the study (refusing an edited or different sweep); enqueue the grid once; requeue
     trials of dead runners; with ``retry_failed``, the failed trials."""
     opts.sweep_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(opts.sweep_dir / ".lock"):
+    with _locked(opts.sweep_dir / ".lock"), _shared_lock(opts) as shared:
         meta_path = opts.sweep_dir / "sweep.json"
         held = read_json(meta_path).get("name") if meta_path.exists() else None
         if held and held != sweep.name:
             raise SweepError(f"{opts.sweep_dir} holds the study {held!r}, not {sweep.name!r}: one study per "
                              f"folder, so give this one its own --sweep_dir")
         study = optuna.create_study(
-            study_name=sweep.name, storage=storage(opts), load_if_exists=True, sampler=_sampler(sweep, opts.seed),
+            study_name=sweep.name, storage=shared, load_if_exists=True, sampler=_sampler(sweep, opts.seed),
             pruner=_pruner(sweep), direction="maximize" if sweep.goal == "maximize" else "minimize")
         stored = study.user_attrs.get("sweep") or _legacy_definition(opts.sweep_dir, sweep)
         new = _definition(sweep)
@@ -646,6 +681,20 @@ class Runner:
                 pruned = signalled = True
         return pruned
 
+    def _store_record(self, trial: optuna.Trial) -> None:
+        """The run record's essentials and each epoch's metric go into the study, so that `status URL`
+        works on any machine with the database, not only the one holding the run folder."""
+        run_dir = self.opts.sweep_dir / "runs" / str(trial.user_attrs.get("run_id"))
+        record = _record(run_dir)
+        trial.set_user_attr("run", {k: record[k] for k in ("state", "summary", "error", "started", "finished")
+                                    if record.get(k) is not None})
+        if self.sweep.hyperband:   # its epochs were reported as they came
+            return
+        for row in _rows(run_dir):
+            value = row.get(self.sweep.metric)
+            if isinstance(value, (int, float)) and math.isfinite(value) and "epoch" in row:
+                trial.report(float(value), step=int(row["epoch"]))
+
     def _outcome(self, code: int, run_dir: Path, pruned: bool) -> tuple[TrialState | None, float | None, str | None]:
         """(state, metric value, error); state None: the run was preempted and can resume. Pruned comes
         first: a pruned run stopped by SIGTERM must not pass for a preempted one (and be resumed)."""
@@ -664,6 +713,7 @@ class Runner:
     def _finish(self, study, trial, state, value, error) -> None:
         if error:
             trial.set_user_attr("error", error[-500:])
+        self._store_record(trial)
         if state == TrialState.COMPLETE and value is None:
             state, error = TrialState.FAIL, f"metric {self.sweep.metric} missing from the run"
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
@@ -818,15 +868,36 @@ def run_local(sweep_file: str, opts: Options, fixed: dict[str, str] | None = Non
 
 
 # --- status ---------------------------------------------------------------------------------------------
-def _trial_rows(sweep_dir: Path, storage_url: str | None = None) -> tuple[list[dict], dict]:
+def _study_in_database(url: str) -> tuple[optuna.Study, dict, Options]:
+    """The study of a database URL (its only one) and what sweep.json would say about it: `status URL`
+    from a machine that holds none of the runs."""
+    opts = Options(sweep_dir=Path("."), storage=url)
+    st = storage(opts)
+    names = [s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False)]
+    if len(names) != 1:
+        raise SweepError(f"{public_url(url, hide=True)} holds {len(names)} studies ({', '.join(names) or 'none'}): "
+                         f"expected one")
+    study = optuna.load_study(study_name=names[0], storage=st)
+    definition = study.user_attrs.get("sweep") or {}
+    raw = definition.get("yaml") or {}
+    meta = {"name": names[0], "storage": public_url(url), "metric": (raw.get("metric") or {}).get("name", "value"),
+            "goal": (raw.get("metric") or {}).get("goal", "maximize"), "method": raw.get("method"),
+            "set": {k: str(v) for k, v in (definition.get("set") or {}).items()}}
+    return study, meta, opts
+
+
+def _trial_rows(sweep_dir: Path | str, storage_url: str | None = None) -> tuple[list[dict], dict]:
     """One dict per trial (number, state, run id, config, value, duration, error) and sweep.json."""
-    meta_path = Path(sweep_dir) / "sweep.json"
-    if not meta_path.exists():
-        raise SweepError(f"{sweep_dir} is not a sweep dir (no sweep.json): run `finetune_sweep.py local` first")
-    meta = read_json(meta_path)
-    opts = Options(sweep_dir=Path(sweep_dir), storage=storage_url or meta.get("storage"),
-                   heartbeat_s=meta.get("heartbeat_s", 30.0), grace_s=meta.get("grace_s"))
-    study = optuna.load_study(study_name=meta["name"], storage=storage(opts))
+    if "://" in str(sweep_dir):
+        study, meta, opts = _study_in_database(str(sweep_dir))
+    else:
+        meta_path = Path(sweep_dir) / "sweep.json"
+        if not meta_path.exists():
+            raise SweepError(f"{sweep_dir} is not a sweep dir (no sweep.json): run `finetune_sweep.py local` first")
+        meta = read_json(meta_path)
+        opts = Options(sweep_dir=Path(sweep_dir), storage=storage_url or meta.get("storage"),
+                       heartbeat_s=meta.get("heartbeat_s", 30.0), grace_s=meta.get("grace_s"))
+        study = optuna.load_study(study_name=meta["name"], storage=storage(opts))
     stale = set(study._storage._get_stale_trial_ids(study._study_id))
     rows = []
     for t in _counted(study):
@@ -900,6 +971,8 @@ def status_table(sweep_dir: Path, storage_url: str | None = None) -> str:
 
 def _local_command(sweep_dir: Path, meta: dict, storage_url: str | None, retry: bool) -> str:
     url = public_url(storage_url or meta.get("storage"), hide=True)
+    if "://" in str(sweep_dir):   # status URL: the sweep file and folder are the machine's own business
+        sweep_dir, meta = "DIR", {**meta, "sweep_file": "SWEEP.yaml"}
     parts = ["python", "finetune_sweep.py", "local", meta.get("sweep_file") or str(Path(sweep_dir) / "sweep.yaml"),
              "--sweep_dir", str(sweep_dir), *(x for k, v in (meta.get("set") or {}).items() for x in ("--set", f"{k}={v}")),
              *(["--storage", url] if url else []), *(["--retry_failed"] if retry else [])]
