@@ -120,6 +120,10 @@ def cmd_soup(a):
     from lib import soup
 
     record = soup.greedy_soup(a.source, Path(a.out), data_dir=a.data_dir)
+    if record["id"] is None:
+        print(f"no soup: adding any other run to {record['soup']['best_single']} lowered validation accuracy "
+              f"({len(record['soup']['steps']) - 1} tried); nothing written")
+        return 0
     s = record["summary"]
     print(f"soup of {len(record['soup']['ingredients'])} run(s) ({', '.join(record['soup']['ingredients'])}): "
           f"val acc {s['best_val_acc']:.4f}, test acc {s['test_acc']:.4f} -> {a.out}")

@@ -53,7 +53,8 @@ def _evaluate(model: torch.nn.Module, batches) -> dict:
 
 
 def greedy_soup(source: str | Path, out_dir: str | Path, data_dir: str | None = None) -> dict:
-    """Make the soup, score it on validation and test, and write it as a run record in ``out_dir``."""
+    """Make the soup, score it on validation and test, and write it as a run record in ``out_dir``;
+    when no other run improves on the best one's validation accuracy, write nothing (``id`` None)."""
     started = time.time()
     runs = ingredients(source)
     model, best = load_run_model(runs[0]["dir"])
@@ -69,6 +70,8 @@ def greedy_soup(source: str | Path, out_dir: str | Path, data_dir: str | None = 
         steps.append({"run_id": runs[i]["id"], "val_acc": acc, "added": added})
         if added:
             kept, score = kept + [i], acc
+    if len(kept) == 1:   # the best run alone: a copy of it would only tie with it in every report
+        return {"id": None, "soup": {"ingredients": [runs[0]["id"]], "steps": steps, "best_single": runs[0]["id"]}}
     soup = average([states[j] for j in kept])
     model.load_state_dict(soup)
     return _write(model, soup, best, runs, kept, steps, score, root, Path(out_dir), time.time() - started)

@@ -1,11 +1,12 @@
 """Greedy model soups: fine-tunes of one pretrained start averaged, best first, each kept only if
 validation accuracy does not drop; the soup is a normal run record that report and export take."""
+import shutil
 from pathlib import Path
 
 import pytest
 
 from lib import soup
-from lib.records import read_json
+from lib.records import read_json, write_json
 from lib.run import main
 
 
@@ -21,6 +22,12 @@ def study(animals, tmp_path_factory):
                           "cnn": ["--model=small_cnn", "--strategy=full"]}.items():
         model = [] if run_id == "cnn" else ["--model=mobilenetv2_100"]
         assert main(base + model + extra + [f"--run_id={run_id}"]) == 0
+    # A twin of the best MobileNetV2 run (the same weights): averaging it never lowers validation
+    # accuracy, so the soup always has at least two ingredients, whichever run is best.
+    best = max(("frz", "par", "bad"), key=lambda r: read_json(runs / r / "run.json")["summary"]["best_val_acc"])
+    shutil.copytree(runs / best, runs / "twin")
+    record = read_json(runs / "twin" / "run.json")
+    write_json(runs / "twin" / "run.json", {**record, "id": "twin", "config": {**record["config"], "run_id": "twin"}})
     return runs
 
 
@@ -30,8 +37,10 @@ def test_greedy_soup_of_one_family(study, tmp_path):
     steps = record["soup"]["steps"]
     best = max((read_json(study / r / "run.json") for r in ("frz", "par", "bad")),
                key=lambda r: r["summary"]["best_val_acc"])
-    assert steps[0]["run_id"] == best["id"] and steps[0]["val_acc"] == pytest.approx(best["summary"]["best_val_acc"], abs=1e-6)
-    assert {s["run_id"] for s in steps} == {"frz", "par", "bad"}          # small_cnn is another family
+    assert steps[0]["run_id"] in (best["id"], "twin")
+    assert steps[0]["val_acc"] == pytest.approx(best["summary"]["best_val_acc"], abs=1e-6)
+    assert {s["run_id"] for s in steps} == {"frz", "par", "bad", "twin"}   # small_cnn is another family
+    assert len(record["soup"]["ingredients"]) >= 2
     assert record["soup"]["ingredients"] == [s["run_id"] for s in steps if s["added"]]
     assert record["summary"]["best_val_acc"] >= best["summary"]["best_val_acc"] - 1e-6   # greedy: never worse
     on_disk = read_json(out / "run.json")
@@ -45,7 +54,7 @@ def test_the_soup_is_a_candidate_for_report_and_export(study):
     soup.greedy_soup(study, study / "soup")
     assert "soup" in {c["id"] for c in candidates(study)}
     model, record = load_run_model(study / "soup")
-    assert record["soup"]["best_single"] in ("frz", "par", "bad")
+    assert record["soup"]["best_single"] in ("frz", "par", "bad", "twin")
 
 
 def test_the_report_sets_the_soup_against_its_best_single_run(study, tmp_path):
@@ -54,5 +63,16 @@ def test_the_report_sets_the_soup_against_its_best_single_run(study, tmp_path):
     soup.greedy_soup(study, study / "soup-r")
     res = build_report(study, tmp_path / "report")
     (row,) = [x for x in res["soups"] if x["run_id"] == "soup-r"]
-    assert row["best_single"] in ("frz", "par", "bad") and 0 <= row["p_value"] <= 1
+    assert row["best_single"] in ("frz", "par", "bad", "twin") and 0 <= row["p_value"] <= 1
     assert any("soup `soup-r`" in w and "McNemar exact p" in w for w in res["warnings"])
+
+
+def test_a_soup_of_the_best_run_alone_is_not_written(study, tmp_path):
+    """A family of one (small_cnn here): a soup would be a copy of the run, tying with it in reports."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(study / "cnn", runs / "cnn")
+    record = soup.greedy_soup(runs, runs / "soup")
+    assert record["id"] is None and record["soup"]["ingredients"] == ["cnn"]
+    assert not (runs / "soup").exists()
