@@ -17,7 +17,7 @@ $(STAMP): requirements.txt requirements-assets.txt
 	touch $(STAMP)
 
 data/.animal_mnist.complete: $(STAMP)
-	$(PY) -m lib.demo_data --out data/animal_mnist --per_class 500
+	$(PY) -m lib.train.demo_data --out data/animal_mnist --per_class 500
 
 demo: $(STAMP) data/.animal_mnist.complete
 	# The offline study of sweeps/demo.yaml: 6 recipes (MobileNetV2 under 5 strategies, small_cnn from scratch).

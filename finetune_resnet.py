@@ -24,7 +24,7 @@ def main(argv: list[str], env=os.environ) -> int:
     except config.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from lib.run import main as run   # the heavy part: torch, timm, W&B
+    from lib.train.run import main as run   # the heavy part: torch, timm, W&B
 
     return run(argv, env)
 

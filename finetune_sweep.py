@@ -17,8 +17,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from lib import cloud, sweep_local
-from lib.sweep_spec import SweepError
+from lib.sweep import cloud
+from lib.sweep import local as sweep_local
+from lib.sweep.spec import SweepError
 
 # The kit's one-line errors, by name: their modules are imported lazily (export needs torch, predict must not).
 ONE_LINE_ERRORS = {"SweepError", "ExportError", "ConfigError", "DataError", "WeightsError", "ReportError",
@@ -89,7 +90,7 @@ def cmd_report(a):
 
 def cmd_export(a):
     api = cloud.public_api() if cloud.is_sweep_path(a.source) else None   # no key: one line before torch loads
-    from lib import export
+    from lib.ship import export
 
     result = export.export_best(a.source, Path(a.out), metric=a.metric, max_size_mb=a.max_size_mb,
                                 max_latency_ms=a.max_latency_ms, quantize=a.quantize, attributions=a.attributions,
@@ -106,7 +107,7 @@ def cmd_export(a):
 
 
 def cmd_predict(a):
-    from lib import predict  # ONNX Runtime only: torch is never imported on this path
+    from lib.ship import predict  # ONNX Runtime only: torch is never imported on this path
 
     predict.check_request(a.paths, a.top, a.csv)   # typos fail here, before the model is loaded
     results = predict.predict(a.model, a.paths, top_k=a.top)
@@ -117,7 +118,7 @@ def cmd_predict(a):
 
 
 def cmd_soup(a):
-    from lib import soup
+    from lib.ship import soup
 
     record = soup.greedy_soup(a.source, Path(a.out), data_dir=a.data_dir)
     if record["id"] is None:

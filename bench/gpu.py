@@ -5,11 +5,11 @@
     python bench/gpu.py --cpu --out /tmp/gpu.json        # the same sections at toy sizes (< 2 min)
 
 1. throughput: training images/s of resnet50 at 224 px (``--cpu``: small_cnn at 32 px) with the
-   kit's AMP choice (lib.training.amp_dtype) and channels_last on synthetic batches already on the
+   kit's AMP choice (lib.train.training.amp_dtype) and channels_last on synthetic batches already on the
    device, against the kit's real data path (uint8 images from the decode cache, ``light``
-   augmentation on the device, lib.run.make_loaders) - goal: the data path keeps >= 90% - and
+   augmentation on the device, lib.train.run.make_loaders) - goal: the data path keeps >= 90% - and
    fp32, contiguous memory and torch.compile each against it.
-2. augment: lib.data.BatchAugment on the device against the CPU's per-image RandomResizedCrop + flip
+2. augment: lib.train.data.BatchAugment on the device against the CPU's per-image RandomResizedCrop + flip
    on the same images: the means and standard deviations of the crops must agree.
 3. study: bench/run.py's demo study (MobileNetV2 under the four strategies) on the device, the kit
    against the seed-style baseline side by side - goal: >= 5x, best val accuracy within a point.
@@ -37,12 +37,14 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import run as bench_run  # noqa: E402 - bench/run.py: the demo study and the seed-style baseline
-from lib import data, demo_data, models  # noqa: E402
-from lib.cache import SharedCache  # noqa: E402
+from lib.train import data  # noqa: E402
+from lib.train import demo_data
+from lib.train import models
+from lib.train.cache import SharedCache  # noqa: E402
 from lib.config import build  # noqa: E402
 from lib.records import read_json  # noqa: E402
-from lib.run import make_loaders  # noqa: E402
-from lib.training import Accel  # noqa: E402
+from lib.train.run import make_loaders  # noqa: E402
+from lib.train.training import Accel  # noqa: E402
 
 # Sizes: the GPU check, and --cpu's toy version of the same sections.
 SIZES = {
@@ -174,7 +176,7 @@ def study(device: torch.device, work: Path, quick: bool) -> dict:
 
 
 def load_images(device: torch.device, size: dict, work: Path):
-    """Demo images decoded through the study cache the way a run does (lib.data.decode_cached)."""
+    """Demo images decoded through the study cache the way a run does (lib.train.data.decode_cached)."""
     cfg = build({"model": size["model"], "image_size": size["image_size"], "batch_size": size["batch_size"],
                  "augment": "light", "device": device.type, "seed": 0})
     model = timm.create_model(size["model"], num_classes=10) if size["model"] != "small_cnn" else models.small_cnn()

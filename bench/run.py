@@ -35,10 +35,12 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 from torchvision import datasets, transforms  # noqa: E402
 
-from lib import demo_data, strategies, sweep_spec  # noqa: E402
+from lib.train import demo_data  # noqa: E402
+from lib.train import strategies
+from lib.sweep import spec as sweep_spec
 from lib.config import build  # noqa: E402
 from lib.records import read_json  # noqa: E402
-from lib.run import main as kit_main  # noqa: E402
+from lib.train.run import main as kit_main  # noqa: E402
 
 import sklearn.metrics  # noqa: E402,F401 - what a run imports is paid before timing, like torch: process start is not compared
 
@@ -111,7 +113,7 @@ def baseline_data(model, data_dir: Path, split: dict, size: int) -> list[Subset]
 
 
 def _kit_initial_weights() -> dict:
-    from lib.weights import pip_weights_file
+    from lib.train.weights import pip_weights_file
     from safetensors.torch import load_file
     state = load_file(pip_weights_file("mobilenetv2_100", Path.home() / ".cache" / "finetune-kit" / "weights"))
     return {k: v for k, v in state.items() if not k.startswith("classifier")}
@@ -140,9 +142,9 @@ def efficiency(data_dir: Path, runs_dir: Path, common: dict, freeze_s: float) ->
     / the kit's freeze run (which decodes, extracts, trains its epochs, tests and writes records).
     freeze_efficiency_vs_kit_forward: the same with the kit's own forward pass over decoded images
     (no decoding, channels_last) as the reference: what the run costs beyond its forward pass."""
-    from lib import data as data_lib
-    from lib.models import data_config
-    from lib.training import Accel
+    from lib.train import data as data_lib
+    from lib.train.models import data_config
+    from lib.train.training import Accel
 
     cfg = build({**common, "strategy": "full"})
     accel = Accel.for_config(cfg, torch.device("cpu"))

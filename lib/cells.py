@@ -2,7 +2,7 @@
 
 Run and class names come from run.json files and W&B, which anyone with write access can edit, so
 they are data, never markup: a CSV cell must not become a spreadsheet formula, a Markdown cell must
-not end its row or its table, and nothing may become HTML. Only the standard library: ``lib.predict``
+not end its row or its table, and nothing may become HTML. Only the standard library: ``lib.ship.predict``
 imports this without torch or pandas.
 """
 from __future__ import annotations

@@ -134,7 +134,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 TYPES = {name: {"str": str, "int": int, "float": float, "bool": bool, "dict": dict}[f.type]
          for name, f in FIELDS.items()}
 _TRUE, _FALSE = {"true", "1", "yes", "y", "on"}, {"false", "0", "no", "n", "off"}
-MIN_IMAGE_SIZE = 16        # small_cnn's total stride; lib.run.checked asks more of deeper models
+MIN_IMAGE_SIZE = 16        # small_cnn's total stride; lib.train.run.checked asks more of deeper models
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 # W&B's own bookkeeping in wandb.config, its config.yaml and the agent's params file (besides `_*`).
 _WANDB_KEYS = {"wandb_version"}

@@ -1,5 +1,5 @@
-"""One image file to an RGB picture, the same way for training (lib.data) and prediction
-(lib.predict): Pillow and numpy only, so prediction never needs torch.
+"""One image file to an RGB picture, the same way for training (lib.train.data) and prediction
+(lib.ship.predict): Pillow and numpy only, so prediction never needs torch.
 
 First frame of an animation, EXIF rotation applied, any mode to RGB (transparency onto white,
 16-bit scaled to 8 bits, not clipped), and a one-line reason when the file cannot be used.

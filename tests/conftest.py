@@ -15,7 +15,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # no hub here: fail in 0.1 s, not after retr
 @pytest.fixture(scope="session")
 def animals(tmp_path_factory):
     """4 classes x 40 real images, class folders only (the run carves val and test)."""
-    from lib.demo_data import prepare
+    from lib.train.demo_data import prepare
 
     return prepare(tmp_path_factory.mktemp("animals"), per_class=40, classes=4, seed=1)
 

@@ -10,7 +10,7 @@ import pytest
 
 from lib import config
 from lib.config import Config, ConfigError
-from lib.run import resolve_config
+from lib.train.run import resolve_config
 
 
 def test_defaults_are_valid():
@@ -38,7 +38,7 @@ def test_precedence_file_then_command_line(tmp_path):
 
 
 def test_sweep_config_wins_over_command_line():
-    from lib.run import apply_sweep
+    from lib.train.run import apply_sweep
 
     class FakeTracker:  # what wandb.config holds after init under a sweep
         def sweep_overrides(self):
@@ -151,7 +151,7 @@ def test_nested_groups_in_yaml_and_a_key_given_twice(tmp_path):
 
 def test_a_group_from_wandb_config_overrides_our_own_value():
     """wandb.config holds our config (given to wandb.init) and the sweep's group: the group's leaf wins."""
-    from lib.run import apply_sweep
+    from lib.train.run import apply_sweep
 
     class FakeTracker:
         def sweep_overrides(self):
@@ -233,7 +233,7 @@ def test_aliases_and_close_spellings(key, meant):
 
 
 def test_a_misspelled_key_from_wandb_config_names_the_closest_one():
-    from lib.run import apply_sweep
+    from lib.train.run import apply_sweep
 
     class FakeTracker:
         def sweep_overrides(self):
@@ -252,7 +252,7 @@ def test_help_and_config_errors_answer_without_torch(argv, rc):
     took = time.perf_counter() - started
     assert proc.returncode == rc
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    assert not imported & {"torch", "timm", "wandb", "lib.run"}
+    assert not imported & {"torch", "timm", "wandb", "lib.train.run"}
     if rc == 0:
         assert all(f"--{k}" in proc.stdout for k in config.FIELDS)
     else:
@@ -294,7 +294,7 @@ def test_a_run_that_cannot_start_writes_no_run_folder(case, needle, tmp_path, an
 
 
 def test_a_single_class_writes_no_run_folder(tmp_path, animals, capsys):
-    from lib.run import main
+    from lib.train.run import main
 
     folder = tmp_path / "one" / "only_class"
     folder.mkdir(parents=True)

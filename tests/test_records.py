@@ -13,10 +13,11 @@ import timm
 import torch
 import yaml
 
-from lib import data, training
+from lib.train import data
+from lib.train import training
 from lib.config import Config
 from lib.records import RunRecord, read_json
-from lib.run import main
+from lib.train.run import main
 from tests.fakes.wandb_api import logged_artifacts, offline_records
 
 SUMMARY_KEYS = {"best_val_acc", "best_epoch", "test_acc", "test_loss", "test_precision_macro",
@@ -117,7 +118,7 @@ def test_wandb_run_logs_test_predictions_and_the_finished_record(base_args, tmp_
 @pytest.mark.parametrize("every,expected", [(1, [1, 2, 3]), (2, [2, 3]), (0, [3])])
 def test_checkpoint_interval(base_args, monkeypatch, every, expected):
     """The resumable checkpoint: every N epochs and at the end of each phase."""
-    from lib import run as run_module
+    from lib.train import run as run_module
 
     written = []
     monkeypatch.setattr(run_module.Hooks, "checkpoint", lambda self, state: written.append(state["progress"]["epoch"]))

@@ -15,7 +15,7 @@ The statistics are the ones a careful reviewer asks for on small data:
   metric's variance between the key's levels) for categorical keys.
 """
 from lib.report.build import build_report
-from lib.report.sources import STATE_MAP, ReportError, load_local, load_wandb, read_wandb, runs_frame
+from lib.runs import STATE_MAP, ReportError, load_local, load_wandb, read_wandb, runs_frame
 from lib.report.stats import eta_squared, importance, mcnemar, pareto_front, wilson_interval
 
 __all__ = ["build_report", "STATE_MAP", "ReportError", "load_local", "load_wandb", "read_wandb", "runs_frame",

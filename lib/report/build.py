@@ -17,7 +17,7 @@ from lib.report.page import CSS, Doc, ci, count, hp, isnan, met, num, pct
 from lib.report.plots import (MAX_CURVE_RUNS, _confusion_plot, _curves_plot, _overlay_plot, _params_plot,
                               _tradeoff_plot)
 from lib.report.review import GAP_OVERFIT, LEVELS, Review, _state_text, predictions, review
-from lib.report.sources import ReportError, _read_json, load_local, read_wandb
+from lib.runs import ReportError, _read_json, load_local, read_wandb
 from lib.report.study import NOISE_KEYS, Study, make_study
 
 MAX_TABLE_ROWS = 100
@@ -88,7 +88,7 @@ def _load_source(source_runs) -> tuple[list[dict], str, dict]:
                 with contextlib.suppress(Exception):
                     meta = _read_json(path / "sweep.json")
             return load_local(path), str(path), meta
-        from lib.cloud import is_sweep_path
+        from lib.sweep.cloud import is_sweep_path
 
         if is_sweep_path(source_runs):
             runs, meta = read_wandb(source_runs)
@@ -110,7 +110,7 @@ def _recorded_metrics(runs: list[dict]) -> set[str]:
 def _selection(runs: list[dict], metric: str | None, goal: str | None, meta: dict) -> tuple[str, str]:
     """The metric and goal to rank by: as asked, else the sweep's own (sweep.json or the W&B sweep
     config), else best_val_acc. A metric no run records and no run of the kit can record is a typo."""
-    from lib.sweep_spec import EPOCH_KEYS, RUN_KEYS
+    from lib.sweep.spec import EPOCH_KEYS, RUN_KEYS
 
     sweep_metric = meta.get("metric") if isinstance(meta.get("metric"), str) else None
     metric = metric or sweep_metric or "best_val_acc"

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from lib.report.page import hp, isnan
-from lib.report.sources import _scalar, runs_frame
+from lib.runs import _scalar, runs_frame
 from lib.report.stats import pareto_front, wilson_interval
 
 # Config keys that are bookkeeping, not part of the recipe: they never define a "configuration".

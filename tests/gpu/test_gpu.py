@@ -10,10 +10,11 @@ import torch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
-from lib import data, training  # noqa: E402
+from lib.train import data  # noqa: E402
+from lib.train import training
 from lib.config import build  # noqa: E402
-from tests.test_speed import _ramps  # noqa: E402
-from tests.test_training import run  # noqa: E402
+from tests.train.test_speed import _ramps  # noqa: E402
+from tests.train.test_training import run  # noqa: E402
 
 CUDA_ARGS = ["--device=cuda", "--model=mobilenetv2_100", "--image_size=64", "--strategy=full", "--epochs=4",
              "--lr=1e-2", "--backbone_lr_mult=0.01", "--optimizer=adam", "--scheduler=constant"]
@@ -31,7 +32,7 @@ def test_amp_run_learns_and_scores_like_fp32(base_args):
 
 
 def test_batches_arrive_channels_last_on_the_gpu():
-    from lib.run import make_loaders
+    from lib.train.run import make_loaders
 
     cfg = build({"device": "cuda", "augment": "light", "batch_size": 4})
     accel = training.Accel.for_config(cfg, torch.device("cuda"))
@@ -46,7 +47,7 @@ def test_batches_arrive_channels_last_on_the_gpu():
 
 
 def test_gpu_augmentation_shapes_ranges_and_distribution():
-    from tests.test_amp import load_bench_gpu
+    from tests.train.test_amp import load_bench_gpu
 
     bench_gpu = load_bench_gpu()
 

@@ -9,9 +9,9 @@ import torch
 import pytest
 from PIL import Image
 
-from lib import data
+from lib.train import data
 from lib.records import read_json
-from lib.run import main
+from lib.train.run import main
 
 
 def rgb(size=(48, 40), seed=0):
@@ -197,7 +197,7 @@ def test_unwritable_shared_cache_dir_is_a_clear_error(base_args, tmp_path, capsy
 
 def test_out_of_memory_retries_with_half_the_batch(base_args, tmp_path, monkeypatch):
     """CUDA cannot run here: the one thing mocked is the allocator failing above batch 8."""
-    from lib import training
+    from lib.train import training
 
     real = training.train_epoch
 
@@ -264,7 +264,7 @@ def test_a_weights_file_that_would_run_code_is_refused(base_args, tmp_path, caps
         return real(path, use_ema, device, weights_only)
     for module in (timm.models, timm.models._builder, timm.models._helpers):
         monkeypatch.setattr(module, "load_state_dict", timm_1_0_25)
-    monkeypatch.setattr("lib.weights.load_state_dict", timm_1_0_25, raising=False)   # where the kit used it
+    monkeypatch.setattr("lib.train.weights.load_state_dict", timm_1_0_25, raising=False)   # where the kit used it
     marker = tmp_path / "code-ran"
     evil = tmp_path / "evil.pth"
     torch.save({"blocks.0.0.weight": torch.zeros(32, 3, 3, 3), "payload": RunsCode(str(marker))}, evil)

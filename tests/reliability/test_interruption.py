@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from lib.demo_data import prepare
+from lib.train.demo_data import prepare
 from lib.records import read_json
-from lib.run import main
+from lib.train.run import main
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -2,10 +2,10 @@
 not each array on its own."""
 from pathlib import Path
 
-from lib import data
-from lib.cache import SharedCache
+from lib.train import data
+from lib.train.cache import SharedCache
 from lib.records import read_json
-from lib.run import main
+from lib.train.run import main
 
 SIDE = 37                       # image_size 32 / crop_pct 0.875: how small_cnn's images are stored
 IMAGE_BYTES = 3 * SIDE * SIDE + 8   # uint8 pixels and an int64 label

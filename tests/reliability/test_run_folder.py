@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from lib.records import read_json, write_json
-from lib.run import main
+from lib.train.run import main
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,274 @@
+"""A sweep's runs, from a local sweep dir, a runs dir or a W&B sweep, as one list of run dicts
+(``id``, ``name``, ``state``, ``config``, ``summary``, ``history`` and, where recorded, ``classes``,
+``split``, ``test_predictions``, ``per_class``, ``confusion_matrix``, ``warnings``) and one table."""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+STATE_MAP = {"finished": "finished", "running": "running", "failed": "failed", "crashed": "failed",
+             "killed": "failed", "preempted": "preempted", "preempting": "preempted", "pruned": "pruned",
+             "pending": "running", "complete": "finished", "fail": "failed", "waiting": "running"}
+
+
+class ReportError(ValueError):
+    """The report cannot be made from what was given (no runs, unknown metric, ...): one line."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def _history_rows(rows: Iterable[dict]) -> list[dict]:
+    """Per-epoch rows, one per epoch (a resumed run may repeat one: the last wins), in epoch order."""
+    by_epoch: dict[Any, dict] = {}
+    for row in rows:
+        if not isinstance(row, dict) or row.get("epoch") is None:
+            continue
+        clean = {k: v for k, v in row.items()
+                 if not str(k).startswith("_") and (v is None or isinstance(v, (int, float, str, bool)))}
+        with contextlib.suppress(TypeError, ValueError):
+            by_epoch[int(clean["epoch"])] = clean
+    return [by_epoch[k] for k in sorted(by_epoch)]
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            rows.append(json.loads(line))
+    return _history_rows(rows)
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    if not path.exists():
+        return ""
+    text = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
+    return " | ".join(text[-lines:])
+
+
+def _trial_info(sweep_dir: Path) -> dict[str, dict]:
+    """run_id -> {state, error} from the local sweep's study, when it can be read (else nothing)."""
+    if not (sweep_dir / "sweep.json").exists():
+        return {}
+    with contextlib.suppress(Exception):
+        meta = _read_json(sweep_dir / "sweep.json")
+        if not meta.get("storage") and not (sweep_dir / "optuna.journal").exists():
+            return {}  # opening a missing journal would create one: reading must not write
+    try:
+        from lib.sweep.local import trials_frame
+
+        df, _ = trials_frame(sweep_dir)
+    except Exception:  # noqa: BLE001 - the study is a bonus: the run folders are the record
+        return {}
+    out = {}
+    for row in df.to_dict("records"):
+        if row.get("run_id"):
+            error = row.get("error")
+            out[row["run_id"]] = {"state": STATE_MAP.get(str(row.get("state")), str(row.get("state"))),
+                                  "error": error if isinstance(error, str) else None}
+    return out
+
+
+def _stub_from_folder(run_dir: Path, trial: dict | None) -> dict | None:
+    """A trial folder with no run.json (the run died before writing one): what we can still say."""
+    params_file, log = run_dir / "sweep-params.yaml", run_dir / "output.log"
+    if not (params_file.exists() or log.exists() or trial):
+        return None
+    config = {}
+    if params_file.exists():
+        with contextlib.suppress(Exception):
+            import yaml
+
+            raw = yaml.safe_load(params_file.read_text()) or {}
+            config = {k: v.get("value") if isinstance(v, dict) else v for k, v in raw.items()
+                      if k != "wandb_version"}
+    trial = trial or {}
+    error = trial.get("error") or _tail(log) or "no run.json was written"
+    return {"id": run_dir.name, "name": config.get("run_name") or run_dir.name,
+            "state": trial.get("state") or "failed", "config": config, "summary": {}, "error": error,
+            "history": [], "dir": str(run_dir), "source": "local"}
+
+
+def load_local(sweep_dir) -> list[dict]:
+    """Every run of a local sweep dir (``DIR/runs/<run_id>/run.json`` + ``metrics.jsonl`` as ``history``).
+    Also accepts a plain runs dir (``DIR/<run_id>/run.json``) or one run folder."""
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise ReportError(f"{root} is a file, not a folder: pass a sweep dir, a runs dir or one run folder"
+                          if root.exists() else f"no such folder: {root}")
+    if (root / "run.json").exists():
+        folders = [root]
+    else:
+        base = root / "runs" if ((root / "sweep.json").exists() or (root / "runs").is_dir()) else root
+        folders = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    trials: dict | None = None  # the study is read only when a folder needs it (it can be slow)
+
+    def trial(run_id: str) -> dict:
+        nonlocal trials
+        if trials is None:
+            trials = _trial_info(root)
+        return trials.get(run_id) or {}
+
+    runs = []
+    for folder in folders:
+        path = folder / "run.json"
+        if path.exists():
+            try:
+                rec = _read_json(path)
+            except (OSError, json.JSONDecodeError) as e:
+                rec = {"id": folder.name, "state": "failed", "error": f"unreadable run.json: {e}"}
+        else:
+            stub = _stub_from_folder(folder, trial(folder.name))
+            if stub:
+                runs.append(stub)
+            continue
+        rec = dict(rec)
+        rec.setdefault("id", folder.name)
+        rec["state"] = STATE_MAP.get(str(rec.get("state")), str(rec.get("state") or "unknown"))
+        if rec["state"] != "finished" and not rec.get("error"):
+            rec["error"] = trial(rec["id"]).get("error") or _tail(folder / "output.log") or None
+        rec["history"] = _read_metrics(folder / "metrics.jsonl")
+        rec["dir"] = str(folder)
+        rec["source"] = "local"
+        runs.append(rec)
+    return runs
+
+
+def _as_dict(obj) -> dict:
+    if obj is None:
+        return {}
+    if isinstance(obj, str):
+        with contextlib.suppress(json.JSONDecodeError):
+            return json.loads(obj)
+        return {}
+    if isinstance(obj, dict):
+        return dict(obj)
+    if isinstance(getattr(obj, "_json_dict", None), dict):
+        return dict(obj._json_dict)
+    if hasattr(obj, "items"):
+        return dict(obj.items())
+    if hasattr(obj, "keys"):
+        return {k: obj[k] for k in obj.keys()}
+    return dict(obj)
+
+
+def _unwrap(value):
+    """W&B's raw config form {"value": v, "desc": ...} -> v."""
+    if isinstance(value, dict) and "value" in value and set(value) <= {"value", "desc"}:
+        return value["value"]
+    return value
+
+
+def load_wandb(path: str, api=None, history: bool = True) -> list[dict]:
+    """Every run of the W&B sweep ``entity/project/sweep_id``, as the same dicts as ``load_local``.
+    ``classes``, ``test_predictions``, ``per_class``, ``confusion_matrix``, ``warnings`` come from
+    summary keys of those names when the runs logged them (ours do not: McNemar is then unavailable)."""
+    return read_wandb(path, api, history)[0]
+
+
+def _wandb_metric(sweep) -> dict:
+    """The sweep config's metric as sweep.json has it ({"metric", "goal"}), or {} when it names none."""
+    with contextlib.suppress(Exception):   # a sweep without a readable config still has runs
+        metric = _as_dict(getattr(sweep, "config", None)).get("metric") or {}
+        if isinstance(metric, dict) and isinstance(metric.get("name"), str):
+            goal = metric.get("goal")
+            return {"metric": metric["name"], **({"goal": goal} if goal in ("maximize", "minimize") else {})}
+    return {}
+
+
+def read_wandb(path: str, api=None, history: bool = True) -> tuple[list[dict], dict]:
+    """``load_wandb``'s runs, and the sweep's metric from its config ({"metric", "goal"}, or {})."""
+    if api is None:
+        from lib.sweep.cloud import public_api
+
+        api = public_api()
+    try:
+        sweep = api.sweep(path)
+    except Exception as e:  # noqa: BLE001 - no such sweep, no access, no network: one line
+        from lib.sweep.cloud import SweepError
+
+        raise SweepError(f"cannot read W&B sweep {path}: {' '.join(str(e).split())[:300]}") from None
+    runs = []
+    for r in sweep.runs:
+        config = {k: _unwrap(v) for k, v in _as_dict(getattr(r, "config", None)).items() if not str(k).startswith("_")}
+        raw = _as_dict(getattr(r, "summary", None))
+        extras = {}
+        for key in ("classes", "test_predictions", "per_class", "confusion_matrix", "warnings", "split", "counts"):
+            if key in raw:
+                extras[key] = raw.pop(key)
+        if "test_predictions" not in extras and "test_y_true" in raw and "test_y_pred" in raw:
+            extras["test_predictions"] = {"y_true": raw.pop("test_y_true"), "y_pred": raw.pop("test_y_pred")}
+        summary = {k: v for k, v in raw.items() if not str(k).startswith("_")
+                   and (v is None or isinstance(v, (int, float, str, bool)))}
+        rows = []
+        if history:   # one request per run: only the report draws curves
+            with contextlib.suppress(Exception):   # a run without history is still a run
+                rows = r.history(pandas=False) or []
+        wandb_state = str(getattr(r, "state", "unknown"))
+        rec = {"id": getattr(r, "id", None), "name": getattr(r, "name", None) or getattr(r, "id", None),
+               "state": STATE_MAP.get(wandb_state, wandb_state), "wandb_state": wandb_state,
+               "config": config, "summary": summary, "history": _history_rows(rows),
+               "source": f"wandb:{path}", **extras}
+        if rec["state"] != "finished":
+            rec["error"] = raw.get("error") or (f"W&B state {wandb_state}" if wandb_state != rec["state"] else None)
+        runs.append(rec)
+    return runs, _wandb_metric(sweep)
+
+
+# --------------------------------------------------------------------------- frames
+def _scalar(v):
+    if isinstance(v, (list, tuple, dict)):
+        return json.dumps(v)
+    return v
+
+
+def _n_split(run: dict, split: str) -> float:
+    if split == "test":
+        preds = run.get("test_predictions") or {}
+        if preds.get("y_true") is not None:
+            return len(preds["y_true"])
+    counts = run.get("counts") or {}
+    if isinstance(counts.get(split), (int, float)):
+        return int(counts[split])
+    paths = (run.get("split") or {}).get(split)
+    if isinstance(paths, list) and paths:
+        return len(paths)
+    if split == "test" and run.get("per_class"):
+        with contextlib.suppress(TypeError, KeyError):
+            return int(sum(r["support"] for r in run["per_class"]))
+    n = (run.get("summary") or {}).get(f"n_{split}")
+    return int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else math.nan
+
+
+def runs_frame(runs) -> pd.DataFrame:
+    """One row per run: run_id, name, state, the config keys, the summary keys (as they are), then
+    error, n_val, n_test. A summary key that is also a config key is named ``summary.<key>``."""
+    rows = []
+    for run in runs:
+        row: dict[str, Any] = {"run_id": run.get("id"), "name": run.get("name"), "state": run.get("state")}
+        for k, v in (run.get("config") or {}).items():
+            if k not in row:
+                row[k] = _scalar(v)
+        for k, v in (run.get("summary") or {}).items():
+            row[k if k not in row else f"summary.{k}"] = _scalar(v)
+        row["error"] = run.get("error")
+        row["n_val"] = _n_split(run, "val")
+        row["n_test"] = _n_split(run, "test")
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        df = pd.DataFrame(columns=["run_id", "name", "state", "error", "n_val", "n_test"])
+    return df
+
+

@@ -1,0 +1,291 @@
+"""The W&B-server side of sweeps: create a sweep there, then run one ``wandb agent`` per GPU.
+
+W&B sweeps need the server (the search runs there); ``finetune_sweep.py local`` is the offline path.
+Nothing here prints or logs an API key, and children are started from argv lists, never a shell.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lib.sweep import spec as sweep_spec
+from lib.sweep.spec import SweepError  # noqa: F401 - raised here too
+
+EXIT_BUDGET = 3   # the time budget ran out with work left: run the same command again to continue
+
+
+# --- shared by both engines: time budgets and GPUs ------------------------------------------------
+def parse_duration(text: str, option: str = "--time_budget") -> float:
+    """``11h30m``, ``45m``, ``90s``, ``1h`` (or plain seconds) -> seconds; a one-line error otherwise."""
+    s = str(text).strip().lower()
+    s = s + "s" if re.fullmatch(r"\d+(?:\.\d+)?", s) else s
+    m = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?", s)
+    if not s or not m or not any(m.groups()):
+        raise SweepError(f"{option} {text!r}: expected a duration such as 11h30m, 45m or 90s")
+    h, mi, sec = (float(g) if g else 0.0 for g in m.groups())
+    seconds = 3600 * h + 60 * mi + sec
+    if seconds <= 0:
+        raise SweepError(f"{option} {text!r}: expected a duration above zero, such as 45m")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (s, "s")) if v) or "0s"
+
+
+def gpu_devices() -> list[str]:
+    """The GPUs a child may be given, as CUDA_VISIBLE_DEVICES names them. Found without importing torch
+    (seconds, and memory in every worker): the parent's own CUDA_VISIBLE_DEVICES when set (the children
+    then get its entries, not physical indices), else ``nvidia-smi -L``, else the driver's /proc entries,
+    else torch. Tests patch this function."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+        found = re.findall(r"^GPU (\d+):", out.stdout, flags=re.M)
+        if out.returncode == 0 and found:
+            return found
+    proc = Path("/proc/driver/nvidia/gpus")
+    if proc.is_dir() and any(proc.iterdir()):
+        return [str(i) for i in range(len(list(proc.iterdir())))]
+    if importlib.util.find_spec("torch") is None:
+        return []
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def _gpu_list(spec: str) -> list[str]:
+    """The syntax of ``--gpus``, checked before anything slower (credentials, discovery)."""
+    wanted = [g.strip() for g in spec.split(",")]
+    if not spec.strip() or not all(wanted):
+        raise SweepError(f"--gpus {spec!r}: expected comma-separated GPU indices, e.g. 0,1 (or all)")
+    if len(set(wanted)) < len(wanted):
+        raise SweepError(f"--gpus {spec!r}: a GPU listed twice (one worker per GPU)")
+    return wanted
+
+
+def resolve_gpus(spec: str | None) -> list[str] | None:
+    """``--gpus all|0,1,...`` -> the devices, checked against this machine's; None: devices untouched."""
+    if spec is None:
+        return None
+    wanted = _gpu_list(spec)
+    here = gpu_devices()
+    if not here:
+        raise SweepError(f"--gpus {spec}: no GPU on this machine (nvidia-smi, the NVIDIA driver and torch find "
+                         f"none, or CUDA_VISIBLE_DEVICES hides them); leave --gpus out to run on the CPU")
+    if wanted == ["all"]:
+        return here
+    missing = [g for g in wanted if g not in here]
+    if missing:
+        raise SweepError(f"--gpus {spec}: no GPU {', '.join(missing)} here; this machine has "
+                         f"{len(here)}: {','.join(here)} (or pass --gpus all)")
+    return wanted
+
+
+def _has_credentials() -> bool:
+    """Whether wandb would find credentials without prompting (env, settings file, netrc, identity token).
+
+    Asked before wandb.sweep because, without credentials, wandb.sweep prompts for a key on a terminal
+    (and waits) instead of failing. update_session=False: only look, change nothing, print nothing.
+    """
+    from wandb.errors import AuthenticationError
+    from wandb.sdk import wandb_setup
+    from wandb.sdk.lib import wbauth
+
+    settings = wandb_setup.singleton().settings
+    host = wbauth.HostUrl(settings.base_url, app_url=settings.app_url)  # a self-hosted server has its own netrc entry
+    try:
+        return wbauth.authenticate_session(host=host, source="finetune_sweep.py", prompt=False,
+                                           update_session=False) is not None
+    except AuthenticationError:  # a malformed key: let wandb.sweep report it in its own words
+        return True
+
+
+def is_sweep_path(source) -> bool:
+    """``entity/project/sweep_id`` that is not a local path (report and export take either)."""
+    return isinstance(source, str) and not Path(source).exists() and \
+        re.fullmatch(r"[^/\s]+/[^/\s]+/[^/\s]+", source) is not None
+
+
+def public_api():
+    """``wandb.Api()`` for reading sweeps, runs and artifacts, or a one-line SweepError without a key
+    (where wandb.Api would raise deep in its auth code)."""
+    import wandb
+
+    if not _has_credentials():
+        raise SweepError("reading a W&B sweep needs an API key: run `wandb login` (or set WANDB_API_KEY); "
+                         "offline, pass the local sweep dir instead")
+    try:
+        return wandb.Api()
+    except wandb.errors.Error as e:
+        raise SweepError(f"W&B: {' '.join(str(e).split())}") from None
+
+
+def create(sweep_file: str, project: str | None, entity: str | None, *, sweep_fn=None) -> str:
+    """Create the sweep on W&B, print its id and the agent commands; return ENTITY/PROJECT/ID."""
+    import wandb  # imported here: `finetune_sweep.py local` never needs it
+
+    config = sweep_spec.load(sweep_file).raw  # W&B's schema and our config keys, checked offline
+    project, entity = project or config.get("project"), entity or config.get("entity")
+    if sweep_fn is None:
+        if not _has_credentials():
+            raise SweepError("no W&B API key: run `wandb login` (or set WANDB_API_KEY), "
+                             f"or run the sweep offline with `python finetune_sweep.py local {sweep_file}`")
+        sweep_fn = wandb.sweep
+    try:
+        sweep_id = sweep_fn(sweep=config, project=project, entity=entity)
+    except wandb.errors.Error as e:  # no server, rejected key, unknown entity: one line, no traceback
+        raise SweepError(f"W&B could not create the sweep: {' '.join(str(e).split())}") from None
+    # wandb.sweep leaves the entity and project the server chose in these variables.
+    entity, project = entity or os.environ.get("WANDB_ENTITY"), project or os.environ.get("WANDB_PROJECT")
+    path = "/".join(p for p in ((entity if project else None), project, sweep_id) if p)
+    q = shlex.quote(path)
+    print(f"Created sweep {sweep_id}: {path}\n"
+          f"On each GPU machine, one agent per GPU (or list them: --gpus 0,1):\n"
+          f"  python finetune_sweep.py agent {q} --gpus all\n"
+          f"or with W&B's own CLI, one agent per GPU:\n"
+          f"  CUDA_VISIBLE_DEVICES=0 wandb agent {q}", flush=True)
+    return path
+
+
+def _wandb_cli() -> list[str]:
+    # `python -m wandb` runs the same click CLI as the `wandb` script, and is tied to this interpreter.
+    if importlib.util.find_spec("wandb.__main__"):
+        return [sys.executable, "-m", "wandb"]
+    return [str(Path(sys.executable).with_name("wandb"))]
+
+
+def agent_commands(sweep_id: str, gpus: list[str] | None, count: int | None) -> list[tuple[list[str], dict]]:
+    """(argv, env overrides) of one `wandb agent` per GPU; gpus None: one agent, devices untouched.
+
+    --forward-signals: without it the agent answers a first SIGINT/SIGTERM by waiting for the current run
+    to finish (which never hears of it); with it the run gets the signal and can checkpoint and exit.
+    """
+    argv = [*_wandb_cli(), "agent", "--forward-signals", *(["--count", str(count)] if count else []), sweep_id]
+    if not gpus:
+        return [(argv, {})]
+    return [(list(argv), {"CUDA_VISIBLE_DEVICES": g.strip()}) for g in gpus if g.strip()]
+
+
+# Agents in their own process group (process_group=0 needs Python 3.11; setpgrp is the older spelling).
+_OWN_GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+
+
+def _exit_code(code: int) -> int:
+    return 128 - code if code < 0 else code  # killed by signal N: 128+N, as a shell reports it
+
+
+def _check_agent_request(sweep_id: str, count: int | None, gpus: str | list[str] | None) -> None:
+    if count is not None and count < 1:
+        raise SweepError(f"--count {count}: expected an integer >= 1 (leave it out to run until the sweep ends)")
+    if gpus is not None:
+        _gpu_list(gpus if isinstance(gpus, str) else ",".join(gpus))
+    if not sweep_id.strip() or len(sweep_id.split("/")) > 3:
+        raise SweepError(f"{sweep_id!r} is not a sweep id: expected ENTITY/PROJECT/SWEEP_ID (as `create` prints)")
+
+
+def agent(sweep_id: str, count: int | None, gpus: str | list[str] | None, *, stagger_s: float = 20.0,
+          popen=None, time_budget_s: float | None = None, trial_estimate_s: float | None = None) -> int:
+    """Run one `wandb agent` per GPU until all end; return the worst exit code.
+
+    ``gpus``: ``--gpus`` as typed (``all`` or ``0,1``: checked against this machine's GPUs), or a list
+    taken as given. Starts are stagger_s apart: agents that asked the controller at the same moment got
+    the same first parameters (wandb#597). SIGINT/SIGTERM are forwarded to every agent, each time they
+    arrive, so a second Ctrl-C escalates as it does for a single `wandb agent` (terminate the runs, then
+    kill). With ``time_budget_s`` no agent starts with less than ``trial_estimate_s`` left, and at the
+    deadline every agent gets SIGTERM (its run checkpoints, is marked preempted and W&B hands its config
+    to another agent); the return code is then EXIT_BUDGET.
+    ``popen`` stands in for subprocess.Popen (tests); with the real one, credentials are checked first.
+    """
+    t0 = time.monotonic()
+    _check_agent_request(sweep_id, count, gpus)
+    if popen is None:
+        # `wandb agent` needs the server in every WANDB_MODE: without a key each agent fails after its
+        # stagger (minutes with several GPUs), or waits at a login prompt on a terminal.
+        if not _has_credentials():
+            raise SweepError("no W&B API key: `wandb agent` needs the W&B server; run `wandb login` (or set "
+                             "WANDB_API_KEY), or run the sweep offline with `python finetune_sweep.py local SWEEP.yaml`")
+        popen = subprocess.Popen
+    if isinstance(gpus, str):
+        gpus = resolve_gpus(gpus)
+    deadline = t0 + time_budget_s if time_budget_s else None
+    if deadline is not None:
+        print(budget_line(time_budget_s, trial_estimate_s, "--trial_estimate" if trial_estimate_s else None,
+                          "the agents get SIGTERM"), flush=True)
+    procs: list[tuple[str, subprocess.Popen]] = []
+    signals: list[tuple[int, int]] = []  # (signal, how many agents it was forwarded to)
+    expired = []
+
+    def forward(signum, _frame):
+        signals.append((signum, len(procs)))
+        for _, p in procs:
+            p.send_signal(signum)  # a no-op for an agent that has already exited
+
+    def check_deadline():
+        if deadline is not None and not expired and time.monotonic() >= deadline:
+            expired.append(True)
+            print("time budget spent: SIGTERM to the agents (their runs checkpoint and are marked preempted)",
+                  flush=True)
+            forward(signal.SIGTERM, None)
+
+    def too_late(i: int) -> bool:
+        """Less time left than one trial takes: starting an agent would only waste the GPU."""
+        if deadline is None or deadline - time.monotonic() >= (trial_estimate_s or 0):
+            return False
+        print(f"time budget: {format_duration(deadline - time.monotonic())} left, below one trial "
+              f"(--trial_estimate {format_duration(trial_estimate_s)}): "
+              f"{'no agent started' if not i else 'no more agents started'}", file=sys.stderr, flush=True)
+        return True
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for i, (argv, env) in enumerate(agent_commands(sweep_id, gpus, count)):
+            start_at = time.monotonic() + (stagger_s if i else 0)
+            while not signals and time.monotonic() < start_at:  # polled: stop staggering once signalled
+                time.sleep(min(0.1, max(0.0, start_at - time.monotonic())))
+                check_deadline()
+            if signals or too_late(i):
+                break
+            # Own process group: a terminal's Ctrl-C reaches the agents only through forward(), once,
+            # not twice (directly and forwarded), which the agent would take as "terminate now".
+            p = popen(argv, env={**os.environ, **env}, **_OWN_GROUP)
+            gpu = env.get("CUDA_VISIBLE_DEVICES", "all")
+            procs.append((gpu, p))
+            for signum, heard_by in signals:  # arrived while this agent was starting, so it missed it
+                if heard_by < len(procs):
+                    p.send_signal(signum)
+            print(f"agent {i + 1}: gpu {gpu}, pid {p.pid}", flush=True)
+        while any(p.poll() is None for _, p in procs):
+            check_deadline()
+            time.sleep(0.1)
+        codes = [_exit_code(p.wait()) for _, p in procs]
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    for (gpu, p), code in zip(procs, codes):
+        if code:
+            print(f"agent on gpu {gpu} (pid {p.pid}) exited with code {code}", file=sys.stderr, flush=True)
+    if expired or (not procs and not signals):
+        return EXIT_BUDGET
+    return max(codes, default=128 + signals[0][0] if signals else 0)
+
+
+def budget_line(budget_s: float, estimate_s: float | None, source: str | None, at_deadline: str) -> str:
+    """The log line that says what the time budget will do, and what one trial is taken to last."""
+    ends = time.strftime("%H:%M:%S", time.localtime(time.time() + budget_s))
+    how = (f"a trial is taken to last {format_duration(estimate_s)} ({source}): none starts with less left"
+           if estimate_s else "no trial length known yet (pass --trial_estimate): trials start until the deadline")
+    return f"time budget {format_duration(budget_s)}, until {ends}: {how}; at the deadline {at_deadline}"

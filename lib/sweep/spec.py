@@ -1,0 +1,462 @@
+"""A W&B sweep YAML, read with W&B's own semantics so the same file runs on W&B or offline.
+
+Validation is W&B's (the open-source ``sweeps`` package: the schema the W&B server applies), plus
+ours: every parameter must be a config key of ``finetune_resnet.py`` and every value valid for it,
+every grid point (and at least some draws of a random/bayes search) a valid run, the metric one a run
+records, and anything the offline engine cannot honour is rejected before a trial starts. Sampling
+uses W&B's own distributions (``HyperParameter.ppf``): the search engine proposes a point in [0, 1]
+per parameter and W&B's inverse CDF turns it into the value, so ``log_uniform`` takes exponents,
+``log_uniform_values`` takes values, q-variants round, etc. A grid is W&B's grid (``int_uniform`` and
+``q_uniform`` ranges enumerated as ``sweeps.grid_search`` does, repeated values run once).
+
+A trial's command line and parameters file are made by ``wandb agent``'s own functions
+(``create_sweep_command``, ``create_sweep_command_args``, ``save_config_file_from_dict``) from the
+trial's parameters in W&B's nested form (``HyperParameterSet.to_config``): a nested ``parameters:``
+group reaches the program as W&B hands it over (``--optim={'lr': 0.01}``, ``optim: {value: {lr: 0.01}}``).
+The engine and ``status`` work on the flat form (leaf config keys), :meth:`Sweep.run_args` nests it.
+"""
+from __future__ import annotations
+
+import itertools
+import platform
+import re
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+with warnings.catch_warnings():  # sweeps warns about its pydantic-1 config keys on import: noise
+    warnings.simplefilter("ignore")
+    from sweeps import schema_violations_from_proposed_config
+    from sweeps.grid_search import yaml_hash
+    from sweeps.params import PARAM_DEPRECATION_MAP, HyperParameter, HyperParameterSet
+
+from lib import config as config_lib
+
+RUN_KEYS = {"best_val_acc", "best_epoch", "test_acc", "test_loss", "test_precision_macro", "test_recall_macro",
+            "test_f1_macro", "train_val_gap", "trainable_params", "total_params", "model_size_mb", "epochs_run",
+            "train_time_s", "train_images_per_s"}
+EPOCH_KEYS = {"val_acc", "val_loss", "train_acc", "train_loss", "best_val_acc"}
+METHODS = ("grid", "random", "bayes")
+DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
+DISCRETE = (HyperParameter.CONSTANT, HyperParameter.CATEGORICAL)
+# The macros wandb_agent.Agent._command_run adds to create_sweep_command_args' formats.
+AGENT_MACROS = ("env", "interpreter", "program", "args_json_file")
+HYDRA_MACROS = ("args_append_hydra", "args_override_hydra")   # +key=value: for Hydra programs
+ENVVAR = re.compile(r"\$\{envvar:([A-Z0-9_]*)\}")               # wandb's SWEEP_COMMAND_ENV_VAR_REGEX
+DRAWS_CHECKED = 256            # random/bayes: draws tried before the first trial (seeded: same every time)
+
+
+class SweepError(ValueError):
+    """A sweep file that cannot run; one line, exit code 2, before any trial starts."""
+
+
+@dataclass
+class Sweep:
+    path: Path
+    raw: dict
+    method: str
+    metric: str
+    goal: str                                   # maximize | minimize
+    params: list[HyperParameter]                # W&B's order; --set keys are constants here
+    program: str
+    command: list[str]
+    run_cap: int | None
+    hyperband: dict | None                      # {min_iter, max_iter, eta} when early_terminate is set
+    fixed: dict[str, Any] = field(default_factory=dict)   # --set overrides from the command line
+    ours: bool = True                           # the program is finetune_resnet.py (its config keys apply)
+
+    @property
+    def name(self) -> str:
+        return self.raw.get("name") or self.path.stem
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every grid point once, in W&B's order (parameters sorted by name, values as listed; a value
+        listed twice runs once, as ``sweeps.grid_search`` dedupes by its yaml hash)."""
+        names = [p.name for p in self.params]
+        choices = [p.config["values"] if "values" in p.config else [p.config["value"]] for p in self.params]
+        seen, points = set(), []
+        for combo in itertools.product(*choices):
+            key = tuple(yaml_hash(v) for v in combo)
+            if key not in seen:
+                seen.add(key)
+                points.append(dict(zip(names, combo)))
+        return points
+
+    def flat(self, point: dict[str, Any]) -> dict[str, Any]:
+        """A point keyed by W&B parameter names -> leaf config keys (what our checks and status use)."""
+        return {leaf_name(k): v for k, v in point.items()}
+
+    def run_args(self, params: dict[str, Any]) -> dict[str, dict]:
+        """One trial's flat parameters in W&B's form, as the agent receives them (``command["args"]``):
+        ``{key: {"value": v}}`` with nested groups rebuilt by W&B's own ``HyperParameterSet.to_config``."""
+        names = {leaf_name(p.name): p.name for p in self.params}
+        return HyperParameterSet([HyperParameter(names.get(k, k), {"value": _plain(v)})
+                                  for k, v in params.items()]).to_config()
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars from W&B's samplers -> plain Python (JSON, YAML and our config want those)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def leaf_name(name: str) -> str:
+    """Nested parameter groups only organise: ``optim.lr`` sets the flat config key ``lr``."""
+    return name.split(HyperParameterSet.NESTING_DELIMITER)[-1]
+
+
+def shown(name: str) -> str:
+    """``optim.lr`` for a nested parameter (W&B's internal delimiter is unreadable)."""
+    return name.replace(HyperParameterSet.NESTING_DELIMITER, ".")
+
+
+def load(path: str, fixed: dict[str, str] | None = None, repeats: int = 1) -> Sweep:
+    p = Path(path)
+    if not p.is_file():
+        raise SweepError(f"sweep file {path!r} not found")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise SweepError(f"sweep file {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise SweepError(f"sweep file {path!r} must be a mapping (program, method, metric, parameters)")
+    fixed = dict(fixed or {})
+    return parse(with_repeats(raw, repeats, fixed, p.name), p, fixed)
+
+
+def with_repeats(raw: dict, repeats: int, fixed: dict, name: str) -> dict:
+    """``--repeats K``: every grid point with K seeds, written as what it is on W&B, a ``seed`` parameter
+    with K values starting at the file's (or --set's) seed, so the stored sweep says how it was run."""
+    if repeats == 1:
+        return raw
+    if repeats < 1 or raw.get("method") != "grid":
+        raise SweepError(f"{name}: --repeats {repeats} needs a grid sweep and K >= 1 (a random or bayes "
+                         "study repeats nothing: add a `seed` parameter instead)")
+    params = dict(raw.get("parameters") or {})
+    seed = params.get("seed", {"value": fixed.pop("seed", 42)})
+    if set(seed) != {"value"}:
+        raise SweepError(f"{name}: --repeats cannot be combined with a swept `seed` parameter")
+    start = int(seed["value"])
+    params["seed"] = {"values": list(range(start, start + repeats))}
+    return {**raw, "parameters": params}
+
+
+def parse(raw: dict, path: Path, fixed: dict[str, str]) -> Sweep:
+    _check_schema(raw, path)
+    method = raw["method"]
+    if method not in METHODS:
+        raise SweepError(f"{path.name}: method {method!r} is not supported offline: expected one of {', '.join(METHODS)}")
+    metric = raw.get("metric") or {}
+    if method == "bayes" and not metric.get("name"):
+        raise SweepError(f"{path.name}: method bayes needs metric.name (e.g. best_val_acc)")
+    name, goal = metric.get("name", "best_val_acc"), metric.get("goal", "maximize")
+    if name not in RUN_KEYS | EPOCH_KEYS:
+        raise SweepError(f"{path.name}: metric {name!r} is not recorded by runs: expected one of "
+                         f"{', '.join(sorted(RUN_KEYS | EPOCH_KEYS))}")
+    try:
+        params = list(HyperParameterSet.from_config(raw.get("parameters", {})))
+    except Exception as e:  # sweeps raises assertion/validation errors of several kinds
+        raise SweepError(f"{path.name}: bad parameters: {str(e).splitlines()[0]}") from None
+    program = raw.get("program", "finetune_resnet.py")
+    ours = Path(program).name == "finetune_resnet.py"  # another program has keys of its own
+    if ours:
+        _check_keys(fixed, path, "--set")
+    fixed_values = {k: getattr(config_lib.build({k: v}, base=_lenient_base()), k) if ours else v
+                    for k, v in fixed.items()}
+    if method == "grid":
+        params = [_grid_param(p, path) for p in params]
+    params = _with_fixed(params, fixed_values, path)
+    _check_params(params, path, ours)
+    if ours:
+        _check_recipes(params, path, fixed_values)
+    sweep = Sweep(path=path, raw=raw, method=method, metric=name, goal=goal, params=params,
+                  program=program, command=_check_command(raw, path, ours), run_cap=raw.get("run_cap"),
+                  hyperband=_check_early_terminate(raw, path), fixed=fixed_values, ours=ours)
+    if ours:
+        _check_points(sweep)
+    return sweep
+
+
+def _check_schema(raw: dict, path: Path) -> None:
+    """W&B's own schema check. Its deprecation notices (``log_uniform`` takes exponents) are warnings on
+    W&B, which runs such sweeps: here too."""
+    violations = [" ".join(v.split()) for v in schema_violations_from_proposed_config(raw)]
+    notices = [v for v in violations if any(v.endswith(m) for m in PARAM_DEPRECATION_MAP.values())]
+    for notice in notices:
+        print(f"warning: {path.name}: {notice}", file=sys.stderr)
+    errors = [v for v in violations if v not in notices]
+    if errors:
+        hint = ", ".join(_numbers_read_as_text(raw))
+        hint = f" (YAML reads {hint} as text: write 1.0e-5, not 1e-5)" if hint else ""
+        raise SweepError(f"{path.name}: not a valid W&B sweep: " + "; ".join(errors) + hint)
+
+
+def _numbers_read_as_text(x) -> list[str]:
+    """Strings that look like numbers: YAML 1.1 (PyYAML, and wandb itself) reads 1e-5 as a string."""
+    if isinstance(x, dict):
+        x = list(x.values())
+    if isinstance(x, list):
+        return [s for v in x for s in _numbers_read_as_text(v)]
+    try:
+        return [x] if isinstance(x, str) and float(x) == float(x) else []  # nan is not a number here
+    except ValueError:
+        return []
+
+
+def _grid_param(p: HyperParameter, path: Path) -> HyperParameter:
+    """W&B's grid (``sweeps.grid_search``): int_uniform and q_uniform ranges become their values; any
+    other distribution, and ``probabilities``, are refused there, so here too."""
+    if p.type in DISCRETE:
+        return p
+    if p.type == HyperParameter.INT_UNIFORM:
+        values = list(range(p.config["min"], p.config["max"] + 1))
+    elif p.type == HyperParameter.Q_UNIFORM:
+        values = np.arange(p.config["min"], p.config["max"], p.config["q"]).tolist()
+    else:
+        kind = "probabilities" if p.type == HyperParameter.CATEGORICAL_PROB else \
+            f"a distribution ({p.config.get('distribution', 'uniform')})"
+        raise SweepError(f"{path.name}: grid search needs `value` or `values` (or an int_uniform / q_uniform "
+                         f"range) for {shown(p.name)!r}, not {kind}")
+    return HyperParameter(p.name, {"distribution": "categorical", "values": values})
+
+
+def _with_fixed(params: list[HyperParameter], fixed: dict[str, Any], path: Path) -> list[HyperParameter]:
+    """--set KEY=VALUE makes KEY a constant where the file has it (its nesting kept, as if the file said
+    ``value: VALUE``), or a top-level constant. A config key set by two parameters is ambiguous."""
+    leaves = [leaf_name(p.name) for p in params]
+    twice = sorted({k for k in leaves if leaves.count(k) > 1})
+    if twice:
+        where = " and ".join(shown(p.name) for p in params if leaf_name(p.name) == twice[0])
+        raise SweepError(f"{path.name}: config key {twice[0]!r} is set by two parameters ({where}): "
+                         "nested groups share one flat config")
+    out = [HyperParameter(p.name, {"value": fixed[leaf_name(p.name)]}) if leaf_name(p.name) in fixed else p
+           for p in params]
+    return out + [HyperParameter(k, {"value": v}) for k, v in fixed.items() if k not in leaves]
+
+
+def _check_keys(values: dict, path: Path, where: str) -> dict:
+    unknown = [k for k in values if k not in config_lib.FIELDS]
+    if unknown:
+        raise SweepError(f"{path.name}: {where} {unknown[0]!r} is not a config key of finetune_resnet.py")
+    return values
+
+
+def _check_params(params: list[HyperParameter], path: Path, ours: bool) -> None:
+    if not ours:
+        return
+    for p in params:
+        key = leaf_name(p.name)
+        if key not in config_lib.FIELDS:
+            raise SweepError(f"{path.name}: parameter {shown(p.name)!r} is not a config key of finetune_resnet.py "
+                             f"(see finetune_resnet.py --help)")
+        samples = p.config.get("values", [p.config["value"]] if "value" in p.config else
+                               [p.ppf(q) for q in (0.01, 0.5, 0.99)])
+        for value in samples:
+            try:
+                config_lib.build({key: _plain(value)}, base=_lenient_base())
+            except config_lib.ConfigError as e:
+                raise SweepError(f"{path.name}: parameter {shown(p.name)!r}: {e}") from None
+
+
+def _check_recipes(params: list[HyperParameter], path: Path, fixed: dict) -> None:
+    """A key both in a recipe and a parameter of its own: the run's explicit key would silently win over
+    the recipe (as on W&B, which passes both), so say so instead. --set is not the file's: it wins."""
+    own = {leaf_name(p.name) for p in params} - set(fixed)
+    for p in params:
+        if leaf_name(p.name) != "recipe":
+            continue
+        for recipe in p.config.get("values", [p.config.get("value")]):
+            both = sorted(set(recipe or {}) & own) if isinstance(recipe, dict) else []
+            if both:
+                raise SweepError(f"{path.name}: {both[0]!r} is set both in a recipe and as a parameter, and the "
+                                 "parameter would win in every run: set it in one place")
+
+
+def _lenient_base() -> config_lib.Config:
+    # Single-key checks must not trip over rules that tie keys together (phase1_epochs < epochs).
+    return config_lib.Config(epochs=10_000)
+
+
+def _check_points(sweep: Sweep) -> None:
+    """Whole runs, not single keys: every grid point must be a valid config (a bad one is named before
+    the first trial); a random/bayes search must have valid draws (all of DRAWS_CHECKED seeded draws
+    invalid: nothing could ever run). Rules that tie keys together (phase1_epochs < epochs) live here."""
+    if sweep.method == "grid":
+        points = sweep.grid()
+        for i, point in enumerate(points, 1):
+            error = _invalid(sweep.flat(point))
+            if error:
+                raise SweepError(f"{sweep.path.name}: grid point {i} of {len(points)} "
+                                 f"({_describe(sweep, point)}) is not a valid run: {error}")
+        return
+    rng = np.random.default_rng(0)
+    draws = [{p.name: value_of(p, rng.uniform()) for p in sweep.params} for _ in range(DRAWS_CHECKED)]
+    errors = [e for e in (_invalid(sweep.flat(d)) for d in draws) if e]
+    if len(errors) == len(draws):
+        raise SweepError(f"{sweep.path.name}: no parameter draw is a valid run ({len(draws)} tried; "
+                         f"e.g. {_describe(sweep, draws[0])}): {errors[0]}")
+    if errors:
+        print(f"warning: {sweep.path.name}: {len(errors)} of {len(draws)} sampled draws are not valid runs "
+              f"(e.g. {errors[0]}): those trials will fail", file=sys.stderr)
+
+
+def _invalid(values: dict[str, Any]) -> str | None:
+    try:
+        config_lib.build({k: _plain(v) for k, v in values.items()})
+    except config_lib.ConfigError as e:
+        return str(e)
+    return None
+
+
+def _describe(sweep: Sweep, point: dict[str, Any]) -> str:
+    """The varying part of a point (what tells it from the others), ``key=value, ...``."""
+    varying = {p.name for p in sweep.params if p.type != HyperParameter.CONSTANT}
+    return ", ".join(f"{shown(k)}={_plain(v)!r}" for k, v in point.items() if k in varying) or "the constants"
+
+
+def _check_command(raw: dict, path: Path, ours: bool) -> list[str]:
+    """The macros `wandb agent` expands: whole elements only (``${envvar:NAME}`` also inside one).
+    Anything it would drop silently or pass on literally is refused here, naming it."""
+    command = [str(t) for t in raw.get("command") or DEFAULT_COMMAND]
+    known = agent_macros()
+    for token in command:
+        if token.startswith("${") and token.endswith("}") and not ENVVAR.fullmatch(token):
+            macro = token[2:-1]
+            if macro.startswith("envvar:"):
+                raise SweepError(f"{path.name}: command macro {token}: W&B reads only names of A-Z, 0-9 and _")
+            if macro not in known:
+                raise SweepError(f"{path.name}: command macro {token} is not one `wandb agent` expands: "
+                                 f"expected one of {', '.join('${' + m + '}' for m in known)} or ${{envvar:NAME}}")
+            if ours and macro in HYDRA_MACROS:
+                raise SweepError(f"{path.name}: command macro {token} passes Hydra overrides (+key=value), "
+                                 "which finetune_resnet.py does not read: use ${args}")
+            continue
+        literal = [m for m in re.findall(r"\$\{[^}]*\}", token) if not ENVVAR.fullmatch(m)]
+        if literal:
+            raise SweepError(f"{path.name}: command element {token!r}: `wandb agent` expands {literal[0]} only "
+                             "as a whole element (inside one it would be passed on literally)")
+    return command
+
+
+def agent_macros() -> list[str]:
+    """Every macro ``wandb agent`` expands: the list-valued formats of ``create_sweep_command_args``
+    (``${args}``, ``${args_no_equals}``, ...) and the four the agent adds itself."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    formats = create_sweep_command_args({"args": {}})
+    return sorted({k for k, v in formats.items() if isinstance(v, list)} | set(AGENT_MACROS))
+
+
+def _check_early_terminate(raw: dict, path: Path) -> dict | None:
+    et = raw.get("early_terminate")
+    if not et:
+        return None
+    if et.get("type") != "hyperband":
+        raise SweepError(f"{path.name}: early_terminate type {et.get('type')!r} is not supported: expected hyperband")
+    eta = int(et.get("eta", 3))
+    if "min_iter" in et:
+        min_iter = int(et["min_iter"])
+        max_iter = int(et.get("max_iter", min_iter * eta ** int(et.get("s", 3))))
+    elif "max_iter" in et:
+        max_iter = int(et["max_iter"])
+        min_iter = max(1, round(max_iter / eta ** int(et.get("s", 3))))
+    else:
+        raise SweepError(f"{path.name}: early_terminate hyperband needs min_iter, or max_iter and s")
+    return {"min_iter": min_iter, "max_iter": max_iter, "eta": eta}
+
+
+def value_of(param: HyperParameter, u: float) -> Any:
+    """W&B's value of ``param`` at quantile ``u`` (what its random search would draw). The open ends are
+    kept off: W&B draws from random.uniform, and at exactly 0 its int_uniform gives min - 1, normal -inf."""
+    return _plain(param.ppf(min(max(u, 1e-12), 1.0 - 1e-12)))
+
+
+# --- the machine the study runs on ------------------------------------------------------------------
+def check_here(sweep: Sweep) -> None:
+    """Before the first offline trial: what every trial of the study needs from this machine. Every
+    ``data_dir`` it can take exists (relative paths from here, where the trials run), every model is
+    known to timm and has its ``weights`` obtainable here, offline included (lib.train.weights.availability)."""
+    if not sweep.ours:
+        return
+    for row in _combinations(sweep, ("data_dir",)):
+        if not Path(row["data_dir"]).expanduser().is_dir():
+            raise SweepError(f"{sweep.path.name}: data_dir={row['data_dir']!r} does not exist here "
+                             f"({Path.cwd()}): point the study at your images with --set data_dir=/path/to/images")
+    rows = _combinations(sweep, ("model", "weights", "cache_dir"))
+    if all(r["weights"] == "none" for r in rows):
+        return
+    from lib.train import models   # torch and timm: only when a model needs checking
+    from lib.train import weights
+
+    for row in rows:
+        model, source = row["model"], row["weights"]
+        if source == "pretrained" and model in models.FROM_SCRATCH:
+            continue
+        reason = weights.availability(model, source, row["cache_dir"])
+        if reason:
+            raise SweepError(f"{sweep.path.name}: trials with model={model!r}, weights={source!r} cannot start: "
+                             f"{reason} (for every trial: --set weights=...)")
+
+
+def _combinations(sweep: Sweep, keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The distinct values the trials can give ``keys`` together (set directly, by a ``recipe``, or left
+    at the default): the grid's own points, else every combination of the values listed for them."""
+    if sweep.method == "grid":
+        rows = [sweep.flat(point) for point in sweep.grid()]
+    else:
+        listed = {leaf_name(p.name): p.config.get("values", [p.config.get("value")]) for p in sweep.params
+                  if leaf_name(p.name) in (*keys, "recipe") and ("values" in p.config or "value" in p.config)}
+        rows = [dict(zip(listed, combo)) for combo in itertools.product(*listed.values())]
+    out = []
+    for row in rows:
+        try:
+            cfg = config_lib.build({k: row[k] for k in (*keys, "recipe") if k in row}, base=_lenient_base())
+        except config_lib.ConfigError:   # an invalid draw: reported by _check_points, it starts nothing
+            continue
+        values = {k: getattr(cfg, k) for k in keys}
+        if values not in out:
+            out.append(values)
+    return out
+
+
+# --- one trial, as `wandb agent` starts it ---------------------------------------------------------------
+def build_command(sweep: Sweep, params: dict[str, Any], workdir: Path, project_root: Path) -> list[str]:
+    """The trial's argv (never a shell), made as ``wandb agent`` makes it (wandb_agent.Agent._command_run):
+    ``create_sweep_command`` fills ``${envvar:NAME}`` from this environment, ``create_sweep_command_args``
+    formats the parameters, and each whole-element macro is replaced by its list. One difference, on
+    purpose: ``${interpreter}`` is this Python (the kit's environment) where the agent says ``python``."""
+    from wandb.sdk.launch.sweeps import utils as wandb_sweeps
+
+    program = sweep.program if Path(sweep.program).is_absolute() or (Path.cwd() / sweep.program).exists() \
+        else str(project_root / sweep.program)
+    command = wandb_sweeps.create_sweep_command(list(sweep.command))   # it edits the list it is given
+    formats = wandb_sweeps.create_sweep_command_args({"args": sweep.run_args(params)})
+    json_file = workdir / "sweep-args.json"
+    if "${args_json_file}" in command:
+        json_file.write_text(formats["args_json"][0])
+    formats.update(interpreter=[sys.executable], program=[program], args_json_file=[str(json_file)],
+                   env=["/usr/bin/env"] if platform.system() != "Windows" else [])
+    argv: list[str] = []
+    for token in map(str, command):
+        if token.startswith("${") and token.endswith("}"):
+            argv += formats.get(token[2:-1]) or []
+        else:
+            argv.append(token)
+    return argv
+
+
+def write_params_file(path: Path, sweep: Sweep, params: dict[str, Any], owned: dict[str, Any]) -> None:
+    """The agent's parameters file (``WANDB_SWEEP_PARAM_PATH``), by W&B's own writer: the trial's
+    parameters in W&B's nested form, plus the keys the offline runner owns (runs_dir, group, run_id)."""
+    from wandb.sdk.lib import config_util
+
+    args = {**sweep.run_args(params), **{k: {"value": v} for k, v in owned.items()}}
+    config_util.save_config_file_from_dict(str(path), args)

@@ -1,0 +1,381 @@
+"""One fine-tuning run end to end: config -> data -> model -> training -> test -> record (+ W&B)."""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import string
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from timm.loss import SoftTargetCrossEntropy
+from torch import nn
+
+from lib import config as config_lib
+from lib.train import data
+from lib.train import features
+from lib.train import models
+from lib.train import training
+from lib.train.cache import SharedCache
+from lib.config import Config, ConfigError
+from lib.train.data import DataError
+from lib.records import RunBusy, RunRecord, atomic_write, run_lock
+from lib.train.weights import WeightsError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED, EXIT_PRUNED = 0, 1, 2, 3, 4
+CHECKPOINT = "last.ckpt"   # model, optimizer, schedule, RNG states, progress: written every epoch
+
+
+def new_run_id() -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def resolve_config(argv: list[str], env=None) -> Config:
+    """defaults < --config FILE < command line < the sweep's params file; checked before any work."""
+    return checked(config_lib.resolve(argv, env))
+
+
+def checked(cfg: Config) -> Config:
+    """The checks that need timm, torch or the file system, on top of the config's own."""
+    models.check_name(cfg)
+    models.check_weights(cfg)
+    check_device(cfg)
+    models.check_fits(cfg)
+    return cfg
+
+
+def check_device(cfg: Config) -> None:
+    """``device`` as torch reads it, and present on this machine (one line, not a CUDA traceback later)."""
+    if cfg.device == "auto":
+        return
+    try:
+        device = torch.device(cfg.device)
+    except RuntimeError as e:
+        raise ConfigError(f"device={cfg.device!r} is not valid: {str(e).splitlines()[0]}") from None
+    if device.type == "cuda":
+        n = torch.cuda.device_count()
+        if (device.index or 0) >= n:
+            have = f"{n} CUDA device(s): cuda:0..cuda:{n - 1}" if n else "no CUDA device visible to torch"
+            raise ConfigError(f"device={cfg.device!r} is not available: this machine has {have}; "
+                              "expected auto or cpu")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device={cfg.device!r} is not available here (no Apple MPS); expected auto or cpu")
+
+
+def check_data(cfg: Config) -> None:
+    """The data checks that need no decoding (data_dir is a folder with at least two class folders of
+    images), run before a run folder exists: a run that cannot start leaves nothing behind."""
+    data.discover(cfg.data_dir, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+
+
+DATA_KEYS = ("data_dir", "val_fraction", "test_fraction", "seed")
+
+
+def apply_sweep(cfg: Config, tracker) -> Config:
+    """Under a W&B sweep, wandb.config (the agent's parameters file) wins over everything. Nested groups
+    only organise (``config_lib.expand``). wandb.config also holds our own config, handed to wandb.init:
+    a key still equal to ours is no override (so a group's leaf may differ from it)."""
+    held = {k: v for k, v in tracker.sweep_overrides().items()
+            if not (k in config_lib.FIELDS and getattr(cfg, k) == v)}
+    new = config_lib.build(held, base=cfg)
+    if new == cfg:
+        return cfg
+    checked(new)
+    if any(getattr(new, k) != getattr(cfg, k) for k in DATA_KEYS):
+        try:
+            check_data(new)
+        except DataError as e:   # the caller ends W&B on a ConfigError; both are bad input (exit 2)
+            raise ConfigError(str(e)) from None
+    return new
+
+
+def shared_cache(cfg: Config) -> SharedCache:
+    root = {"": Path(cfg.runs_dir) / ".cache", "none": None}.get(cfg.shared_cache_dir, Path(cfg.shared_cache_dir))
+    return SharedCache(root, cfg.cache_memory_mb)
+
+
+def load_data(cfg: Config, splits: data.Splits, data_cfg: dict, record: RunRecord, cache: SharedCache,
+              stop: training.StopFlag | None = None) -> dict:
+    """Decode every split once per study; drop what cannot be used (listed in ``splits.skipped``)."""
+    side = data.resize_side(data_cfg)
+    decoded = {s: data.decode_cached(cache, Path(cfg.data_dir), splits.items[s], side, data_cfg["interpolation"],
+                                     cfg.min_image_side, splits.skipped, desc=f"decode {s}", stop=stop)
+               for s in data.SPLITS}
+    for split in ("train", "val"):
+        if len(decoded[split].labels) == 0:
+            reasons = Counter(s["reason"].split(" (")[0] for s in splits.skipped)
+            why = f"; most skipped files: {reasons.most_common(1)[0][0]}" if reasons else ""
+            raise DataError(f"no usable {split} images in {cfg.data_dir!r} "
+                            f"({len(splits.skipped)} file(s) skipped{why})")
+    splits.warnings += data.data_warnings(splits.classes, decoded)
+    splits.items = {s: [(p, int(l)) for p, l in zip(d.paths, d.labels)] for s, d in decoded.items()}
+    for w in splits.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if splits.skipped:
+        print(f"skipped {len(splits.skipped)} file(s); see {record.path}", file=sys.stderr)
+    return decoded
+
+
+def make_loaders(cfg: Config, data_cfg: dict, decoded: dict, mixing: bool, device: torch.device) -> dict:
+    """On CUDA (main-process loading), uint8 batches go to the GPU and are transformed there, light
+    augmentation included; elsewhere deterministic transforms run per batch and augmentation per image."""
+    gpu = device.type == "cuda" and cfg.num_workers == 0
+
+    def one(split, train):
+        batched = not train or cfg.augment == "none" or (cfg.augment == "light" and gpu)
+        return data.loader(decoded[split], data.transforms(data_cfg, cfg.augment, train, on_device=gpu),
+                           cfg.batch_size, cfg.num_workers, cfg.seed, train=train, drop_last=train and mixing,
+                           pin_memory=device.type == "cuda", batched=batched, device=device if gpu else None)
+    return {"train": one("train", True), "val": one("val", False), "test": one("test", False)}
+
+
+def make_loss(cfg: Config, decoded: data.Decoded, num_classes: int, mixing: bool) -> nn.Module:
+    if mixing:
+        return SoftTargetCrossEntropy()  # timm's Mixup already smooths the mixed targets
+    weight = None
+    if cfg.class_weighting:
+        counts = torch.bincount(decoded.labels, minlength=num_classes).float().clamp(min=1)
+        weight = counts.sum() / (num_classes * counts)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+
+
+def test_metrics(result: dict, classes: list[str]) -> tuple[dict, list[dict], list[list[int]]]:
+    # Imported here: sklearn adds about a second to every run's start, and a sweep starts many runs.
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    y_true, y_pred = result["y_true"], result["y_pred"]
+    if not len(y_true):
+        return {k: None for k in ("test_acc", "test_loss", "test_precision_macro", "test_recall_macro",
+                                  "test_f1_macro")}, [], []
+    labels = list(range(len(classes)))
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    pm, rm, fm, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro",
+                                                    zero_division=0)
+    per_class = [{"class": c, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                  "support": int(s[i])} for i, c in enumerate(classes)]
+    summary = {"test_acc": result["acc"], "test_loss": result["loss"], "test_precision_macro": float(pm),
+               "test_recall_macro": float(rm), "test_f1_macro": float(fm)}
+    return summary, per_class, confusion_matrix(y_true, y_pred, labels=labels).tolist()
+
+
+def execute(cfg: Config, env: dict) -> int:
+    """Run one experiment. The caller has prepared W&B's environment (lib.train.tracking)."""
+    from lib.train.tracking import in_sweep
+
+    run_id = cfg.run_id or (env.get("WANDB_RUN_ID") if in_sweep(env) else "") or new_run_id()
+    check_writable(cfg.runs_dir)
+    if cfg.shared_cache_dir not in ("", "none"):
+        check_writable(cfg.shared_cache_dir, "shared_cache_dir")
+    # From here on SIGTERM/SIGINT only set the flag, which every long stage checks (training.StopFlag):
+    # a preempted run records where it stood and exits 3 instead of dying half-way through a write.
+    stop = training.StopFlag()
+    previous = {sig: signal.signal(sig, lambda n, _f: setattr(stop, "signal", signal.Signals(n).name))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with run_lock(Path(cfg.runs_dir) / run_id):   # held until the run ends: one process per run
+            refuse_finished(cfg, run_id)
+            return _execute(cfg, env, run_id, stop)
+    except RunBusy as e:
+        raise ConfigError(str(e)) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def refuse_finished(cfg: Config, run_id: str) -> None:
+    """A finished run is a result: training over it takes --overwrite (a sweep runner never reuses one)."""
+    record = RunRecord(cfg.runs_dir, run_id)
+    if record.data.get("state") == "finished" and not cfg.overwrite:
+        raise ConfigError(f"run {run_id} already finished ({record.path}): pass --overwrite to train it "
+                          "again, or another --run_id")
+
+
+def _execute(cfg: Config, env: dict, run_id: str, stop: training.StopFlag) -> int:
+    from lib.train.tracking import Tracker
+
+    # WANDB_DIR (W&B's own variable) lets a sweep runner put W&B's files next to the record.
+    tracker = Tracker(cfg, Path(env.get("WANDB_DIR") or Path(cfg.runs_dir) / run_id), run_id)
+    try:
+        cfg = apply_sweep(cfg, tracker)
+    except ConfigError:
+        tracker.finish(exit_code=EXIT_BAD_INPUT)
+        raise
+    cfg.run_id = run_id
+    tracker.update_config(cfg)
+    record = RunRecord(cfg.runs_dir, run_id)
+    resume = load_checkpoint(record)
+    for note in record.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    if resume:
+        print(f"resuming run {run_id} from epoch {resume['progress']['epoch']}", file=sys.stderr)
+    else:
+        record.start_fresh()
+    started = time.time()
+    record.update(id=run_id, name=cfg.run_name or cfg.default_run_name(), state="running",
+                  config=cfg.to_dict(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  resumed_from_epoch=resume["progress"]["epoch"] if resume else None,
+                  wandb={"mode": env.get("WANDB_MODE"), "run_id": tracker.run.id,
+                         "sweep_id": env.get("WANDB_SWEEP_ID")})
+    try:
+        summary = train_with_oom_retries(cfg, record, tracker, stop, resume)
+    except training.Interrupted as e:
+        stop_file = record.dir / "STOP"   # a sweep runner writes "pruned" there before its SIGTERM
+        if stop_file.exists() and stop_file.read_text().strip() == "pruned":
+            # Pruned by the sweep (hyperband): final, not resumable; the epochs run so far stay recorded.
+            record.update(state="pruned", pruned_by=str(e))
+            (record.dir / CHECKPOINT).unlink(missing_ok=True)
+            tracker.finish(exit_code=EXIT_PRUNED)
+            print(f"run {run_id} pruned by the sweep after {len(record.metrics)} epoch(s)", file=sys.stderr)
+            return EXIT_PRUNED
+        # Resumable: the last epoch's checkpoint is on disk; the same run_id continues it.
+        record.update(state="preempted", preempted_by=str(e))
+        tracker.mark_preempting()
+        tracker.finish(exit_code=EXIT_PREEMPTED)
+        print(f"run {run_id} preempted by {e}: start it again with --run_id={run_id} to resume", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except (ConfigError, DataError, WeightsError) as e:
+        record.update(state="failed", error=str(e))
+        tracker.finish(exit_code=EXIT_BAD_INPUT)
+        raise
+    except training.TrainingFailed as e:
+        record.update(state="failed", error=str(e))
+        tracker.finish(exit_code=EXIT_FAILED)
+        print(f"error: run {run_id} failed: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as e:  # noqa: BLE001 - recorded, then re-raised for the traceback
+        record.update(state="failed", error=f"{type(e).__name__}: {e}")
+        tracker.finish(exit_code=EXIT_FAILED)
+        raise
+    record.update(state="finished", summary=summary, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  wall_time_s=round(time.time() - started, 2))
+    (record.dir / CHECKPOINT).unlink(missing_ok=True)  # large, and only needed to resume
+    if cfg.log_model:   # after the record says finished: the artifact carries the final record
+        tracker.log_model(summary, [record.dir / "model.safetensors", record.path])
+    tracker.finish(exit_code=EXIT_OK)
+    print(f"run {run_id} finished: best_val_acc {summary['best_val_acc']:.4f}"
+          + (f", test_acc {summary['test_acc']:.4f}" if summary["test_acc"] is not None else "")
+          + f" -> {record.dir}")
+    return EXIT_OK
+
+
+def train_with_oom_retries(cfg: Config, record: RunRecord, tracker, stop, resume) -> dict:
+    """Out of GPU memory: halve the batch size (recorded) and start the run again, down to 1."""
+    while True:
+        try:
+            return _train(cfg, record, tracker, stop, resume)
+        except torch.OutOfMemoryError:
+            if cfg.batch_size <= 1:
+                raise training.TrainingFailed("out of memory even at batch_size=1") from None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            cfg.batch_size //= 2
+            resume = None
+            record.start_fresh_epochs()
+            record.update(config=cfg.to_dict(), oom_retries=record.data.get("oom_retries", 0) + 1)
+            print(f"warning: out of memory: retrying with batch_size={cfg.batch_size}", file=sys.stderr)
+
+
+def check_writable(folder: str, key: str = "runs_dir") -> None:
+    """Fail before any work when records cannot be written (a file in the way, permissions, full disk)."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        atomic_write(Path(folder) / ".write-test", lambda tmp: Path(tmp).write_text("ok"))
+        (Path(folder) / ".write-test").unlink()
+    except OSError as e:
+        raise ConfigError(f"{key}={folder!r} is not writable: {e.strerror or e}") from None
+
+
+class Hooks:
+    """What the training loop hands back each epoch: the record, W&B and the checkpoint."""
+
+    def __init__(self, record: RunRecord, tracker):
+        self.record, self.tracker = record, tracker
+
+    def epoch(self, row: dict) -> None:
+        self.record.log_epoch(row)
+        self.tracker.log(row)
+
+    def best(self, state: dict) -> None:
+        self.record.save_weights(state)
+
+    def load_best(self) -> dict:
+        return self.record.load_weights()
+
+    def checkpoint(self, state: dict) -> None:
+        atomic_write(self.record.dir / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(record: RunRecord) -> dict | None:
+    """The checkpoint of an unfinished run with this id, with epochs logged after it dropped. A damaged
+    one (a truncated or zeroed file) is noted in the record and the run starts over: there is no older
+    checkpoint to fall back to, and a fresh start is always correct."""
+    path = record.dir / CHECKPOINT
+    if not path.exists() or record.data.get("state") == "finished":
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        done = state["progress"]["epoch"]
+        int(done), state["model"], state["rng"]   # noqa: B018 - what resuming needs is there
+    except Exception as e:  # noqa: BLE001 - whatever torch.load raises on a damaged file (Runtime, EOF, Unpickling...)
+        detail = " ".join(str(e).split())[:120] or type(e).__name__
+        record.notes.append(f"{CHECKPOINT} was damaged ({detail}): the run starts over from the beginning")
+        return None
+    for row in [r for r in record.metrics if r["epoch"] > done]:
+        record.metrics.remove(row)
+    return state
+
+
+def _train(cfg: Config, record: RunRecord, tracker, stop: training.StopFlag, resume: dict | None) -> dict:
+    training.seed_everything(cfg.seed)
+    device = training.pick_device(cfg.device)
+    # The head needs the class count and decoding needs the model's preprocessing: discover first.
+    # A preemption grace period is short: the stop flag is checked between stages and inside every long
+    # one (decoding, feature extraction, evaluation), not only between training batches.
+    splits = data.discover(cfg.data_dir, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    stop.check()
+    model, source, data_cfg = models.create(cfg, len(splits.classes), Path(cfg.cache_dir) / "weights")
+    stop.check()
+    cache = shared_cache(cfg)
+    decoded = load_data(cfg, splits, data_cfg, record, cache, stop)
+    record.update(classes=splits.classes, split=splits.as_record(), skipped=splits.skipped,
+                  warnings=[*record.notes, *splits.warnings], weights_source=source, data_config=data_cfg,
+                  device=str(device), counts={s: len(d.labels) for s, d in decoded.items()},
+                  data_cache=f"{sum(d.reused for d in decoded.values())} of {len(decoded)} splits reused "
+                             "from the sweep cache" if cache.root else "not shared")
+    trainable0, total = models.count_params(model)
+    accel = training.Accel.for_config(cfg, device)
+    model.to(device, memory_format=accel.memory_format)
+    mixup = training.make_mixup(cfg, len(splits.classes))
+    loaders = make_loaders(cfg, data_cfg, decoded, mixup is not None, device)
+    loss_fn = make_loss(cfg, decoded["train"], len(splits.classes), mixup is not None).to(device)
+    store = features.Store(decoded, data_cfg, cache, stop)
+    fitted = training.fit(cfg, model, loaders, accel, loss_fn, mixup, Hooks(record, tracker), stop, resume, store)
+    test = training.evaluate(model, loaders["test"], accel, stop)
+    test_summary, per_class, cm = test_metrics(test, splits.classes)
+    weights_file = record.dir / "model.safetensors"
+    summary = {**fitted, **test_summary, "total_params": total,
+               "model_size_mb": round(weights_file.stat().st_size / 2**20, 3)}
+    record.update(per_class=per_class, confusion_matrix=cm,
+                  test_predictions={"y_true": test["y_true"].tolist(), "y_pred": test["y_pred"].tolist()})
+    tracker.finish_run(summary, splits.classes, test["y_true"], test["y_pred"], per_class)
+    return summary
+
+
+def main(argv: list[str], env=os.environ) -> int:
+    from lib.train import tracking
+
+    if config_lib.wants_help(argv):
+        print(config_lib.help_text())
+        return EXIT_OK
+    try:
+        cfg = resolve_config(argv, env)
+        check_data(cfg)                    # before any run folder exists
+        tracking.prepare_environment(env)  # before wandb is imported anywhere
+        return execute(cfg, env)
+    except (ConfigError, DataError, WeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT

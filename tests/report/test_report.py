@@ -1,0 +1,516 @@
+"""The sweep report: reads real run records, gets the statistics right (Wilson, McNemar, seeds, Pareto),
+raises what a careful reviewer would, and renders a self-contained HTML page."""
+import base64
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+from lib import report
+from lib.report import build_report, load_local, load_wandb, mcnemar, runs_frame, wilson_interval
+from lib.train.run import main
+from tests.fakes.wandb_api import FakeApi, FakeRun
+
+CLASSES = ["beagle", "boxer", "german_shepherd", "golden_retriever", "poodle"]
+TEST_FILES = [f"{c}/{c}_{i:03d}.jpg" for c in CLASSES for i in range(25)]   # 125 images, as in the guide
+Y_TRUE = [i // 25 for i in range(125)]
+
+
+def wrong(n: int, offset: int = 0) -> list[int]:
+    """Predictions on the 125 test images with exactly n errors (at spread positions)."""
+    y = list(Y_TRUE)
+    for j in range(n):
+        i = (offset + 11 * j) % 125
+        y[i] = (y[i] + 1) % 5
+    return y
+
+
+def curve(epochs=4, val_acc=0.9, gap=0.05, rising=False):
+    rows = []
+    peak = max(1, epochs - 1)                      # the best epoch, as in summ()
+    for e in range(1, epochs + 1):
+        va = val_acc * (0.7 + 0.3 * min(e, peak) / peak) - (0.005 if e > peak else 0.0)
+        vl = 0.65 + 0.03 * (e - 3) if rising and e > 3 else 0.55 + 0.3 / e
+        rows.append({"epoch": e, "phase": "freeze" if e <= 1 else "partial", "lr": 1e-3, "train_loss": 0.5 / e,
+                     "train_acc": min(1.0, va + gap), "val_loss": vl, "val_acc": va, "time_s": 1.0,
+                     "best_val_acc": va})
+    return rows
+
+
+def write_run(root: Path, run_id: str, *, state="finished", config=None, summary=None, history=None,
+              y_pred=None, split_test=TEST_FILES, y_true=Y_TRUE, warnings=(), error=None, n_val=117):
+    d = root / run_id
+    d.mkdir(parents=True)
+    rec = {"id": run_id, "name": run_id, "state": state,
+           "config": {"seed": 42, "run_id": run_id, "runs_dir": str(root), "data_dir": "data/dogs", **(config or {})},
+           "summary": summary or {}, "classes": CLASSES, "warnings": list(warnings),
+           "split": {"train": [], "val": [f"v{i}" for i in range(n_val)], "test": list(split_test)}}
+    if y_pred is not None:
+        rec["test_predictions"] = {"y_true": list(y_true), "y_pred": list(y_pred)}
+    if error:
+        rec["error"] = error
+    (d / "run.json").write_text(json.dumps(rec))
+    if history:
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    return d
+
+
+def summ(val, test_k, n=125, gap=0.01, trainable=1e6, total=2e6, size=10.0, t=100.0, epochs=4):
+    return {"best_val_acc": val, "best_epoch": epochs - 1, "test_acc": test_k / n, "test_loss": 0.1,
+            "test_f1_macro": test_k / n - 0.005, "train_val_gap": gap, "trainable_params": int(trainable),
+            "total_params": int(total), "model_size_mb": size, "epochs_run": epochs, "train_time_s": t}
+
+
+DUP = "3 test image(s) are exact copies of training images (e.g. beagle/beagle_001.jpg): test accuracy is inflated"
+
+
+@pytest.fixture(scope="module")
+def guide_sweep(tmp_path_factory):
+    """The 3_Finetuning guide's table as a local sweep: 100% test on n=125 for three ResNet-50 runs."""
+    root = tmp_path_factory.mktemp("guide")
+    (root / "sweep.json").write_text(json.dumps({"name": "guide", "metric": "best_val_acc", "goal": "maximize",
+                                                 "storage": None, "method": "grid"}))
+    runs = root / "runs"
+    r50 = dict(total=25.6e6, size=90.0)
+    eff = dict(total=5.3e6, size=15.6)
+    table = [  # id, model, strategy, lr, epochs, val, test correct of 125, trainable, time, gap, rising val loss
+        ("r50_freeze", "resnet50", "freeze", 1e-3, 15, 0.9915, 125, 10245, 60, 0.0085, False),
+        ("r50_partial", "resnet50", "partial", 1e-4, 15, 0.9915, 125, 15.0e6, 90, 0.0085, False),
+        ("r50_full", "resnet50", "full", 1e-5, 20, 0.9829, 125, 25.6e6, 150, 0.0171, False),
+        ("eff_partial", "efficientnet_b0", "partial", 1e-4, 15, 0.9829, 124, 11.2e6, 50, 0.0171, False),  # sic
+        ("eff_freeze", "efficientnet_b0", "freeze", 1e-3, 15, 0.9744, 121, 6405, 30, 0.0256, False),
+        ("eff_full", "efficientnet_b0", "full", 1e-5, 20, 0.9316, 115, 5.3e6, 80, 0.0684, True),
+    ]
+    for rid, model, strategy, lr, epochs, val, k, trainable, t, gap, rising in table:
+        size = r50 if model == "resnet50" else eff
+        write_run(runs, rid, config={"model": model, "strategy": strategy, "lr": lr, "epochs": epochs},
+                  summary=summ(val, k, gap=gap, trainable=trainable, t=t, epochs=epochs, **size),
+                  history=curve(epochs=epochs, val_acc=val, gap=gap, rising=rising), y_pred=wrong(125 - k, offset=3),
+                  warnings=[DUP] if model == "resnet50" else [])
+    write_run(runs, "scratch", config={"model": "small_cnn", "strategy": "full", "lr": 1e-3, "epochs": 20},
+              summary=summ(0.60, 70, gap=0.35, trainable=0.42e6, total=0.42e6, size=1.6, t=20, epochs=20),
+              history=curve(epochs=20, val_acc=0.6, gap=0.35), y_pred=wrong(55))
+    write_run(runs, "r50_full_big_lr", state="failed", config={"model": "resnet50", "strategy": "full", "lr": 1e-2,
+                                                               "epochs": 20},
+              error="CUDA out of memory. Tried to allocate 2.00 GiB")
+    trial = runs / "guide-009"          # a trial that died before writing run.json
+    trial.mkdir()
+    (trial / "sweep-params.yaml").write_text("wandb_version: 1\nmodel:\n  value: resnet50\nlr:\n  value: 0.1\n")
+    (trial / "output.log").write_text("loading\nKilled\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def guide_report(guide_sweep, tmp_path_factory):
+    out = tmp_path_factory.mktemp("guide_report")
+    return build_report(guide_sweep, out, latency={"r50_freeze": 40.0, "eff_partial": 12.0, "scratch": 2.0}), out
+
+
+# ---------------------------------------------------------------- statistics
+def test_wilson_interval_matches_scipy():
+    lo, hi = wilson_interval(9, 10)
+    assert (round(lo, 3), round(hi, 3)) == (0.596, 0.982)
+    ref = stats.binomtest(9, 10).proportion_ci(confidence_level=0.95, method="wilson")
+    assert lo == pytest.approx(ref.low, abs=2e-5) and hi == pytest.approx(ref.high, abs=2e-5)
+    lo, hi = wilson_interval(125, 125)          # the guide's 100% on 125 test images
+    assert hi == 1.0 and round(lo, 3) == 0.970 and lo == pytest.approx(125 / (125 + 1.96 ** 2))
+    assert wilson_interval(0, 20)[0] == 0.0
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+
+
+def test_mcnemar_exact_on_a_constructed_pair():
+    y = [0] * 20
+    a = [0] * 14 + [1] * 6            # A right on 0..13
+    b = [1] * 6 + [0] * 9 + [1] * 5   # B right on 6..14
+    r = mcnemar(y, a, b)               # only A right: 0..5 (6); only B right: 14 (1)
+    assert (r["b"], r["c"]) == (6, 1)
+    assert r["p_value"] == pytest.approx(stats.binomtest(6, 7, 0.5).pvalue) == pytest.approx(16 / 128)
+    assert mcnemar(y, [0] * 8 + [1] * 12, [1] * 20)["p_value"] == pytest.approx(2 / 2 ** 8)
+    assert mcnemar(y, a, a)["p_value"] == 1.0
+    with pytest.raises(ValueError):
+        mcnemar([0, 1], [0], [1])
+
+
+def test_pareto_and_importance_helpers():
+    assert report.pareto_front([1, 2, 3, 4], [0.5, 0.7, 0.6, 0.9]) == [True, True, False, True]
+    assert report.pareto_front([1, float("nan")], [0.5, 0.9]) == [True, False]
+    assert report.eta_squared(["a", "a", "b", "b"], [1, 1, 3, 3]) == pytest.approx(1.0)
+    assert report.eta_squared(["a", "b", "a", "b"], [1, 1, 3, 3]) == pytest.approx(0.0)
+
+
+# ---------------------------------------------------------------- reading records
+def test_real_runs_are_read(base_args, tmp_path):
+    """Two real tiny runs (same split) through the same entrypoint as everything else."""
+    for lr, rid in (("0.003", "real1"), ("0.03", "real2")):
+        assert main(base_args + ["--model=small_cnn", "--strategy=full", f"--lr={lr}", f"--run_id={rid}"]) == 0
+    runs = load_local(tmp_path / "runs")                     # a plain runs dir
+    assert sorted(r["id"] for r in runs) == ["real1", "real2"]
+    assert all([h["epoch"] for h in r["history"]] == [1, 2] for r in runs)
+    df = runs_frame(runs)
+    assert {"run_id", "name", "state", "model", "strategy", "lr", "best_val_acc", "test_acc", "n_test"} <= set(df)
+    assert df["n_test"].tolist() == [40, 40]
+    res = build_report(tmp_path / "runs", tmp_path / "report")
+    assert res["best_run_id"] in ("real1", "real2") and res["runner_up_id"] in ("real1", "real2")
+    assert res["mcnemar"] is not None and res["mcnemar"]["n"] == 40   # same split: a paired test was possible
+    assert any("small test set (n=40" in w for w in res["warnings"])
+    assert "small_cnn / full" in res["verdict"]
+    for name in ("runs.csv", "report.md", "report.html", "curves.png", "confusion_matrix.png", "tradeoff.png",
+                 "params.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 0, name
+    assert len(pd.read_csv(tmp_path / "report" / "runs.csv")) == 2
+    assert load_local(tmp_path / "runs" / "real1")[0]["id"] == "real1"   # one run folder works too
+
+
+def test_sweep_dir_layout_and_dead_trials(guide_sweep):
+    runs = load_local(guide_sweep)
+    ids = {r["id"]: r for r in runs}
+    assert len(runs) == 9 and ids["r50_freeze"]["history"][0]["epoch"] == 1
+    dead = ids["guide-009"]
+    assert dead["state"] == "failed" and "Killed" in dead["error"] and dead["config"]["lr"] == 0.1
+    assert not (guide_sweep / "optuna.journal").exists()     # reading never creates a study
+    df = runs_frame(runs)
+    assert list(df.columns[:3]) == ["run_id", "name", "state"]
+    assert df.set_index("run_id").loc["eff_full", "test_acc"] == pytest.approx(115 / 125)
+
+
+# ---------------------------------------------------------------- the guide's claim, reviewed
+def test_guide_report_verdict_and_statistics(guide_report):
+    res, out = guide_report
+    assert res["best_run_id"] == "r50_freeze"          # tie on val with r50_partial: the faster one first
+    assert res["runner_up_id"] == "r50_partial"
+    verdict = res["verdict"]
+    assert 3 <= len(verdict.splitlines()) <= 5
+    assert "resnet50 / freeze" in verdict and "Runner-up" in verdict
+    assert "LOW" in verdict and "not distinguishable" in verdict
+    assert res["mcnemar"]["p_value"] == 1.0 and res["mcnemar"]["b"] == res["mcnemar"]["c"] == 0
+    assert "≥ 97.0%" in verdict
+    assert set(res["pareto_size"]) == {"scratch", "eff_partial", "r50_freeze", "r50_partial"}
+    imp = {r["key"]: r for r in res["importance"]}
+    assert imp["model"]["method"] == "eta^2" and 0 <= imp["model"]["importance"] <= 1
+    assert imp["lr"]["method"] == "|Spearman rho|"
+    df = pd.read_csv(out / "runs.csv").set_index("run_id")
+    assert df.loc["eff_partial", "test_acc_lo"] == pytest.approx(wilson_interval(124, 125)[0])
+    assert bool(df.loc["scratch", "pareto_size"]) and not bool(df.loc["eff_full", "pareto_size"])
+    assert df.loc["r50_freeze", "latency_ms"] == 40.0 and bool(df.loc["scratch", "pareto_latency"])
+
+
+def test_guide_report_warnings(guide_report):
+    res, _ = guide_report
+    text = "\n".join(res["warnings"])
+    assert "100% on n=125 means the true accuracy is ≥ 97.0% at 95% confidence" in text
+    assert "3 run(s) at 100%" in text and "cannot be ranked" in text
+    assert re.search(r"small test set \(n=125 images\).*\[97\.0, 100\.0\], 3\.0 points wide, and one image is "
+                     r"0\.8 points", text)
+    assert "overlap" in text                                     # the top two's Wilson intervals
+    assert "overfitting: `scratch`" in text and "35.0 points" in text
+    assert "overfitting: `eff_full`" not in text                 # 93% val is not overfitting by itself (gap 6.8)
+    assert "`eff_full`" in text and "val loss rose" in text      # ...but its val loss did rise
+    assert "CUDA out of memory" in text and "`guide-009`" in text
+    assert "exact copies of training images" in text and "2.4 points" in text
+    assert "tie on best_val_acc" in text
+    assert "`eff_partial` reports more trainable (11.20M) than total parameters (5.30M)" in text  # the guide's table
+
+
+def test_guide_report_files(guide_report):
+    res, out = guide_report
+    md = (out / "report.md").read_text()
+    for heading in ("## Verdict", "## Comparison by model × strategy", "## Training curves", "## Swept parameters",
+                    "## Runs that did not finish (2)", "![", "| model | strategy |"):
+        assert heading in md, heading
+    page = (out / "report.html").read_text()
+    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 4                                      # curves, confusion, tradeoff, params: all inline
+    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    assert "src=\"http" not in page and "<link" not in page      # self-contained
+    assert set(res["plots"]) == {"curves", "confusion_matrix", "tradeoff", "params"}
+    assert all(Path(p).read_bytes()[:4] == b"\x89PNG" for p in res["plots"].values())
+
+
+# ---------------------------------------------------------------- seeds, edge cases
+def test_seed_aggregation(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, val, k in ((0, 0.80, 100), (1, 0.82, 102), (2, 0.84, 104)):
+        write_run(runs, f"a{seed}", config={"model": "resnet18", "strategy": "full", "lr": 0.01, "seed": seed},
+                  summary=summ(val, k), split_test=[f"s{seed}_{i}" for i in range(125)], y_pred=wrong(125 - k))
+    write_run(runs, "b0", config={"model": "resnet18", "strategy": "full", "lr": 0.001, "seed": 0},
+              summary=summ(0.83, 103), split_test=[f"s0_{i}" for i in range(125)], y_pred=wrong(22))
+    res = build_report(runs, tmp_path / "out")
+    (g,) = [g for g in res["seed_groups"] if g["n"] == 3]
+    assert g["config"]["lr"] == 0.01 and sorted(g["seeds"]) == [0, 1, 2]
+    assert g["best_val_acc_mean"] == pytest.approx(0.82) and g["best_val_acc_std"] == pytest.approx(0.02)
+    assert g["test_acc_mean"] == pytest.approx(102 / 125)
+    assert res["best_run_id"] == "a2" and res["runner_up_id"] == "b0"     # not another seed of the winner
+    assert "0.8200 ± 0.0200" in res["verdict"]
+    text = "\n".join(res["warnings"])
+    assert "smaller than its own seed-to-seed std" in text
+    assert "different test images" in text and res["mcnemar"] is None   # different splits: no paired test
+    assert "0.8200 ± 0.0200" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_single_run_all_failed_and_nans(tmp_path):
+    one = tmp_path / "one"
+    write_run(one, "solo", config={"model": "resnet50", "strategy": "freeze", "lr": 1e-3},
+              summary=summ(0.9, 450, n=500), y_pred=None, split_test=[f"t{i}" for i in range(500)])
+    res = build_report(one, tmp_path / "one_out")
+    assert res["best_run_id"] == "solo" and res["runner_up_id"] is None
+    assert "No runner-up" in res["verdict"] and "n=500" in res["verdict"]
+    assert not any("small test set" in w for w in res["warnings"])
+    assert "recorded no test predictions" in (tmp_path / "one_out" / "report.md").read_text()
+
+    dead = tmp_path / "dead"
+    write_run(dead, "f1", state="failed", config={"model": "resnet50"}, error="boom one")
+    write_run(dead, "f2", state="preempted", config={"model": "resnet50"})
+    write_run(dead, "f3", state="pruned", config={"model": "resnet50"}, history=curve(2))
+    res = build_report(dead, tmp_path / "dead_out")
+    assert res["best_run_id"] is None and "No run finished" in res["verdict"]
+    assert any("boom one" in w for w in res["warnings"]) and any("preempted" in w for w in res["warnings"])
+    assert any("1 run(s) pruned by early termination" in w for w in res["warnings"])
+    md = (tmp_path / "dead_out" / "report.md").read_text()
+    assert "Runs that did not finish (3)" in md and (tmp_path / "dead_out" / "report.html").exists()
+
+    nan = tmp_path / "nan"
+    write_run(nan, "n1", config={"model": "m", "strategy": "full", "lr": 0.1},
+              summary={"best_val_acc": 0.5, "test_acc": None, "model_size_mb": float("nan")},
+              history=[{"epoch": 1, "val_acc": float("nan"), "train_loss": float("nan")}])
+    write_run(nan, "n2", config={"model": "m", "strategy": "full", "lr": 0.01}, summary={"best_val_acc": 0.4})
+    res = build_report(nan, tmp_path / "nan_out")
+    assert res["best_run_id"] == "n1" and "Trust" in res["verdict"]
+    assert (tmp_path / "nan_out" / "report.html").exists()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(report.ReportError, match="no runs in"):
+        build_report(empty, tmp_path / "empty_out")
+    assert not (tmp_path / "empty_out").exists()
+
+
+# ---------------------------------------------------------------- W&B
+def test_load_wandb_with_a_fake_api(tmp_path):
+    hist = [{"_step": i, "_runtime": 1.0, "epoch": e, "train_loss": 1 / e, "val_acc": 0.5 + 0.1 * e, "train_acc": 0.6,
+             "val_loss": 1.0} for i, e in enumerate((1, 2, 3))] + [{"_step": 9, "test_confusion_matrix": {"_type": "x"}}]
+    runs = [
+        FakeRun("w1", "finished", {"model": "resnet50", "strategy": "freeze", "lr": {"value": 1e-3}, "_wandb": {}},
+                {**summ(0.91, 450, n=500), "_wandb": {"runtime": 3}, "val_acc": 0.91, "lr": 1e-5,
+                 "classes": CLASSES, "test_predictions": {"y_true": [0, 1, 2], "y_pred": [0, 1, 1]}}, hist),
+        FakeRun("w2", "finished", {"model": "resnet50", "strategy": "full", "lr": 1e-5},
+                summ(0.88, 430, n=500), hist),
+        FakeRun("w3", "crashed", {"model": "resnet50", "strategy": "full", "lr": 1e-2}, {}, []),
+    ]
+    api = FakeApi(runs)
+    loaded = load_wandb("ent/proj/abc123", api=api)
+    assert api.asked == ["ent/proj/abc123"]
+    w1 = loaded[0]
+    assert w1["id"] == "w1" and w1["name"] == "name-w1" and w1["state"] == "finished"
+    assert w1["config"] == {"model": "resnet50", "strategy": "freeze", "lr": 1e-3}
+    assert "_wandb" not in w1["summary"] and w1["summary"]["best_val_acc"] == 0.91
+    assert w1["classes"] == CLASSES and w1["test_predictions"]["y_pred"] == [0, 1, 1]
+    assert [h["epoch"] for h in w1["history"]] == [1, 2, 3] and "_step" not in w1["history"][0]
+    assert "test_predictions" not in loaded[1] and loaded[2]["state"] == "failed"
+    assert loaded[2]["wandb_state"] == "crashed"
+    df = runs_frame(loaded).set_index("run_id")       # W&B's summary repeats the last logged lr: kept apart
+    assert df.loc["w1", "lr"] == 1e-3 and df.loc["w1", "summary.lr"] == 1e-5
+    res = build_report(loaded, tmp_path / "wb")
+    assert res["best_run_id"] == "w1" and "resnet50 / freeze" in res["verdict"]
+    assert any("`w3`" in w for w in res["warnings"])
+    assert any("McNemar test not possible" in w for w in res["warnings"])
+
+
+# ---------------------------------------------------------------- the page in a real browser
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed")
+def test_html_renders_in_headless_chromium(guide_report, tmp_path):
+    _, out = guide_report
+    url = (out / "report.html").resolve().as_uri()
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    shot = tmp_path / "report.png"
+    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1200,3000", url],
+                   capture_output=True, timeout=90, check=False)
+    assert shot.exists() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
+    dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=90).stdout
+    assert len(re.findall(r'<img src="data:image/png;base64,', dom)) == 4
+    assert dom.count("<table>") >= 5 and "Verdict" in dom and "resnet50" in dom and "CRITICAL" in dom
+    from PIL import Image
+
+    with Image.open(shot) as im:                  # the plots were drawn: many colours, not a blank page
+        assert len(im.convert("RGB").resize((300, 750)).getcolors(1 << 20)) > 200
+
+
+def test_report_from_wandb_runs_mcnemar_on_the_logged_test_predictions(tmp_path):
+    """The summary keys lib.train.tracking logs (test_y_true, test_y_pred, classes) are enough for the paired test."""
+    def logged(val, errors):
+        return {**summ(val, 125 - errors), "classes": CLASSES, "test_y_true": Y_TRUE, "test_y_pred": wrong(errors)}
+    api = FakeApi([FakeRun("a", "finished", {"model": "resnet50", "strategy": "partial", "lr": 1e-3}, logged(0.93, 6), []),
+                   FakeRun("b", "finished", {"model": "resnet50", "strategy": "full", "lr": 1e-4}, logged(0.92, 8), [])])
+    res = build_report(load_wandb("ent/proj/sw", api=api), tmp_path / "wb")
+    assert res["mcnemar"]["runs"] == ["a", "b"]
+    expected = stats.binomtest(res["mcnemar"]["b"], res["mcnemar"]["b"] + res["mcnemar"]["c"], 0.5).pvalue
+    assert res["mcnemar"]["p_value"] == pytest.approx(expected)
+    assert "not distinguishable" in (tmp_path / "wb" / "report.md").read_text()
+
+
+# ---------------------------------------------------------------- the command line: metric, bad input, untrusted names
+def cli(args, capsys):
+    """finetune_sweep.py as a user runs it: exit code, stdout, stderr lines."""
+    import finetune_sweep
+
+    code = finetune_sweep.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err.strip().splitlines()
+
+
+def two_metric_sweep(root: Path, metric: dict) -> Path:
+    """A sweep whose own metric (test_loss, minimized) and best_val_acc disagree on the winner."""
+    root.mkdir(parents=True)
+    (root / "sweep.json").write_text(json.dumps({"name": "s", "method": "grid", "storage": None, **metric}))
+    for rid, val, loss in (("by_val", 0.95, 0.9), ("by_loss", 0.80, 0.2)):
+        write_run(root / "runs", rid, config={"model": "resnet18", "strategy": "full", "lr": 1e-3 if val > 0.9 else 1e-4},
+                  summary={**summ(val, 100), "test_loss": loss}, y_pred=wrong(25))
+    return root
+
+
+def test_report_ranks_by_the_sweeps_own_metric(tmp_path, capsys):
+    root = two_metric_sweep(tmp_path / "sweep", {"metric": "test_loss", "goal": "minimize"})
+    code, out, err = cli(["report", root], capsys)
+    assert code == 0, err
+    assert "Winner: **resnet18 / full** (lr=0.0001), run `by_loss`" in out
+    md = (root / "report" / "report.md").read_text()
+    assert "selection metric: `test_loss` (minimize)" in md
+    ranks = pd.read_csv(root / "report" / "runs.csv").set_index("run_id")["rank"]
+    assert ranks["by_loss"] == 1 and ranks["by_val"] == 2
+    code, out, _ = cli(["report", root, "--metric", "best_val_acc"], capsys)   # asked for: wins over the sweep's
+    assert code == 0 and "run `by_val`" in out
+
+
+def test_report_of_a_wandb_sweep_ranks_by_its_config_metric(tmp_path, capsys, monkeypatch):
+    """The W&B sweep's config names the metric (W&B's Sweep.config); the server is the one stand-in."""
+    import lib.sweep.cloud
+
+    class SweepApi(FakeApi):
+        def sweep(self, path):
+            sweep = super().sweep(path)
+            sweep.config = {"method": "grid", "metric": {"name": "test_loss", "goal": "minimize"}}
+            return sweep
+
+    api = SweepApi([FakeRun(rid, "finished", {"model": "resnet18", "strategy": st, "lr": 1e-3},
+                            {**summ(val, 100), "test_loss": loss}, [])
+                    for rid, st, val, loss in (("w_val", "full", 0.95, 0.9), ("w_loss", "freeze", 0.8, 0.2))])
+    monkeypatch.setattr(lib.sweep.cloud, "public_api", lambda: api)
+    code, out, err = cli(["report", "ent/proj/sw1", "--out", tmp_path / "r"], capsys)
+    assert code == 0, err
+    assert "run `w_loss`" in out and "selection metric: `test_loss` (minimize)" in (tmp_path / "r" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("case, message", ids=["missing", "empty", "a file", "metric typo"], argvalues=[
+    ("missing", r"^error: no such folder: .*missing"),
+    ("empty", r"^error: no runs in .*empty: expected a sweep dir"),
+    ("a file", r"^error: .*run\.json is a file, not a folder"),
+    ("metric typo", r"^error: unknown metric 'test_los' \(did you mean 'test_loss'\?\): the runs record .*best_val_acc"),
+])
+def test_report_bad_input_is_one_line_and_keeps_the_earlier_report(tmp_path, capsys, case, message):
+    root = two_metric_sweep(tmp_path / "sweep", {"metric": "test_loss", "goal": "minimize"})
+    out = tmp_path / "report"
+    assert cli(["report", root, "--out", out], capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (tmp_path / "empty").mkdir()
+    source = {"missing": tmp_path / "missing", "empty": tmp_path / "empty",
+              "a file": root / "runs" / "by_val" / "run.json", "metric typo": root}[case]
+    extra = ["--metric", "test_los"] if case == "metric typo" else []
+    code, stdout, err = cli(["report", source, "--out", out, *extra], capsys)
+    assert code == 2 and len(err) == 1 and re.match(message, err[0]), err
+    assert stdout == "" and {p.name: p.read_bytes() for p in out.iterdir()} == before   # not touched
+    assert not (tmp_path / "empty" / "report").exists()
+
+
+HOSTILE_CLASSES = ["=HYPERLINK(\"http://x\",\"y\")", "a|b", "<img src=x onerror=alert(1)>", "line\nbreak",
+                   "cost $\\frac{ $"]
+
+
+def test_names_from_records_are_data_not_markup(tmp_path):
+    """Run, model and class names and errors come from records anyone can edit: in runs.csv they are
+    never formulas, in report.md they stay one cell of one row and never HTML, in report.html text."""
+    import csv
+    from html.parser import HTMLParser
+
+    runs = tmp_path / "runs"
+    for rid, model, val in (("=1+2", "-2+3+cmd|' /C calc'!A0", 0.9), ("run|<b>x", "@SUM(A1)", 0.8)):
+        d = write_run(runs, rid, config={"model": model, "strategy": "full", "lr": val / 100},
+                      summary={**summ(val, 100, gap=-0.02)}, y_pred=wrong(25))
+        rec = json.loads((d / "run.json").read_text())
+        (d / "run.json").write_text(json.dumps({**rec, "classes": HOSTILE_CLASSES, "name": "+name\r"}))
+    write_run(runs, "dead", state="failed", config={"model": "m"}, error="=cmd|' /C calc'!A0\n<script>x</script>")
+    res = build_report(runs, tmp_path / "out")
+    assert res["best_run_id"] == "=1+2"
+
+    with open(tmp_path / "out" / "runs.csv", newline="") as f:
+        cells = [c for row in csv.reader(f) for c in row]
+    risky = [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert risky and all(re.fullmatch(r"-[\d.e-]+", c) for c in risky), risky    # only negative numbers
+    assert "'-2+3+cmd|' /C calc'!A0" in cells and "'=1+2" in cells and "'@SUM(A1)" in cells
+    assert "-0.02" in cells                                                      # numbers stay numbers
+
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "<img" not in md and "<script" not in md and "<b>" not in md
+    for block in re.findall(r"(?:^\|.*\|$\n?)+", md, flags=re.M):                 # every table keeps its columns
+        widths = {len(re.split(r"(?<!\\)\|", line)) for line in block.strip().splitlines()}
+        assert len(widths) == 1, block
+    assert "| line break |" in md and "a\\|b" in md
+
+    class Tags(HTMLParser):
+        found: list = []
+
+        def handle_starttag(self, tag, attrs):
+            self.found.append((tag, dict(attrs)))
+
+    page = (tmp_path / "out" / "report.html").read_text()
+    parser = Tags()
+    parser.feed(page)
+    assert not any(t == "script" or "onerror" in a for t, a in parser.found)
+    assert all(a["src"].startswith("data:image/png;base64,") for t, a in parser.found if t == "img")
+    assert "run|&lt;b&gt;x" in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "confusion_matrix" in res["plots"]        # drawn with the class names, `$` and all, as plain text
+
+
+def test_out_of_range_predicted_labels_are_left_out_with_a_warning(tmp_path):
+    """A damaged or edited record: labels outside the classes (negative, huge, not a number) must not
+    crash the report nor land in another class's cell (-1 would index the last column)."""
+    from lib.report.build import _confusion
+
+    y_pred = wrong(10)
+    y_pred[0], y_pred[30], y_pred[60], y_pred[90] = -1, 10 ** 12, 5, "x"
+    d = write_run(tmp_path / "runs", "bad", config={"model": "resnet18", "strategy": "full", "lr": 1e-3},
+                  summary=summ(0.9, 115), y_pred=y_pred)
+    cm, classes, dropped = _confusion(json.loads((d / "run.json").read_text()))
+    assert classes == CLASSES and cm.shape == (5, 5) and dropped == 4 and cm.sum() == 121
+    assert cm[0, 4] == 0 and cm[0].sum() == 24                  # beagle row: the -1 is in no cell
+    res = build_report(tmp_path / "runs", tmp_path / "out")
+    assert any("4 test prediction(s) with a label outside its 5 classes" in w for w in res["warnings"])
+    assert "confusion_matrix" in res["plots"]
+    assert "| beagle | " in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_holm_adjusts_for_the_configurations_the_winner_was_picked_from(tmp_path):
+    """Raw McNemar p = 2/64 against the runner-up would say "distinguishable"; the winner was compared
+    with 3 configurations, two of them close on test: Holm's p = 3 x 2/64 > 0.05, so trust is not HIGH."""
+    from lib.report.stats import holm
+
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])          # step-down, monotone
+    runs = tmp_path / "runs"
+    for run_id, lr, val, pred in (("win", 0.1, 0.95, wrong(2)), ("run", 0.01, 0.93, wrong(8)),
+                                  ("r1", 0.001, 0.90, wrong(4, offset=50)), ("r2", 0.0001, 0.89, wrong(3, offset=60))):
+        write_run(runs, run_id, config={"model": "resnet18", "strategy": "full", "lr": lr},
+                  summary=summ(val, 125 - sum(a != b for a, b in zip(pred, Y_TRUE))), y_pred=pred)
+    res = build_report(runs, tmp_path / "out")
+    assert res["runner_up_id"] == "run" and res["mcnemar"]["p_value"] == pytest.approx(2 / 64)
+    assert res["mcnemar"]["comparisons"] == 3 and res["mcnemar"]["p_holm"] == pytest.approx(3 * 2 / 64)
+    verdict = res["verdict"]
+    assert "Holm-corrected for 3 comparisons p = 0.0938" in verdict and "Trust: LOW" in verdict
