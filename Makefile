@@ -4,7 +4,7 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 
-.PHONY: setup demo test bench clean postgres
+.PHONY: setup demo test bench clean postgres worker
 
 setup: $(STAMP)
 
@@ -45,3 +45,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf runs data .venv
+
+# requirements.txt without torch/torchvision, for GPU workers whose image brings its own CUDA build (Kaggle).
+worker: requirements-worker.txt
+
+requirements-worker.txt: requirements.txt lib/sweep/kaggle.py
+	$(PY) -c "import sys; from lib.sweep.kaggle import worker_requirements; sys.stdout.write(worker_requirements(open('requirements.txt').read()))" > $@
