@@ -9,6 +9,7 @@
     python finetune_sweep.py export runs/sweeps/demo --quantize --attributions 8 --out export/
     python finetune_sweep.py predict export/model.onnx photo.jpg folder/ --top 3
     python finetune_sweep.py soup runs/sweeps/demo --out runs/sweeps/demo/runs/soup   # greedy model soup
+    python finetune_sweep.py dashboard runs/sweeps/demo --port 8080                  # the study live in optuna-dashboard
 
 Exit codes: 0 done, 1 stopped by failures, 2 bad sweep file or arguments, 3 time budget spent with work left
 (run the same command again), 130 interrupted.
@@ -137,6 +138,12 @@ def cmd_status(a):
     return 0
 
 
+def cmd_dashboard(a):
+    from lib.sweep import dashboard  # optuna-dashboard is imported by this command only
+
+    return dashboard.serve(a.source, host=a.host, port=a.port, study=a.study)
+
+
 def _add_budget(p):
     p.add_argument("--time_budget", metavar="DURATION",
                    help="e.g. 11h30m, 45m, 90s: no trial starts that would not end in time; at the deadline "
@@ -214,6 +221,15 @@ def parser():
     s.add_argument("sweep_dir", help="a sweep dir, or the database URL of a study shared by machines (its only study)")
     s.add_argument("--storage", help="the study's RDB URL, if not the one in sweep.json (which has no password)")
     s.set_defaults(fn=cmd_status)
+    d = sub.add_parser("dashboard", help="the study live in optuna-dashboard (history, parallel coordinates, "
+                                         "parameter importance, per-epoch metric), read-only")
+    d.add_argument("source", help="a sweep dir, or the database URL of a study shared by machines")
+    d.add_argument("--port", type=int, default=8080, help="default 8080; 0: any free port")
+    d.add_argument("--host", default="127.0.0.1",
+                   help="default 127.0.0.1 (reach it through an SSH tunnel); 0.0.0.0 opens it to the network, "
+                        "and it has no login")
+    d.add_argument("--study", help="the database's study to open (default: the sweep dir's, or the only one)")
+    d.set_defaults(fn=cmd_dashboard)
     return p
 
 

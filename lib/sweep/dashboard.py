@@ -1,0 +1,160 @@
+"""A study in optuna-dashboard, live: history, parallel coordinates, parameter importance and each
+trial's per-epoch metric, with no W&B server (the offline counterpart of W&B's sweep page).
+
+Read-only on purpose. The dashboard also has buttons that write (notes, rename or delete a study, tell a
+trial's result), and the study it shows is one that runners, maybe on other machines, are working on:
+every request but GET/HEAD is refused, a journal is opened without creating or locking anything, and a
+database gets no tables created. Bound to 127.0.0.1 by default: the dashboard has no login, so other
+machines reach it through an SSH tunnel.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import signal
+import socket
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import optuna
+
+from lib.sweep.local import public_url
+from lib.sweep.spec import SweepError
+
+JOURNAL = "optuna.journal"        # the study of a sweep dir without --storage (lib.sweep.local.storage)
+LOOPBACK = ("127.0.0.1", "localhost")
+REFUSED = b'{"reason": "read-only: this dashboard shows the study; it does not change it"}'
+
+
+# --- the study to show ---------------------------------------------------------------------------------
+def open_source(source: str) -> tuple[optuna.storages.BaseStorage, str | None]:
+    """The storage of a sweep dir or a database URL, opened to read, and the study a sweep dir names."""
+    if "://" in source:
+        return _database(source), None
+    folder = Path(source)
+    if not folder.is_dir():
+        raise SweepError(f"{source}: no such folder (expected a sweep dir, or a database URL such as "
+                         f"postgresql://user@host/db)")
+    if not (folder / "sweep.json").exists():
+        raise SweepError(f"{source} is not a sweep dir (no sweep.json): run `finetune_sweep.py local` first")
+    meta = json.loads((folder / "sweep.json").read_text())
+    if meta.get("storage"):   # a study in a database: sweep.json holds its URL without the password
+        return _database(meta["storage"]), meta["name"]
+    return _journal(folder / JOURNAL), meta["name"]
+
+
+def _journal(path: Path) -> optuna.storages.JournalStorage:
+    from optuna.storages.journal import JournalFileBackend
+
+    if not path.exists():   # the backend would create an empty one
+        raise SweepError(f"{path.parent} has no {path.name}: its study is in a database (`dashboard URL`)")
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))   # reading takes no lock
+
+
+def _database(url: str) -> optuna.storages.RDBStorage:
+    """An RDB storage that creates nothing: a mistyped database must not be given Optuna's tables."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    shown = public_url(url, hide=True)
+    try:
+        parsed = make_url(url)
+        if parsed.drivername.startswith("sqlite") and not Path(parsed.database or "").is_file():
+            raise SweepError(f"{shown}: no such SQLite file")   # connecting would create it
+        storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
+        storage.get_all_studies()
+    except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:   # unreachable, refused, no tables
+        raise SweepError(f"cannot read a study from {shown}: {_reason(e)}") from None
+    return storage
+
+
+def _reason(e: BaseException) -> str:
+    """The driver's own words (Optuna and SQLAlchemy wrap them in theirs), first line."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+
+
+def pick_study(storage, named: str | None, wanted: str | None, where: str) -> tuple[str | None, int | None]:
+    """--study, else the sweep dir's study, else the database's only one; (None, None) = the list of several."""
+    names = [s.study_name for s in storage.get_all_studies()]
+    name = wanted or named
+    if name is None and len(names) == 1:
+        name = names[0]
+    if name is None:
+        if not names:
+            raise SweepError(f"{where} holds no study yet: run `finetune_sweep.py local` first")
+        return None, None
+    if name not in names:
+        raise SweepError(f"{where} holds no study {name!r} (it holds: {', '.join(names) or 'none'})")
+    return name, storage.get_study_id_from_name(name)
+
+
+# --- the server ------------------------------------------------------------------------------------------
+class _Server(ThreadingMixIn, WSGIServer):
+    """A thread per request, as optuna-dashboard's own command: the page asks for several plots at once."""
+    daemon_threads = True
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *args):   # a line per request would bury the address and the tunnel hint
+        pass
+
+
+def read_only(app):
+    """The dashboard, refusing every request that could change the study (405)."""
+    def guarded(environ, start_response):
+        if environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+            return app(environ, start_response)
+        start_response("405 Method Not Allowed", [("Content-Type", "application/json"), ("Allow", "GET, HEAD")])
+        return [REFUSED]
+    return guarded
+
+
+def listen(app, host: str, port: int) -> _Server:
+    if not 0 <= port <= 65535:
+        raise SweepError(f"--port {port}: expected 0..65535 (0: any free port)")
+    try:
+        return make_server(host, port, app, server_class=_Server, handler_class=_Quiet)
+    except OSError as e:
+        hint = ": choose another with --port" if e.errno == errno.EADDRINUSE else ""
+        raise SweepError(f"cannot listen on {host}:{port}: {e.strerror or e}{hint}") from None
+
+
+def banner(host: str, port: int, study: str | None, study_id: int | None, where: str) -> list[str]:
+    """Where to open it, here and through an SSH tunnel from another machine."""
+    page = f"/dashboard/studies/{study_id}" if study_id is not None else "/dashboard"
+    anywhere = host in ("", "0.0.0.0")
+    here = "localhost" if host in LOOPBACK else socket.gethostname() if anywhere else host
+    target = "localhost" if host in LOOPBACK or anywhere else host   # as this machine, the tunnel's end, sees it
+    what = f"study {study!r}" if study else f"the studies of {where}"
+    return [f"dashboard of {what}: http://{here}:{port}{page}",
+            (f"from another machine: ssh -N -L {port}:{target}:{port} {socket.gethostname()}, "
+             f"then open http://localhost:{port}{page}"),
+            "read-only; Ctrl-C stops it"]
+
+
+def _stop(_signum, _frame):
+    raise KeyboardInterrupt   # SIGTERM as Ctrl-C: close the socket, exit 0
+
+
+def serve(source: str, host: str = "127.0.0.1", port: int = 8080, study: str | None = None) -> int:
+    try:
+        from optuna_dashboard import wsgi
+    except ImportError:
+        raise SweepError("optuna-dashboard is not installed: pip install -r requirements.txt") from None
+    storage, named = open_source(source)
+    where = public_url(source, hide=True)
+    name, study_id = pick_study(storage, named, study, where)
+    server = listen(read_only(wsgi(storage)), host, port)
+    print("\n".join(banner(host, server.server_port, name, study_id, where)), flush=True)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    print("dashboard stopped")
+    return 0
