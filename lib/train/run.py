@@ -207,6 +207,8 @@ def _execute(cfg: Config, env: dict, run_id: str, stop: training.StopFlag) -> in
     cfg.run_id = run_id
     tracker.update_config(cfg)
     record = RunRecord(cfg.runs_dir, run_id)
+    if fetch_preempted_checkpoint(record, tracker, env):
+        record = RunRecord(cfg.runs_dir, run_id)   # as the preempted run left it, on whichever machine
     resume = load_checkpoint(record)
     for note in record.notes:
         print(f"warning: {note}", file=sys.stderr)
@@ -233,6 +235,7 @@ def _execute(cfg: Config, env: dict, run_id: str, stop: training.StopFlag) -> in
             return EXIT_PRUNED
         # Resumable: the last epoch's checkpoint is on disk; the same run_id continues it.
         record.update(state="preempted", preempted_by=str(e))
+        keep_preempted_checkpoint(record, tracker, env)
         tracker.mark_preempting()
         tracker.finish(exit_code=EXIT_PREEMPTED)
         print(f"run {run_id} preempted by {e}: start it again with --run_id={run_id} to resume", file=sys.stderr)
@@ -307,6 +310,36 @@ class Hooks:
 
     def checkpoint(self, state: dict) -> None:
         atomic_write(self.record.dir / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+
+
+def _online_sweep(env) -> bool:
+    from lib.train.tracking import in_sweep
+
+    return in_sweep(env) and env.get("WANDB_MODE") == "online"
+
+
+def keep_preempted_checkpoint(record: RunRecord, tracker, env) -> None:
+    """Online under a W&B sweep, the checkpoint (and the record) goes to W&B: W&B requeues the run under
+    the same run id, and the agent that takes it may be on another machine (lib/train/tracking.py says
+    what W&B does, from its source). Offline, the next start is on this disk (`local` resumes it there)."""
+    path = record.dir / CHECKPOINT
+    if not _online_sweep(env) or not path.exists():
+        return
+    try:
+        tracker.log_checkpoint([path, record.path, record.dir / "metrics.jsonl"], len(record.metrics))
+    except Exception as e:  # noqa: BLE001 - the run is still preempted; the next start may begin over
+        print(f"warning: checkpoint not uploaded to W&B ({type(e).__name__}: {e})", file=sys.stderr)
+
+
+def fetch_preempted_checkpoint(record: RunRecord, tracker, env) -> bool:
+    """A sweep run W&B handed to this agent after a preemption elsewhere: no checkpoint here, so the one
+    it left on W&B (``checkpoint-<run_id>``), with its record, is put in its folder."""
+    if (record.dir / CHECKPOINT).exists() or not _online_sweep(env):
+        return False
+    if tracker.fetch_checkpoint(record.dir):
+        print(f"run {record.dir.name}: checkpoint of its preempted start fetched from W&B", file=sys.stderr)
+        return True
+    return False
 
 
 def load_checkpoint(record: RunRecord) -> dict | None:

@@ -96,6 +96,35 @@ class Tracker:
                 art.add_file(str(f))
         self.run.log_artifact(art, aliases=["best"])
 
+    # What W&B does with a preempted sweep run (wandb 0.31.0's SDK, and W&B's docs for the server side):
+    # mark_preempting() only tells the server (wandb/sdk/wandb_run.py:3694, publish_preempting); a run so
+    # marked that exits non-zero is put back, itself, on the sweep's run queue, which agents drain before
+    # the search suggests new runs (docs: models/runs/resuming.mdx, "Resume preemptible Sweeps runs").
+    # The agent that takes it gets a `resume` command, handled exactly as `run` (wandb/wandb_agent.py:575)
+    # and started with WANDB_RUN_ID = that command's run_id (wandb_agent.py:611-619): the same run id and
+    # parameters, on whichever machine asked, while wandb.init's own id= is ignored under a sweep
+    # (wandb/sdk/wandb_init.py:240-280, clear_run_path_if_sweep_or_launch). So the checkpoint travels by
+    # run id: ``checkpoint-<run_id>`` (type "checkpoint", a new version per preemption, alias latest).
+    def log_checkpoint(self, files: list[Path], epochs_logged: int) -> None:
+        """A preempted run's checkpoint and record, for the agent W&B hands the run to next."""
+        art = self.wandb.Artifact(f"checkpoint-{self.run.id}", type="checkpoint",
+                                  metadata={"epochs_logged": epochs_logged})
+        for f in files:
+            if f.exists():
+                art.add_file(str(f))
+        self.run.log_artifact(art, aliases=["latest"])
+
+    def fetch_checkpoint(self, dest: Path) -> bool:
+        """Download ``checkpoint-<run_id>:latest`` into ``dest``; False when there is none (a run's first
+        start) or W&B cannot be read (the run then starts over, which is always correct)."""
+        name = "/".join(p for p in (self.run.entity, self.run.project, f"checkpoint-{self.run.id}:latest") if p)
+        try:
+            art = self.wandb.Api().artifact(name, type="checkpoint")
+            art.download(root=str(dest))
+        except Exception:  # noqa: BLE001 - not found (CommError), no network, no key: start over
+            return False
+        return True
+
     def mark_preempting(self) -> None:
         self.run.mark_preempting()
 
