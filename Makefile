@@ -37,7 +37,7 @@ postgres:
 	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
 	  || echo "postgresql not installed (needs root and apt): the PostgreSQL tests will skip"
 
-test: $(STAMP) postgres
+test: $(STAMP) postgres requirements-worker.txt   # regenerated when requirements.txt changes (commit it)
 	$(PY) -m pytest
 
 bench: $(STAMP)

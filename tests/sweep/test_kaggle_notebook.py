@@ -3,6 +3,7 @@ input and working folders are temporary ones, its secrets a stand-in ``kaggle_se
 a key, and its internet off. So it takes the offline branch: the real `local` runs a tiny sweep on real
 images, then the report. Plus the helpers it calls (lib/sweep/kaggle.py)."""
 import json
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -151,3 +152,33 @@ def test_offline_install_without_wheels_says_so(tmp_path):
     pins = (tmp_path / "s" / "image-torch.txt").read_text()
     assert "torch==" in pins and all(["-c", str(tmp_path / "s" / "image-torch.txt")] == a[5:7] for a in calls)
     assert "installed 1 missing" in lines[0]
+
+
+def test_agents_run_the_kits_trainer_from_a_folder_under_working(tmp_path):
+    """`wandb agent` runs the sweep's program from its own folder: a link there to the kit's trainer must
+    still import the kit (Python resolves the link for sys.path[0]), and write nothing into the kit."""
+    folder = kg.agent_dir(tmp_path / "working", ROOT)
+    assert folder == tmp_path / "working" / "agent" and kg.agent_dir(tmp_path / "working", ROOT) == folder
+    done = subprocess.run([sys.executable, "finetune_resnet.py", "--help"], cwd=folder, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and "data_dir" in done.stdout, done.stderr
+
+
+def test_sweep_for_create_points_at_this_machines_data(tmp_path):
+    out = kg.sweep_for_create(ROOT / "sweeps" / "quickstart.yaml", tmp_path / "dogs", {"epochs": 2},
+                              tmp_path / "w" / "sweep.yaml")
+    spec = yaml.safe_load(out.read_text())
+    assert spec["parameters"]["data_dir"] == {"value": str(tmp_path / "dogs")}
+    assert spec["parameters"]["epochs"] == {"value": 2} and spec["method"] == "grid"
+
+
+def test_restore_sweep_copies_an_earlier_output_once(tmp_path):
+    prev = tmp_path / "input" / "nb" / "sweep"
+    prev.mkdir(parents=True)
+    (prev / "sweep.json").write_text("{}")
+    assert kg.restore_sweep("", tmp_path / "w" / "sweep") == ""
+    assert "continuing the sweep" in kg.restore_sweep(str(prev), tmp_path / "w" / "sweep")
+    assert (tmp_path / "w" / "sweep" / "sweep.json").exists()
+    assert "already exists" in kg.restore_sweep(str(prev), tmp_path / "w" / "sweep")
+    with pytest.raises(kg.KaggleError, match="no sweep.json"):
+        kg.restore_sweep(str(tmp_path), tmp_path / "w2")
