@@ -12,6 +12,7 @@ import os
 import sys
 
 from lib import config
+from lib.errors import KitError
 
 
 def main(argv: list[str], env=os.environ) -> int:
@@ -21,10 +22,10 @@ def main(argv: list[str], env=os.environ) -> int:
         return 0
     try:
         config.resolve(argv, env)
-    except config.ConfigError as e:
+    except KitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from lib.train.run import main as run   # the heavy part: torch, timm, W&B
+    from lib.train.run import main as run  # the heavy part: torch, timm, W&B
 
     return run(argv, env)
 

@@ -18,13 +18,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from lib.errors import KitError, SweepError
 from lib.sweep import cloud
 from lib.sweep import local as sweep_local
-from lib.sweep.spec import SweepError
-
-# The kit's one-line errors, by name: their modules are imported lazily (export needs torch, predict must not).
-ONE_LINE_ERRORS = {"SweepError", "ExportError", "ConfigError", "DataError", "WeightsError", "ReportError",
-                   "PredictError"}
 
 
 def _fixed(pairs):
@@ -90,7 +86,9 @@ def cmd_report(a):
 
 
 def cmd_export(a):
-    api = cloud.public_api() if cloud.is_sweep_path(a.source) else None   # no key: one line before torch loads
+    from lib import runs
+
+    api = runs.public_api() if runs.is_sweep_path(a.source) else None   # no key: one line before torch loads
     from lib.ship import export
 
     result = export.export_best(a.source, Path(a.out), metric=a.metric, max_size_mb=a.max_size_mb,
@@ -237,9 +235,7 @@ def main(argv):
     args = parser().parse_args(argv)
     try:
         return args.fn(args)
-    except Exception as e:  # noqa: BLE001 - the kit's own one-line errors; anything else keeps its traceback
-        if type(e).__name__ not in ONE_LINE_ERRORS:
-            raise
+    except KitError as e:   # the user's to fix: one line; anything else is a bug and keeps its traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 

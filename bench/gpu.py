@@ -32,17 +32,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import run as bench_run  # noqa: E402 - bench/run.py: the demo study and the seed-style baseline
 import timm  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-import run as bench_run  # noqa: E402 - bench/run.py: the demo study and the seed-style baseline
-from lib.train import data  # noqa: E402
-from lib.train import demo_data
-from lib.train import models
-from lib.train.cache import SharedCache  # noqa: E402
 from lib.config import build  # noqa: E402
-from lib.records import read_json  # noqa: E402
+from lib.files import read_json  # noqa: E402
+from lib.train import (
+    data,  # noqa: E402
+    demo_data,
+    models,
+)
+from lib.train.cache import SharedCache  # noqa: E402
 from lib.train.run import make_loaders  # noqa: E402
 from lib.train.training import Accel  # noqa: E402
 

@@ -29,20 +29,21 @@ os.environ.setdefault("WANDB_SILENT", "true")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import sklearn.metrics  # noqa: E402,F401 - what a run imports is paid before timing, like torch: process start is not compared
 import timm  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 from torchvision import datasets, transforms  # noqa: E402
 
-from lib.train import demo_data  # noqa: E402
-from lib.train import strategies
-from lib.sweep import spec as sweep_spec
 from lib.config import build  # noqa: E402
-from lib.records import read_json  # noqa: E402
+from lib.files import read_json  # noqa: E402
+from lib.sweep import spec as sweep_spec
+from lib.train import (
+    demo_data,  # noqa: E402
+    strategies,
+)
 from lib.train.run import main as kit_main  # noqa: E402
-
-import sklearn.metrics  # noqa: E402,F401 - what a run imports is paid before timing, like torch: process start is not compared
 
 DEMO = ROOT / "sweeps" / "demo.yaml"
 FOUR = ("freeze", "partial", "full", "two_phase")   # the demo's strategies the figures below were measured on
@@ -113,8 +114,9 @@ def baseline_data(model, data_dir: Path, split: dict, size: int) -> list[Subset]
 
 
 def _kit_initial_weights() -> dict:
-    from lib.train.weights import pip_weights_file
     from safetensors.torch import load_file
+
+    from lib.train.weights import pip_weights_file
     state = load_file(pip_weights_file("mobilenetv2_100", Path.home() / ".cache" / "finetune-kit" / "weights"))
     return {k: v for k, v in state.items() if not k.startswith("classifier")}
 

@@ -23,20 +23,21 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A bad configuration value; the entrypoint prints it on one line and exits with code 2."""
+from lib.errors import ConfigError
 
 
-def _opt(default, help, choices=None, min=None, max=None, min_exclusive=False, allowed=None):
-    """``allowed``: the text of what is allowed, where the range alone does not say it."""
-    meta = dict(help=help, choices=choices, min=min, max=max, min_exclusive=min_exclusive, allowed=allowed)
+def _opt(default, help, choices=None, min=None, max=None, min_exclusive=False, allowed=None, bookkeeping=False):
+    """``allowed``: the text of what is allowed, where the range alone does not say it. ``bookkeeping``:
+    the key names, places or speeds up a run but is no part of its recipe (the report groups repeated
+    seeds of one configuration by every other key)."""
+    meta = dict(help=help, choices=choices, min=min, max=max, min_exclusive=min_exclusive, allowed=allowed,
+                bookkeeping=bookkeeping)
     if isinstance(default, dict):
         return field(default_factory=dict, metadata=meta)
     return field(default=default, metadata=meta)
 
 
-@dataclass
+@dataclass(frozen=True)   # checked once, then read everywhere: a run changes it by dataclasses.replace
 class Config:
     # --- data ---
     data_dir: str = _opt("data/animal_mnist", "ImageFolder root: train/val/test of class folders, or class folders only")
@@ -48,11 +49,11 @@ class Config:
     min_image_side: int = _opt(32, "images with a shorter side are skipped (and listed)", min=1)
     augment: str = _opt("light", "training augmentation", choices=("none", "light", "strong"))
     batch_size: int = _opt(32, "images per step", min=1, max=65536)
-    num_workers: int = _opt(0, "DataLoader worker processes (0: decode in the main process)", min=0, max=128)
+    num_workers: int = _opt(0, "DataLoader worker processes (0: decode in the main process)", min=0, max=128, bookkeeping=True)
     # --- a recipe: several keys at once (a W&B grid cannot tie them: no conditional parameters) ---
     recipe: dict = _opt({}, "a mapping of config keys applied together, e.g. {strategy: freeze, lr: 1.0e-3, "
                             "epochs: 15}; keys set explicitly in the same run win over it",
-                        allowed="a mapping of config keys to values (YAML/JSON, or Python's str() of a dict)")
+                        allowed="a mapping of config keys to values (YAML/JSON, or Python's str() of a dict)", bookkeeping=True)
     # --- model and weights ---
     model: str = _opt("resnet50", "any timm model name, or small_cnn (from scratch, < 2 MB)")
     weights: str = _opt("pretrained", "pretrained | none | path to a .safetensors/.pth file")
@@ -94,33 +95,33 @@ class Config:
     class_weighting: bool = _opt(False, "weight the loss by inverse class frequency (imbalanced data)")
     # --- speed ---
     feature_cache: bool = _opt(True, "the frozen front of freeze/partial phases runs once and is stored; "
-                                      "the rest trains on its output (exact; off with augmentation or mixing)")
+                                      "the rest trains on its output (exact; off with augmentation or mixing)", bookkeeping=True)
     augment_views: int = _opt(0, "with augmentation on: store this many augmented views of the training "
                                  "set and cycle through them (0 = no caching when augmenting)", min=0, max=64)
     cache_memory_mb: float = _opt(4096.0, "memory budget of a run's caches: larger decoded images are "
-                                          "memory-mapped, larger frozen outputs are not stored", min=0.0)
+                                          "memory-mapped, larger frozen outputs are not stored", min=0.0, bookkeeping=True)
     shared_cache_dir: str = _opt("", "where the runs of a study share decoded images and frozen outputs "
-                                     "('' = <runs_dir>/.cache; none = do not share)")
+                                     "('' = <runs_dir>/.cache; none = do not share)", bookkeeping=True)
     # --- run ---
     checkpoint_epochs: int = _opt(1, "write the resumable checkpoint (model, optimizer, RNG) every N epochs and "
-                                     "at the end of each phase (0 = phase ends only); a resumed run redoes the rest", min=0)
-    seed: int = _opt(42, "seed of the split, the initialisation and the data order", min=0, max=2**32 - 1)
-    device: str = _opt("auto", "auto | cpu | cuda | cuda:N | mps")
+                                     "at the end of each phase (0 = phase ends only); a resumed run redoes the rest", min=0, bookkeeping=True)
+    seed: int = _opt(42, "seed of the split, the initialisation and the data order", min=0, max=2**32 - 1, bookkeeping=True)
+    device: str = _opt("auto", "auto | cpu | cuda | cuda:N | mps", bookkeeping=True)
     amp: bool = _opt(True, "mixed precision on CUDA: bf16 on compute capability 8.0+, fp16 with a grad "
                            "scaler on 7.x and 6.0 (V100, T4, P100), else fp32; the summary's amp_dtype says which")
     compile: bool = _opt(False, "torch.compile the training forward pass (the summary's compile_s: time spent "
-                                "compiling); worth it only for long runs where measured faster")
+                                "compiling); worth it only for long runs where measured faster", bookkeeping=True)
     channels_last: bool = _opt(True, "channels_last memory format on CUDA and CPU (faster convolutions)")
-    runs_dir: str = _opt("runs", "where run records go: <runs_dir>/<run_id>/")
-    cache_dir: str = _opt(str(Path.home() / ".cache" / "finetune-kit"), "converted pip-shipped weights and other caches")
-    run_id: str = _opt("", "run id (default: the W&B sweep run's id, else a new one); an existing id resumes")
-    overwrite: bool = _opt(False, "train again over a finished run with the same run_id (else that is refused)")
-    run_name: str = _opt("", "readable name (default: model-strategy-lr)")
-    project: str = _opt("finetune-study", "W&B project")
-    entity: str = _opt("", "W&B entity (team or user); empty = your default")
-    group: str = _opt("", "W&B group (the offline sweep runner sets the sweep id)")
-    tags: str = _opt("", "extra W&B tags, comma-separated")
-    log_model: bool = _opt(True, "upload the best weights to W&B as a model artifact")
+    runs_dir: str = _opt("runs", "where run records go: <runs_dir>/<run_id>/", bookkeeping=True)
+    cache_dir: str = _opt(str(Path.home() / ".cache" / "finetune-kit"), "converted pip-shipped weights and other caches", bookkeeping=True)
+    run_id: str = _opt("", "run id (default: the W&B sweep run's id, else a new one); an existing id resumes", bookkeeping=True)
+    overwrite: bool = _opt(False, "train again over a finished run with the same run_id (else that is refused)", bookkeeping=True)
+    run_name: str = _opt("", "readable name (default: model-strategy-lr)", bookkeeping=True)
+    project: str = _opt("finetune-study", "W&B project", bookkeeping=True)
+    entity: str = _opt("", "W&B entity (team or user); empty = your default", bookkeeping=True)
+    group: str = _opt("", "W&B group (the offline sweep runner sets the sweep id)", bookkeeping=True)
+    tags: str = _opt("", "extra W&B tags, comma-separated", bookkeeping=True)
+    log_model: bool = _opt(True, "upload the best weights to W&B as a model artifact", bookkeeping=True)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -130,6 +131,9 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+# Not part of a run's recipe (with W&B's own bookkeeping in its config): see _opt's bookkeeping.
+BOOKKEEPING = frozenset({name for name, f in FIELDS.items() if f.metadata["bookkeeping"]} | {"wandb_version"})
+RECIPE_KEYS = tuple(name for name in FIELDS if name not in BOOKKEEPING)   # in the order of the config
 # Annotations are strings under `from __future__ import annotations`; resolve them once.
 TYPES = {name: {"str": str, "int": int, "float": float, "bool": bool, "dict": dict}[f.type]
          for name, f in FIELDS.items()}

@@ -3,124 +3,54 @@
 crash leaves the previous version, never half a file."""
 from __future__ import annotations
 
-import fcntl
+import dataclasses
 import json
-import os
-import tempfile
 import time
-from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lib.files import atomic_write, json_default, read_json, write_json
 
 STATES = ("running", "finished", "failed", "preempted", "pruned")
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "best_val_acc")   # each metrics.jsonl row
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path`` (same folder, so the rename is atomic).
-    The file is fsynced before the rename and the folder after it: a power cut or a killed machine
-    leaves the old version or the new one, never an empty file under the new name (ext4 and XFS
-    may commit a rename before the data it points to). Mode 0666 less the umask, like ``open()``:
-    mkstemp's 0600 would hide records and exports from the rest of a team."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~umask())   # after write(): a writer may have replaced the file
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync(path.parent, folder=True)
+def _value(help: str, metric: bool = True):
+    """A summary field; ``metric``: a number a sweep may rank by and the report tabulates."""
+    return field(default=None, metadata={"help": help, "metric": metric})
 
 
-def _fsync(path, folder: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if folder else 0))
-    try:
-        os.fsync(fd)
-    except OSError:
-        if not folder:   # some file systems cannot sync a folder (EINVAL); the file itself must be synced
-            raise
-    finally:
-        os.close(fd)
+@dataclass
+class RunSummary:
+    """What a finished run measured: run.json's ``summary``, W&B's run summary, the numbers of the report
+    and the model card, and (``metric`` fields) what a sweep may name as its metric. A new result is one
+    field here, filled where it is measured: every list of keys is derived from this one."""
+    best_val_acc: float | None = _value("validation accuracy of the kept weights")
+    best_epoch: int | None = _value("epoch of the kept weights")
+    train_val_gap: float | None = _value("training minus validation accuracy at the best epoch: overfitting")
+    epochs_run: int | None = _value("epochs trained (early stopping may end a run before its epochs)")
+    stopped_early: bool | None = _value("early stopping ended the run", metric=False)
+    trainable_params: int | None = _value("parameters the strategy trains")
+    train_time_s: float | None = _value("seconds spent training (not decoding or testing)")
+    train_images_per_s: float | None = _value("training throughput")
+    feature_cache: str | None = _value("how each phase's frozen front was served", metric=False)
+    best_weights: str | None = _value("raw or ema: which weights were kept", metric=False)
+    amp_dtype: str | None = _value("mixed precision used: bfloat16, float16 or none", metric=False)
+    compile_s: float | None = _value("seconds torch.compile took (compile on only)", metric=False)
+    test_acc: float | None = _value("test accuracy of the kept weights")
+    test_loss: float | None = _value("test loss")
+    test_precision_macro: float | None = _value("test precision, mean over classes")
+    test_recall_macro: float | None = _value("test recall, mean over classes")
+    test_f1_macro: float | None = _value("test F1, mean over classes")
+    total_params: int | None = _value("parameters of the model")
+    model_size_mb: float | None = _value("size of the saved weights")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
-def umask() -> int:
-    """The process umask, read without changing it: ``os.umask`` can only be read by setting it, which
-    would race with files other threads create meanwhile. Linux says it in /proc (kernel >= 4.7)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1, default=_plain) + "\n"))
-
-
-def _plain(value):
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
-class RunBusy(RuntimeError):
-    """Another live process holds the run folder; the message is one line naming it."""
-
-
-LOCK = ".lock"
-
-
-@contextmanager
-def run_lock(folder: Path):
-    """Hold ``<folder>/.lock`` exclusively for the whole run: two processes never write one run folder
-    (a requeued trial whose first trainer still runs, a run id given twice). An flock, so the kernel
-    drops it when its holder dies: a killed run never leaves a stale lock. The holder writes its pid in
-    the file for the refusal message. A folder this lock created and nothing else used is removed again."""
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise RunBusy(f"run folder {folder} is in use by process {holder} (it holds {path}): "
-                          "wait for it to end or stop it; two processes never write one run") from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)   # its holder removed the file as we opened it (see below): lock the new one
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        if created and [p.name for p in folder.iterdir()] == [LOCK]:
-            path.unlink()   # still held, so no one else can have locked this file meanwhile
-            try:
-                folder.rmdir()
-            except OSError:   # someone wrote into it meanwhile: theirs now
-                pass
-        os.close(fd)
+RUN_METRICS = frozenset(f.name for f in dataclasses.fields(RunSummary) if f.metadata["metric"])
 
 
 class RunRecord:
@@ -182,7 +112,7 @@ class RunRecord:
 
     def log_epoch(self, row: dict) -> None:
         self.metrics.append(row)
-        text = "".join(json.dumps(r, default=_plain) + "\n" for r in self.metrics)
+        text = "".join(json.dumps(r, default=json_default) + "\n" for r in self.metrics)
         atomic_write(self.dir / "metrics.jsonl", lambda tmp: Path(tmp).write_text(text))
 
     def save_weights(self, state_dict: dict, name: str = "model.safetensors") -> Path:

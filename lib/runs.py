@@ -6,25 +6,20 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
+from lib.errors import ReportError, SweepError
+from lib.files import read_json, read_jsonl, tail
+
+TRIAL_FILE = "trial.json"   # written by the sweep runner when a trial ends: its state and error
+
 STATE_MAP = {"finished": "finished", "running": "running", "failed": "failed", "crashed": "failed",
              "killed": "failed", "preempted": "preempted", "preempting": "preempted", "pruned": "pruned",
              "pending": "running", "complete": "finished", "fail": "failed", "waiting": "running"}
-
-
-class ReportError(ValueError):
-    """The report cannot be made from what was given (no runs, unknown metric, ...): one line."""
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
 
 
 def _history_rows(rows: Iterable[dict]) -> list[dict]:
@@ -40,44 +35,14 @@ def _history_rows(rows: Iterable[dict]) -> list[dict]:
     return [by_epoch[k] for k in sorted(by_epoch)]
 
 
-def _read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(errors="replace").splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            rows.append(json.loads(line))
-    return _history_rows(rows)
-
-
-def _tail(path: Path, lines: int = 3) -> str:
-    if not path.exists():
-        return ""
-    text = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
-    return " | ".join(text[-lines:])
-
-
-def _trial_info(sweep_dir: Path) -> dict[str, dict]:
-    """run_id -> {state, error} from the local sweep's study, when it can be read (else nothing)."""
-    if not (sweep_dir / "sweep.json").exists():
-        return {}
-    with contextlib.suppress(Exception):
-        meta = _read_json(sweep_dir / "sweep.json")
-        if not meta.get("storage") and not (sweep_dir / "optuna.journal").exists():
-            return {}  # opening a missing journal would create one: reading must not write
-    try:
-        from lib.sweep.local import trials_frame
-
-        df, _ = trials_frame(sweep_dir)
-    except Exception:  # noqa: BLE001 - the study is a bonus: the run folders are the record
-        return {}
-    out = {}
-    for row in df.to_dict("records"):
-        if row.get("run_id"):
-            error = row.get("error")
-            out[row["run_id"]] = {"state": STATE_MAP.get(str(row.get("state")), str(row.get("state"))),
-                                  "error": error if isinstance(error, str) else None}
-    return out
+def _trial_info(run_dir: Path) -> dict:
+    """What the sweep runner said of the trial (``trial.json``: state, error), if it ran one: the reason a
+    run died before it could write its own record."""
+    with contextlib.suppress(OSError, ValueError):
+        info = read_json(run_dir / TRIAL_FILE)
+        if isinstance(info, dict):
+            return {"state": STATE_MAP.get(str(info.get("state")), info.get("state")), "error": info.get("error")}
+    return {}
 
 
 def _stub_from_folder(run_dir: Path, trial: dict | None) -> dict | None:
@@ -94,7 +59,7 @@ def _stub_from_folder(run_dir: Path, trial: dict | None) -> dict | None:
             config = {k: v.get("value") if isinstance(v, dict) else v for k, v in raw.items()
                       if k != "wandb_version"}
     trial = trial or {}
-    error = trial.get("error") or _tail(log) or "no run.json was written"
+    error = trial.get("error") or tail(log) or "no run.json was written"
     return {"id": run_dir.name, "name": config.get("run_name") or run_dir.name,
             "state": trial.get("state") or "failed", "config": config, "summary": {}, "error": error,
             "history": [], "dir": str(run_dir), "source": "local"}
@@ -112,24 +77,16 @@ def load_local(sweep_dir) -> list[dict]:
     else:
         base = root / "runs" if ((root / "sweep.json").exists() or (root / "runs").is_dir()) else root
         folders = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
-    trials: dict | None = None  # the study is read only when a folder needs it (it can be slow)
-
-    def trial(run_id: str) -> dict:
-        nonlocal trials
-        if trials is None:
-            trials = _trial_info(root)
-        return trials.get(run_id) or {}
-
     runs = []
     for folder in folders:
         path = folder / "run.json"
         if path.exists():
             try:
-                rec = _read_json(path)
+                rec = read_json(path)
             except (OSError, json.JSONDecodeError) as e:
                 rec = {"id": folder.name, "state": "failed", "error": f"unreadable run.json: {e}"}
         else:
-            stub = _stub_from_folder(folder, trial(folder.name))
+            stub = _stub_from_folder(folder, _trial_info(folder))
             if stub:
                 runs.append(stub)
             continue
@@ -137,8 +94,8 @@ def load_local(sweep_dir) -> list[dict]:
         rec.setdefault("id", folder.name)
         rec["state"] = STATE_MAP.get(str(rec.get("state")), str(rec.get("state") or "unknown"))
         if rec["state"] != "finished" and not rec.get("error"):
-            rec["error"] = trial(rec["id"]).get("error") or _tail(folder / "output.log") or None
-        rec["history"] = _read_metrics(folder / "metrics.jsonl")
+            rec["error"] = _trial_info(folder).get("error") or tail(folder / "output.log") or None
+        rec["history"] = _history_rows(read_jsonl(folder / "metrics.jsonl"))
         rec["dir"] = str(folder)
         rec["source"] = "local"
         runs.append(rec)
@@ -170,6 +127,46 @@ def _unwrap(value):
     return value
 
 
+# --------------------------------------------------------------------------- W&B
+def has_credentials() -> bool:
+    """Whether wandb would find credentials without prompting (env, settings file, netrc, identity token).
+
+    Asked before wandb.sweep because, without credentials, wandb.sweep prompts for a key on a terminal
+    (and waits) instead of failing. update_session=False: only look, change nothing, print nothing.
+    """
+    from wandb.errors import AuthenticationError
+    from wandb.sdk import wandb_setup
+    from wandb.sdk.lib import wbauth
+
+    settings = wandb_setup.singleton().settings
+    host = wbauth.HostUrl(settings.base_url, app_url=settings.app_url)  # a self-hosted server has its own netrc entry
+    try:
+        return wbauth.authenticate_session(host=host, source="finetune_sweep.py", prompt=False,
+                                           update_session=False) is not None
+    except AuthenticationError:  # a malformed key: let wandb.sweep report it in its own words
+        return True
+
+
+def is_sweep_path(source) -> bool:
+    """``entity/project/sweep_id`` that is not a local path (report and export take either)."""
+    return isinstance(source, str) and not Path(source).exists() and \
+        re.fullmatch(r"[^/\s]+/[^/\s]+/[^/\s]+", source) is not None
+
+
+def public_api():
+    """``wandb.Api()`` for reading sweeps, runs and artifacts, or a one-line SweepError without a key
+    (where wandb.Api would raise deep in its auth code)."""
+    import wandb
+
+    if not has_credentials():
+        raise SweepError("reading a W&B sweep needs an API key: run `wandb login` (or set WANDB_API_KEY); "
+                         "offline, pass the local sweep dir instead")
+    try:
+        return wandb.Api()
+    except wandb.errors.Error as e:
+        raise SweepError(f"W&B: {' '.join(str(e).split())}") from None
+
+
 def load_wandb(path: str, api=None, history: bool = True) -> list[dict]:
     """Every run of the W&B sweep ``entity/project/sweep_id``, as the same dicts as ``load_local``.
     ``classes``, ``test_predictions``, ``per_class``, ``confusion_matrix``, ``warnings`` come from
@@ -190,14 +187,10 @@ def _wandb_metric(sweep) -> dict:
 def read_wandb(path: str, api=None, history: bool = True) -> tuple[list[dict], dict]:
     """``load_wandb``'s runs, and the sweep's metric from its config ({"metric", "goal"}, or {})."""
     if api is None:
-        from lib.sweep.cloud import public_api
-
         api = public_api()
     try:
         sweep = api.sweep(path)
     except Exception as e:  # noqa: BLE001 - no such sweep, no access, no network: one line
-        from lib.sweep.cloud import SweepError
-
         raise SweepError(f"cannot read W&B sweep {path}: {' '.join(str(e).split())[:300]}") from None
     runs = []
     for r in sweep.runs:

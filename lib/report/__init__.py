@@ -15,8 +15,8 @@ The statistics are the ones a careful reviewer asks for on small data:
   metric's variance between the key's levels) for categorical keys.
 """
 from lib.report.build import build_report
-from lib.runs import STATE_MAP, ReportError, load_local, load_wandb, read_wandb, runs_frame
 from lib.report.stats import eta_squared, importance, mcnemar, pareto_front, wilson_interval
+from lib.runs import STATE_MAP, ReportError, load_local, load_wandb, read_wandb, runs_frame
 
 __all__ = ["build_report", "STATE_MAP", "ReportError", "load_local", "load_wandb", "read_wandb", "runs_frame",
            "eta_squared", "importance", "mcnemar", "pareto_front", "wilson_interval"]

@@ -12,13 +12,14 @@ import numpy as np
 import pandas as pd
 
 from lib.cells import csv_cell
-from lib.records import atomic_write
+from lib.errors import ReportError
+from lib.files import atomic_write, read_json
+from lib.records import EPOCH_METRICS, RUN_METRICS
 from lib.report.page import CSS, Doc, ci, count, hp, isnan, met, num, pct
-from lib.report.plots import (MAX_CURVE_RUNS, _confusion_plot, _curves_plot, _overlay_plot, _params_plot,
-                              _tradeoff_plot)
+from lib.report.plots import MAX_CURVE_RUNS, _confusion_plot, _curves_plot, _overlay_plot, _params_plot, _tradeoff_plot
 from lib.report.review import GAP_OVERFIT, LEVELS, Review, _state_text, predictions, review
-from lib.runs import ReportError, _read_json, load_local, read_wandb
 from lib.report.study import NOISE_KEYS, Study, make_study
+from lib.runs import is_sweep_path, load_local, read_wandb
 
 MAX_TABLE_ROWS = 100
 MAX_CLASSES = 1000        # a confusion matrix from labels alone (no class names recorded) stops here
@@ -86,10 +87,8 @@ def _load_source(source_runs) -> tuple[list[dict], str, dict]:
             meta = {}
             if (path / "sweep.json").exists():
                 with contextlib.suppress(Exception):
-                    meta = _read_json(path / "sweep.json")
+                    meta = read_json(path / "sweep.json")
             return load_local(path), str(path), meta
-        from lib.sweep.cloud import is_sweep_path
-
         if is_sweep_path(source_runs):
             runs, meta = read_wandb(source_runs)
             return runs, f"W&B sweep {source_runs}", meta
@@ -110,11 +109,9 @@ def _recorded_metrics(runs: list[dict]) -> set[str]:
 def _selection(runs: list[dict], metric: str | None, goal: str | None, meta: dict) -> tuple[str, str]:
     """The metric and goal to rank by: as asked, else the sweep's own (sweep.json or the W&B sweep
     config), else best_val_acc. A metric no run records and no run of the kit can record is a typo."""
-    from lib.sweep.spec import EPOCH_KEYS, RUN_KEYS
-
     sweep_metric = meta.get("metric") if isinstance(meta.get("metric"), str) else None
     metric = metric or sweep_metric or "best_val_acc"
-    known = _recorded_metrics(runs) | RUN_KEYS | EPOCH_KEYS | ({sweep_metric} if sweep_metric else set())
+    known = _recorded_metrics(runs) | RUN_METRICS | set(EPOCH_METRICS) | ({sweep_metric} if sweep_metric else set())
     if metric not in known:
         close = difflib.get_close_matches(metric, sorted(known), n=1)
         raise ReportError(f"unknown metric {metric!r}" + (f" (did you mean {close[0]!r}?)" if close else "")

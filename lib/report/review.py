@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from lib.report.page import ci, count, met, num, pct, isnan
+from lib.report.page import ci, count, isnan, met, num, pct
 from lib.report.stats import holm, importance, mcnemar, wilson_interval
 from lib.report.study import Study
 

@@ -9,16 +9,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from lib.config import BOOKKEEPING
 from lib.report.page import hp, isnan
-from lib.runs import _scalar, runs_frame
 from lib.report.stats import pareto_front, wilson_interval
+from lib.runs import _scalar, runs_frame
 
-# Config keys that are bookkeeping, not part of the recipe: they never define a "configuration".
-NOISE_KEYS = {"seed", "run_id", "run_name", "runs_dir", "cache_dir", "group", "tags", "project", "entity",
-              "device", "num_workers", "log_model", "wandb_version", "config",
-              "feature_cache", "cache_memory_mb", "shared_cache_dir", "checkpoint_epochs",   # speed only: not the recipe
-              "compile", "overwrite",
-              "recipe"}   # a recipe's keys are in the config themselves: the mapping adds nothing
+# Config keys that are bookkeeping, not part of the recipe (declared in lib.config): they never define a
+# "configuration". "config" is the --config file a run was given: its keys are in the config themselves.
+NOISE_KEYS = BOOKKEEPING | {"config"}
 NUMERIC = ("test_acc", "test_f1_macro", "trainable_params", "total_params", "model_size_mb", "train_val_gap",
            "train_time_s", "best_val_acc", "n_test", "n_val")
 

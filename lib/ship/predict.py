@@ -18,18 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from lib.cells import csv_cell
+from lib.errors import PredictError
+from lib.files import atomic_write
 from lib.images import IMAGE_EXTENSIONS, fit_square, load_rgb
-from lib.records import atomic_write
 
 BATCH = 32
 MAX_SIDE = 8192   # larger preprocessing sizes in the metadata are damage, not a model (config allows 4096)
-
-
-class PredictError(ValueError):
-    """The model or the request cannot be used (no model, corrupt file, nothing to classify): one line."""
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
 
 
 def _metadata(path: Path, meta: dict, n_outputs) -> tuple[list[str], dict]:

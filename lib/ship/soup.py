@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from lib.ship.export import ExportError, _batches, _data_root, _decode, load_run_model
-from lib.records import RunRecord
+from lib.errors import ExportError
+from lib.records import RunRecord, RunSummary
 from lib.runs import load_local
+from lib.ship.load import _batches, _data_root, _decode, load_run_model
 
 
 def _family(rec: dict) -> tuple:
@@ -89,10 +90,10 @@ def _write(model, soup, best, runs, kept, steps, val_acc, root, out: Path, secon
     total = sum(p.numel() for p in model.parameters())
     names, used = [runs[j]["id"] for j in kept], [runs[j]["summary"] for j in kept]
     # What the soup cost: every ingredient's training, then the soup's own evaluations.
-    summary = {"best_val_acc": val_acc, "best_epoch": None, **test_summary, "total_params": total,
-               "trainable_params": max(u.get("trainable_params") or 0 for u in used),
-               "model_size_mb": round(weights.stat().st_size / 2**20, 3), "epochs_run": 0,
-               "train_time_s": round(seconds + sum(u.get("train_time_s") or 0 for u in used), 2)}
+    summary = RunSummary(best_val_acc=val_acc, **test_summary, total_params=total,
+                         trainable_params=max(u.get("trainable_params") or 0 for u in used),
+                         model_size_mb=round(weights.stat().st_size / 2**20, 3), epochs_run=0,
+                         train_time_s=round(seconds + sum(u.get("train_time_s") or 0 for u in used), 2)).to_dict()
     record.update(id=out.name, name=f"soup-{len(kept)}-{best['config']['model']}", state="finished",
                   # strategy `soup`: a configuration of its own in reports (model / soup), not a seed of the best
                   config={**best["config"], "run_id": out.name, "run_name": "", "strategy": "soup",

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lib.ship.export import ATTR_DIR, CARD_FILE, EXPORT_FILE, INT8_FILE, ONNX_FILE, ExportError
+from lib.errors import ExportError
+from lib.ship import ATTR_DIR, CARD_FILE, EXPORT_FILE, INT8_FILE, ONNX_FILE
 
 MODEL_FILES = ("model.safetensors", "run.json")
 

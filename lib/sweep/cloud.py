@@ -16,8 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from lib.errors import SweepError
+from lib.runs import has_credentials
 from lib.sweep import spec as sweep_spec
-from lib.sweep.spec import SweepError  # noqa: F401 - raised here too
 
 EXIT_BUDGET = 3   # the time budget ran out with work left: run the same command again to continue
 
@@ -95,45 +96,6 @@ def resolve_gpus(spec: str | None) -> list[str] | None:
     return wanted
 
 
-def _has_credentials() -> bool:
-    """Whether wandb would find credentials without prompting (env, settings file, netrc, identity token).
-
-    Asked before wandb.sweep because, without credentials, wandb.sweep prompts for a key on a terminal
-    (and waits) instead of failing. update_session=False: only look, change nothing, print nothing.
-    """
-    from wandb.errors import AuthenticationError
-    from wandb.sdk import wandb_setup
-    from wandb.sdk.lib import wbauth
-
-    settings = wandb_setup.singleton().settings
-    host = wbauth.HostUrl(settings.base_url, app_url=settings.app_url)  # a self-hosted server has its own netrc entry
-    try:
-        return wbauth.authenticate_session(host=host, source="finetune_sweep.py", prompt=False,
-                                           update_session=False) is not None
-    except AuthenticationError:  # a malformed key: let wandb.sweep report it in its own words
-        return True
-
-
-def is_sweep_path(source) -> bool:
-    """``entity/project/sweep_id`` that is not a local path (report and export take either)."""
-    return isinstance(source, str) and not Path(source).exists() and \
-        re.fullmatch(r"[^/\s]+/[^/\s]+/[^/\s]+", source) is not None
-
-
-def public_api():
-    """``wandb.Api()`` for reading sweeps, runs and artifacts, or a one-line SweepError without a key
-    (where wandb.Api would raise deep in its auth code)."""
-    import wandb
-
-    if not _has_credentials():
-        raise SweepError("reading a W&B sweep needs an API key: run `wandb login` (or set WANDB_API_KEY); "
-                         "offline, pass the local sweep dir instead")
-    try:
-        return wandb.Api()
-    except wandb.errors.Error as e:
-        raise SweepError(f"W&B: {' '.join(str(e).split())}") from None
-
-
 def create(sweep_file: str, project: str | None, entity: str | None, *, sweep_fn=None) -> str:
     """Create the sweep on W&B, print its id and the agent commands; return ENTITY/PROJECT/ID."""
     import wandb  # imported here: `finetune_sweep.py local` never needs it
@@ -141,7 +103,7 @@ def create(sweep_file: str, project: str | None, entity: str | None, *, sweep_fn
     config = sweep_spec.load(sweep_file).raw  # W&B's schema and our config keys, checked offline
     project, entity = project or config.get("project"), entity or config.get("entity")
     if sweep_fn is None:
-        if not _has_credentials():
+        if not has_credentials():
             raise SweepError("no W&B API key: run `wandb login` (or set WANDB_API_KEY), "
                              f"or run the sweep offline with `python finetune_sweep.py local {sweep_file}`")
         sweep_fn = wandb.sweep
@@ -215,7 +177,7 @@ def agent(sweep_id: str, count: int | None, gpus: str | list[str] | None, *, sta
     if popen is None:
         # `wandb agent` needs the server in every WANDB_MODE: without a key each agent fails after its
         # stagger (minutes with several GPUs), or waits at a login prompt on a terminal.
-        if not _has_credentials():
+        if not has_credentials():
             raise SweepError("no W&B API key: `wandb agent` needs the W&B server; run `wandb login` (or set "
                              "WANDB_API_KEY), or run the sweep offline with `python finetune_sweep.py local SWEEP.yaml`")
         popen = subprocess.Popen

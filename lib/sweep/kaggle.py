@@ -253,6 +253,27 @@ def agent_dir(working_dir: Path, kit_dir: Path) -> Path:
     return folder
 
 
+def joined_sweep_data(sweep_config: dict, folder: Path, data: Path) -> str:
+    """A joined sweep's ``data_dir`` as the runs here will see it (its parameters win over a run's command
+    line): a relative one is linked, inside the agents' folder, to the data attached here; an absolute one
+    must exist here. Checked before any agent starts: else every run fails and the agent gives up."""
+    spec = (sweep_config.get("parameters") or {}).get("data_dir") or {}
+    if "value" not in spec:
+        raise KaggleError("the sweep does not fix data_dir (a `data_dir: {value: PATH}` parameter): its runs "
+                          f"would read the kit's default; create it from this notebook (sweep_yaml) or with "
+                          f"data_dir: {{value: {data}}}")
+    value = Path(str(spec["value"]))
+    if value.is_absolute():
+        if not value.is_dir():
+            raise KaggleError(f"the sweep's data_dir {value} is not on this machine; attached here: {data}")
+        return f"data: the sweep's {value}"
+    link = Path(folder) / value
+    if not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path(data).resolve())
+    return f"data: the sweep's relative data_dir {value} -> {data} (a link in {folder})"
+
+
 def sweep_for_create(sweep_yaml: Path, data_dir: Path, settings: dict, out: Path) -> Path:
     """A copy of the sweep YAML whose ``data_dir`` (and any fixed ``settings``) point at this machine's
     data, for `create`: under a W&B sweep the sweep's parameters win over a run's command line."""

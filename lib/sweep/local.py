@@ -15,7 +15,6 @@ machine) or whose runner pid is gone (on this machine) is requeued under the sam
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import json
 import math
@@ -43,10 +42,13 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from tqdm import tqdm
 
+from lib.errors import SweepError
+from lib.files import locked, read_json, read_jsonl, tail, write_json
+from lib.records import RunRecord
+from lib.runs import TRIAL_FILE
 from lib.sweep import cloud
 from lib.sweep import spec as sweep_spec
-from lib.records import RunRecord, read_json, write_json
-from lib.sweep.spec import Sweep, SweepError
+from lib.sweep.spec import Sweep
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 EXIT_PREEMPTED, EXIT_PRUNED = 3, 4          # finetune_resnet.py's exit codes
@@ -242,16 +244,6 @@ def _pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
                                           reduction_factor=hb["eta"])
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 # --- the study folder: one sweep, as first run unless extended ------------------------------------------
 def _plain(x: Any) -> Any:
     """JSON's view of a value, so a stored and a fresh definition compare equal."""
@@ -266,7 +258,7 @@ def open_study(sweep: Sweep, opts: Options) -> optuna.Study:
     """Create or join the study (refusing an edited or different sweep); enqueue the grid once; requeue
     trials of dead runners; with ``retry_failed``, the failed trials."""
     opts.sweep_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(opts.sweep_dir / ".lock"), _shared_lock(opts) as shared:
+    with locked(opts.sweep_dir / ".lock"), _shared_lock(opts) as shared:
         meta_path = opts.sweep_dir / "sweep.json"
         held = read_json(meta_path).get("name") if meta_path.exists() else None
         if held and held != sweep.name:
@@ -670,7 +662,7 @@ class Runner:
                 signalled = True
             if signalled or not self.sweep.hyperband:
                 continue
-            rows = _rows(run_dir)
+            rows = read_jsonl(run_dir / "metrics.jsonl")
             for row in rows[reported:]:
                 value = row.get(self.sweep.metric)
                 if value is not None and math.isfinite(value):
@@ -691,7 +683,7 @@ class Runner:
                                     if record.get(k) is not None})
         if self.sweep.hyperband:   # its epochs were reported as they came
             return
-        for row in _rows(run_dir):
+        for row in read_jsonl(run_dir / "metrics.jsonl"):
             value = row.get(self.sweep.metric)
             if isinstance(value, (int, float)) and math.isfinite(value) and "epoch" in row:
                 trial.report(float(value), step=int(row["epoch"]))
@@ -707,8 +699,8 @@ class Runner:
         if record.get("state") == "preempted" or code == EXIT_PREEMPTED:
             return None, None, None
         if code == 0 and record.get("state") == "finished":
-            return TrialState.COMPLETE, metric_value(record, _rows(run_dir), self.sweep.metric, self.sweep.goal), None
-        error = record.get("error") or _tail(run_dir / "output.log") or f"exit code {code}"
+            return TrialState.COMPLETE, metric_value(record, read_jsonl(run_dir / "metrics.jsonl"), self.sweep.metric, self.sweep.goal), None
+        error = record.get("error") or tail(run_dir / "output.log") or f"exit code {code}"
         return TrialState.FAIL, None, f"exit code {code}: {error}"
 
     def _finish(self, study, trial, state, value, error) -> None:
@@ -717,6 +709,7 @@ class Runner:
         self._store_record(trial)
         if state == TrialState.COMPLETE and value is None:
             state, error = TrialState.FAIL, f"metric {self.sweep.metric} missing from the run"
+        self._write_trial_file(trial, state, error)
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
         with self.lock:
             self.failures_in_a_row = self.failures_in_a_row + 1 if state == TrialState.FAIL else 0
@@ -731,6 +724,13 @@ class Runner:
                 shown = f"{value:.4f}" if value is not None else "-"
                 print(f"trial {trial.number} {state.name.lower()} {self.sweep.metric}={shown} | {progress}",
                       flush=True)
+
+    def _write_trial_file(self, trial: optuna.Trial, state: TrialState, error: str | None) -> None:
+        """The trial's end in its run folder (lib.runs.TRIAL_FILE): why a run failed is read with the runs,
+        also where it died before writing its own record, without opening the study."""
+        run_dir = self.opts.sweep_dir / "runs" / str(trial.user_attrs.get("run_id"))
+        write_json(run_dir / TRIAL_FILE, {"trial": trial.number, "state": state.name.lower(),
+                                          "error": error[-500:] if error else None})
 
     def _postfix(self, study: optuna.Study) -> str:
         trials = _counted(study)
@@ -828,24 +828,6 @@ def _record(run_dir: Path) -> dict:
     with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
         return read_json(run_dir / "run.json")
     return {}
-
-
-def _rows(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            rows.append(json.loads(line))
-    return rows
-
-
-def _tail(path: Path, lines: int = 3) -> str:
-    if not path.exists():
-        return ""
-    text = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
-    return " | ".join(text[-lines:])
 
 
 def metric_value(record: dict, rows: list[dict], metric: str, goal: str) -> float | None:

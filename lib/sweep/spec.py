@@ -36,11 +36,9 @@ with warnings.catch_warnings():  # sweeps warns about its pydantic-1 config keys
     from sweeps.params import PARAM_DEPRECATION_MAP, HyperParameter, HyperParameterSet
 
 from lib import config as config_lib
+from lib.errors import SweepError
+from lib.records import EPOCH_METRICS, RUN_METRICS
 
-RUN_KEYS = {"best_val_acc", "best_epoch", "test_acc", "test_loss", "test_precision_macro", "test_recall_macro",
-            "test_f1_macro", "train_val_gap", "trainable_params", "total_params", "model_size_mb", "epochs_run",
-            "train_time_s", "train_images_per_s"}
-EPOCH_KEYS = {"val_acc", "val_loss", "train_acc", "train_loss", "best_val_acc"}
 METHODS = ("grid", "random", "bayes")
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 DISCRETE = (HyperParameter.CONSTANT, HyperParameter.CATEGORICAL)
@@ -49,10 +47,6 @@ AGENT_MACROS = ("env", "interpreter", "program", "args_json_file")
 HYDRA_MACROS = ("args_append_hydra", "args_override_hydra")   # +key=value: for Hydra programs
 ENVVAR = re.compile(r"\$\{envvar:([A-Z0-9_]*)\}")               # wandb's SWEEP_COMMAND_ENV_VAR_REGEX
 DRAWS_CHECKED = 256            # random/bayes: draws tried before the first trial (seeded: same every time)
-
-
-class SweepError(ValueError):
-    """A sweep file that cannot run; one line, exit code 2, before any trial starts."""
 
 
 @dataclass
@@ -158,9 +152,9 @@ def parse(raw: dict, path: Path, fixed: dict[str, str]) -> Sweep:
     if method == "bayes" and not metric.get("name"):
         raise SweepError(f"{path.name}: method bayes needs metric.name (e.g. best_val_acc)")
     name, goal = metric.get("name", "best_val_acc"), metric.get("goal", "maximize")
-    if name not in RUN_KEYS | EPOCH_KEYS:
+    if name not in RUN_METRICS | set(EPOCH_METRICS):
         raise SweepError(f"{path.name}: metric {name!r} is not recorded by runs: expected one of "
-                         f"{', '.join(sorted(RUN_KEYS | EPOCH_KEYS))}")
+                         f"{', '.join(sorted(RUN_METRICS | set(EPOCH_METRICS)))}")
     try:
         params = list(HyperParameterSet.from_config(raw.get("parameters", {})))
     except Exception as e:  # sweeps raises assertion/validation errors of several kinds
@@ -393,8 +387,7 @@ def check_here(sweep: Sweep) -> None:
     rows = _combinations(sweep, ("model", "weights", "cache_dir"))
     if all(r["weights"] == "none" for r in rows):
         return
-    from lib.train import models   # torch and timm: only when a model needs checking
-    from lib.train import weights
+    from lib.train import models, weights  # torch and timm: only when a model needs checking
 
     for row in rows:
         model, source = row["model"], row["weights"]

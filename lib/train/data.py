@@ -24,15 +24,12 @@ from torchvision.ops import roi_align
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from lib.train.cache import SharedCache, files_fingerprint, fingerprint
+from lib.errors import DataError
 from lib.images import IMAGE_EXTENSIONS, fit_square, load_rgb, unusable_file
+from lib.train.cache import SharedCache, files_fingerprint, fingerprint
 
 SPLITS = ("train", "val", "test")
 CHUNK = 32   # images per decoding task
-
-
-class DataError(ValueError):
-    """The data cannot be used at all (no folder, fewer than two classes); one line, exit code 2."""
 
 
 @dataclass

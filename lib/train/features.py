@@ -26,8 +26,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-from lib.train.cache import SharedCache, tensors_fingerprint
 from lib.config import Config
+from lib.train.cache import SharedCache, tensors_fingerprint
 
 # Modules that behave differently in training mode even without parameters of their own.
 RANDOM_IN_TRAINING = (nn.modules.dropout._DropoutNd, DropPath)

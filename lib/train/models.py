@@ -15,9 +15,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_model
 from timm.models import get_pretrained_cfg, load_state_dict, register_model
 from torch import nn
 
+from lib.config import Config, ConfigError
 from lib.train import strategies
 from lib.train import weights as weights_lib
-from lib.config import Config, ConfigError
 
 # Models with no pretrained weights anywhere: `weights=pretrained` means "from scratch" for them.
 FROM_SCRATCH = {"small_cnn"}

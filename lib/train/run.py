@@ -1,6 +1,7 @@
 """One fine-tuning run end to end: config -> data -> model -> training -> test -> record (+ W&B)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import signal
@@ -15,15 +16,12 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
 from lib import config as config_lib
-from lib.train import data
-from lib.train import features
-from lib.train import models
-from lib.train import training
+from lib.config import Config
+from lib.errors import ConfigError, DataError, KitError
+from lib.files import atomic_write, run_lock
+from lib.records import RunRecord, RunSummary
+from lib.train import data, features, models, training
 from lib.train.cache import SharedCache
-from lib.config import Config, ConfigError
-from lib.train.data import DataError
-from lib.records import RunBusy, RunRecord, atomic_write, run_lock
-from lib.train.weights import WeightsError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED, EXIT_PRUNED = 0, 1, 2, 3, 4
 CHECKPOINT = "last.ckpt"   # model, optimizer, schedule, RNG states, progress: written every epoch
@@ -86,10 +84,7 @@ def apply_sweep(cfg: Config, tracker) -> Config:
         return cfg
     checked(new)
     if any(getattr(new, k) != getattr(cfg, k) for k in DATA_KEYS):
-        try:
-            check_data(new)
-        except DataError as e:   # the caller ends W&B on a ConfigError; both are bad input (exit 2)
-            raise ConfigError(str(e)) from None
+        check_data(new)
     return new
 
 
@@ -179,8 +174,6 @@ def execute(cfg: Config, env: dict) -> int:
         with run_lock(Path(cfg.runs_dir) / run_id):   # held until the run ends: one process per run
             refuse_finished(cfg, run_id)
             return _execute(cfg, env, run_id, stop)
-    except RunBusy as e:
-        raise ConfigError(str(e)) from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -201,10 +194,10 @@ def _execute(cfg: Config, env: dict, run_id: str, stop: training.StopFlag) -> in
     tracker = Tracker(cfg, Path(env.get("WANDB_DIR") or Path(cfg.runs_dir) / run_id), run_id)
     try:
         cfg = apply_sweep(cfg, tracker)
-    except ConfigError:
+    except KitError:
         tracker.finish(exit_code=EXIT_BAD_INPUT)
         raise
-    cfg.run_id = run_id
+    cfg = dataclasses.replace(cfg, run_id=run_id)
     tracker.update_config(cfg)
     record = RunRecord(cfg.runs_dir, run_id)
     if fetch_preempted_checkpoint(record, tracker, env):
@@ -240,7 +233,7 @@ def _execute(cfg: Config, env: dict, run_id: str, stop: training.StopFlag) -> in
         tracker.finish(exit_code=EXIT_PREEMPTED)
         print(f"run {run_id} preempted by {e}: start it again with --run_id={run_id} to resume", file=sys.stderr)
         return EXIT_PREEMPTED
-    except (ConfigError, DataError, WeightsError) as e:
+    except KitError as e:
         record.update(state="failed", error=str(e))
         tracker.finish(exit_code=EXIT_BAD_INPUT)
         raise
@@ -275,7 +268,7 @@ def train_with_oom_retries(cfg: Config, record: RunRecord, tracker, stop, resume
                 raise training.TrainingFailed("out of memory even at batch_size=1") from None
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            cfg.batch_size //= 2
+            cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size // 2)
             resume = None
             record.start_fresh_epochs()
             record.update(config=cfg.to_dict(), oom_retries=record.data.get("oom_retries", 0) + 1)
@@ -332,11 +325,13 @@ def keep_preempted_checkpoint(record: RunRecord, tracker, env) -> None:
 
 
 def fetch_preempted_checkpoint(record: RunRecord, tracker, env) -> bool:
-    """A sweep run W&B handed to this agent after a preemption elsewhere: no checkpoint here, so the one
-    it left on W&B (``checkpoint-<run_id>``), with its record, is put in its folder."""
-    if (record.dir / CHECKPOINT).exists() or not _online_sweep(env):
+    """A sweep run W&B handed to this agent after a preemption elsewhere: the checkpoint it left on W&B
+    (``checkpoint-<run_id>``), with its record, is put in its folder, unless the one here is as far on
+    (preempted here, or here again after a start elsewhere that got further)."""
+    if not _online_sweep(env):
         return False
-    if tracker.fetch_checkpoint(record.dir):
+    here = len(record.metrics) if (record.dir / CHECKPOINT).exists() else -1
+    if tracker.fetch_checkpoint(record.dir, newer_than=here):
         print(f"run {record.dir.name}: checkpoint of its preempted start fetched from W&B", file=sys.stderr)
         return True
     return False
@@ -390,8 +385,8 @@ def _train(cfg: Config, record: RunRecord, tracker, stop: training.StopFlag, res
     test = training.evaluate(model, loaders["test"], accel, stop)
     test_summary, per_class, cm = test_metrics(test, splits.classes)
     weights_file = record.dir / "model.safetensors"
-    summary = {**fitted, **test_summary, "total_params": total,
-               "model_size_mb": round(weights_file.stat().st_size / 2**20, 3)}
+    summary = RunSummary(**fitted, **test_summary, total_params=total,
+                         model_size_mb=round(weights_file.stat().st_size / 2**20, 3)).to_dict()
     record.update(per_class=per_class, confusion_matrix=cm,
                   test_predictions={"y_true": test["y_true"].tolist(), "y_pred": test["y_pred"].tolist()})
     tracker.finish_run(summary, splits.classes, test["y_true"], test["y_pred"], per_class)
@@ -409,6 +404,6 @@ def main(argv: list[str], env=os.environ) -> int:
         check_data(cfg)                    # before any run folder exists
         tracking.prepare_environment(env)  # before wandb is imported anywhere
         return execute(cfg, env)
-    except (ConfigError, DataError, WeightsError) as e:
+    except KitError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

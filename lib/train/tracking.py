@@ -114,12 +114,15 @@ class Tracker:
                 art.add_file(str(f))
         self.run.log_artifact(art, aliases=["latest"])
 
-    def fetch_checkpoint(self, dest: Path) -> bool:
-        """Download ``checkpoint-<run_id>:latest`` into ``dest``; False when there is none (a run's first
-        start) or W&B cannot be read (the run then starts over, which is always correct)."""
+    def fetch_checkpoint(self, dest: Path, newer_than: int = -1) -> bool:
+        """Download ``checkpoint-<run_id>:latest`` into ``dest`` if it logged more than ``newer_than``
+        epochs; False when there is none (a run's first start), it is older, or W&B cannot be read (the
+        run then goes on from what it has here, or starts over, which is always correct)."""
         name = "/".join(p for p in (self.run.entity, self.run.project, f"checkpoint-{self.run.id}:latest") if p)
         try:
             art = self.wandb.Api().artifact(name, type="checkpoint")
+            if (getattr(art, "metadata", None) or {}).get("epochs_logged", 0) <= newer_than:
+                return False
             art.download(root=str(dest))
         except Exception:  # noqa: BLE001 - not found (CommError), no network, no key: start over
             return False

@@ -15,9 +15,8 @@ from timm.data import Mixup
 from torch import nn
 from tqdm import tqdm
 
-from lib.train import features
-from lib.train import strategies
 from lib.config import Config
+from lib.train import features, strategies
 from lib.train.optim import Schedule, create_optimizer
 
 

@@ -34,13 +34,10 @@ from safetensors.torch import load_file, save_file
 from timm.models import clean_state_dict, get_pretrained_cfg
 from timm.models._hub import check_cached_file
 
-from lib.records import atomic_write
+from lib.errors import WeightsError
+from lib.files import atomic_write
 
 FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-
-
-class WeightsError(RuntimeError):
-    """Initial weights could not be found or loaded; the message is one actionable line."""
 
 
 @dataclass(frozen=True)

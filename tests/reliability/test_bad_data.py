@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from lib.train import data
-from lib.records import read_json
+from lib.files import read_json
 from lib.train.run import main
 
 

@@ -14,7 +14,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from lib.train.demo_data import prepare
-from lib.records import read_json
+from lib.files import read_json
 from lib.train.run import main
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from lib.records import read_json, write_json
+from lib.files import read_json, write_json
 from lib.train.run import main
 
 ROOT = Path(__file__).resolve().parents[2]

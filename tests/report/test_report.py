@@ -393,7 +393,7 @@ def test_report_ranks_by_the_sweeps_own_metric(tmp_path, capsys):
 
 def test_report_of_a_wandb_sweep_ranks_by_its_config_metric(tmp_path, capsys, monkeypatch):
     """The W&B sweep's config names the metric (W&B's Sweep.config); the server is the one stand-in."""
-    import lib.sweep.cloud
+    import lib.runs
 
     class SweepApi(FakeApi):
         def sweep(self, path):
@@ -404,7 +404,7 @@ def test_report_of_a_wandb_sweep_ranks_by_its_config_metric(tmp_path, capsys, mo
     api = SweepApi([FakeRun(rid, "finished", {"model": "resnet18", "strategy": st, "lr": 1e-3},
                             {**summ(val, 100), "test_loss": loss}, [])
                     for rid, st, val, loss in (("w_val", "full", 0.95, 0.9), ("w_loss", "freeze", 0.8, 0.2))])
-    monkeypatch.setattr(lib.sweep.cloud, "public_api", lambda: api)
+    monkeypatch.setattr(lib.runs, "public_api", lambda: api)
     code, out, err = cli(["report", "ent/proj/sw1", "--out", tmp_path / "r"], capsys)
     assert code == 0, err
     assert "run `w_loss`" in out and "selection metric: `test_loss` (minimize)" in (tmp_path / "r" / "report.md").read_text()

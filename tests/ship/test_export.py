@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib.ship.export import ExportError, export_run
-from lib.records import read_json
+from lib.errors import ExportError
+from lib.ship.export import export_run
+from lib.files import read_json
 from lib.train.run import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -259,8 +260,8 @@ def test_fallback_exporter_and_parity_failure_leave_files(base_args, monkeypatch
 def test_the_best_run_under_constraints_is_chosen(tmp_path):
     """Selection: best metric first, ties to the smaller model, runs over the size limit left out,
     unfinished runs and runs without weights never chosen."""
-    from lib.ship.export import candidates
-    from lib.records import write_json
+    from lib.ship.select import candidates
+    from lib.files import write_json
 
     def fake(run_id, acc, size, state="finished", weights=True):
         d = tmp_path / "runs" / run_id
@@ -341,7 +342,7 @@ def test_export_from_wandb_refuses_a_tampered_record(trained, tmp_path, monkeypa
     """The run.json in a W&B artifact is only as trustworthy as everyone who can write to the project:
     split paths that leave data_dir (the images would be read and uploaded as attribution grids) and
     model names timm would fetch from the hub are refused before anything is read."""
-    import lib.sweep.cloud
+    import lib.runs
     from tests.fakes.wandb_api import FakeApi, FakeArtifact, FakeRun
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -359,7 +360,7 @@ def test_export_from_wandb_refuses_a_tampered_record(trained, tmp_path, monkeypa
     shutil.copy(trained / "model.safetensors", folder)
     api = FakeApi([FakeRun("exp1", "finished", record["config"], record["summary"], [])],
                   {"ent/proj/model-exp1:best": FakeArtifact([folder / "model.safetensors", folder / "run.json"])})
-    monkeypatch.setattr(lib.sweep.cloud, "public_api", lambda: api)
+    monkeypatch.setattr(lib.runs, "public_api", lambda: api)
     out = tmp_path / "out"
     code, _, err = cli(["export", "ent/proj/sw1", "--out", out, "--attributions", "2"], capsys)
     assert code == 2 and len(err) == 1 and re.search(message, err[0]), err
@@ -368,7 +369,7 @@ def test_export_from_wandb_refuses_a_tampered_record(trained, tmp_path, monkeypa
 
 def test_model_card_keeps_names_as_text(exported):
     """Class names and config values from the record stay one cell of their table row, never HTML."""
-    from lib.ship.export import model_card
+    from lib.ship.card import model_card
 
     run_dir, _, result = exported
     record = read_json(run_dir / "run.json")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from lib.ship import soup
-from lib.records import read_json, write_json
+from lib.files import read_json, write_json
 from lib.train.run import main
 
 
@@ -49,7 +49,8 @@ def test_greedy_soup_of_one_family(study, tmp_path):
 
 
 def test_the_soup_is_a_candidate_for_report_and_export(study):
-    from lib.ship.export import candidates, load_run_model
+    from lib.ship.load import load_run_model
+    from lib.ship.select import candidates
 
     soup.greedy_soup(study, study / "soup")
     assert "soup" in {c["id"] for c in candidates(study)}

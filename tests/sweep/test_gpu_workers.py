@@ -15,7 +15,7 @@ from tests.sweep.test_cloud import events, fake_popen
 import finetune_sweep
 from lib.sweep import cloud
 from lib.sweep import local as sweep_local
-from lib.records import read_json
+from lib.files import read_json
 
 FAKE = str(Path(__file__).parents[1] / "fakes" / "fake_trainer.py")
 

@@ -182,3 +182,15 @@ def test_restore_sweep_copies_an_earlier_output_once(tmp_path):
     assert "already exists" in kg.restore_sweep(str(prev), tmp_path / "w" / "sweep")
     with pytest.raises(kg.KaggleError, match="no sweep.json"):
         kg.restore_sweep(str(tmp_path), tmp_path / "w2")
+
+
+def test_a_joined_sweeps_data_dir_is_found_or_linked_here(tmp_path):
+    data, folder = tmp_path / "input" / "dogs", tmp_path / "working" / "agent"
+    data.mkdir(parents=True)
+    line = kg.joined_sweep_data({"parameters": {"data_dir": {"value": "data/dogs"}}}, folder, data)
+    assert (folder / "data" / "dogs").resolve() == data.resolve() and "data/dogs" in line
+    assert "the sweep's" in kg.joined_sweep_data({"parameters": {"data_dir": {"value": str(data)}}}, folder, data)
+    with pytest.raises(kg.KaggleError, match="not on this machine"):
+        kg.joined_sweep_data({"parameters": {"data_dir": {"value": "/nowhere/dogs"}}}, folder, data)
+    with pytest.raises(kg.KaggleError, match="does not fix data_dir"):
+        kg.joined_sweep_data({"parameters": {"lr": {"values": [0.1]}}}, folder, data)

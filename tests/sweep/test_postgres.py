@@ -29,7 +29,7 @@ def _sweep(tmp_path, method, parameters) -> str:
 def _host(sweep_file, sweep_dir, url, host, env=None, **opts):
     """`local` on another machine: its own folder, its own host name (liveness by heartbeat, not pid)."""
     opts = {"poll_s": 0.05, **BEAT, **opts}
-    code = (f"import sys; from pathlib import Path; from lib import sweep_local\n"
+    code = (f"import sys; from pathlib import Path; from lib.sweep import local as sweep_local\n"
             f"sys.exit(sweep_local.run_local({sweep_file!r}, sweep_local.Options(sweep_dir=Path({str(sweep_dir)!r}),"
             f" storage={url!r}, host={host!r}, **{opts!r})))")
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, start_new_session=True, text=True,

@@ -24,7 +24,7 @@ import finetune_sweep
 from lib.train import run as run_lib
 from lib.sweep import local as sweep_local
 from lib.sweep import spec as sweep_spec
-from lib.records import read_json
+from lib.files import read_json
 from lib.sweep.spec import SweepError
 
 ROOT = Path(__file__).resolve().parents[2]

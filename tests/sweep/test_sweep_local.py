@@ -15,7 +15,7 @@ from sweeps.params import HyperParameter
 
 from lib.sweep import local as sweep_local
 from lib.sweep import spec as sweep_spec
-from lib.records import read_json
+from lib.files import read_json
 from lib.sweep.spec import SweepError
 
 FAKE = str(Path(__file__).parents[1] / "fakes" / "fake_trainer.py")
@@ -336,7 +336,7 @@ def test_a_trial_whose_runner_died_on_another_machine_is_requeued_by_its_heartbe
     f = write(tmp_path, fake_sweep("grid", {"lr": {"values": [0.1, 0.2]}, "epochs": {"value": 20},
                                             "sleep": {"value": 0.1}}))
     beat = {"heartbeat_s": 0.2, "grace_s": 1.5}
-    elsewhere = (f"import sys; from pathlib import Path; from lib import sweep_local\n"
+    elsewhere = (f"import sys; from pathlib import Path; from lib.sweep import local as sweep_local\n"
                  f"sys.exit(sweep_local.run_local({f!r}, sweep_local.Options(sweep_dir=Path({str(tmp_path / 'out')!r}),"
                  f" poll_s=0.05, host='another-machine', **{beat!r})))")
     other = subprocess.Popen([sys.executable, "-c", elsewhere], cwd=ROOT, start_new_session=True,

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from lib.sweep import local as sweep_local
-from lib.records import read_json
+from lib.files import read_json
 
 ROOT = Path(__file__).resolve().parents[2]
 

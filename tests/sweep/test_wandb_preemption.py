@@ -16,8 +16,9 @@ from pathlib import Path
 
 import yaml
 
-from lib.records import read_json
-from tests.fakes.wandb_api import logged_artifacts
+from lib.records import RunRecord, read_json
+from lib.train.run import fetch_preempted_checkpoint
+from tests.fakes.wandb_api import logged_artifacts, offline_records
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = ROOT / "tests" / "fakes" / "wandb_server"
@@ -45,6 +46,11 @@ def _md5(path: Path) -> str:
     return base64.b64encode(hashlib.md5(path.read_bytes()).digest()).decode()
 
 
+def _artifact_metadata(run_file: Path, name: str) -> dict:
+    [rec] = [r for r in offline_records(run_file) if r.WhichOneof("record_type") == "artifact" and r.artifact.name == name]
+    return json.loads(rec.artifact.metadata)
+
+
 def _epochs(run_dir: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -70,10 +76,13 @@ def test_preempted_sweep_run_resumes_on_another_machine_from_its_wandb_checkpoin
     assert logged["type"] == "checkpoint" and "latest" in logged["aliases"]
     assert logged["files"] == {name: _md5(path) for name, path in files.items()}   # exactly what was on disk
     done = _epochs(a_dir)
+    metadata = _artifact_metadata(wandb_file, f"checkpoint-{RUN_ID}")
+    assert metadata == {"epochs_logged": len(done)}
 
     # Machine B: W&B hands it the same run id; its disk has nothing of the run, W&B has the artifact.
     b = subprocess.run(_argv(base_args, b_runs), cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env=_agent_env(tmp_path / "b", {f"checkpoint-{RUN_ID}:latest": [str(p) for p in files.values()]}))
+                       env=_agent_env(tmp_path / "b", {f"checkpoint-{RUN_ID}:latest": {
+                           "files": [str(p) for p in files.values()], "metadata": metadata}}))
     assert b.returncode == 0, b.stdout + b.stderr
     assert "checkpoint of its preempted start fetched from W&B" in b.stderr
     record = read_json(b_runs / RUN_ID / "run.json")
@@ -82,3 +91,27 @@ def test_preempted_sweep_run_resumes_on_another_machine_from_its_wandb_checkpoin
     assert not (b_runs / RUN_ID / "last.ckpt").exists()
     [b_file] = (b_runs / RUN_ID).glob(f"wandb/offline-run-*/run-{RUN_ID}.wandb")
     assert f"checkpoint-{RUN_ID}" not in logged_artifacts(b_file)   # finished: nothing left to hand on
+
+
+class _Tracker:
+    def __init__(self):
+        self.asked = []
+
+    def fetch_checkpoint(self, dest, newer_than):
+        self.asked.append(newer_than)
+        return False
+
+
+def test_a_checkpoint_here_is_replaced_only_by_one_that_got_further(tmp_path):
+    """Preempted on A, resumed and preempted again on B, then handed back to A: A's own checkpoint is
+    stale, so W&B's is fetched when it logged more epochs than A's record holds (and never offline)."""
+    record = RunRecord(str(tmp_path), RUN_ID)
+    online = {"WANDB_SWEEP_ID": "s", "WANDB_MODE": "online"}
+    tracker = _Tracker()
+    assert not fetch_preempted_checkpoint(record, tracker, online) and tracker.asked == [-1]   # nothing here
+    for epoch in (1, 2):
+        record.log_epoch({"epoch": epoch})
+    (record.dir / "last.ckpt").write_bytes(b"x")
+    fetch_preempted_checkpoint(record, tracker, online)
+    fetch_preempted_checkpoint(record, tracker, {"WANDB_SWEEP_ID": "s", "WANDB_MODE": "offline"})
+    assert tracker.asked == [-1, 2]

@@ -12,7 +12,7 @@ from lib.train import data
 from lib.train import models
 from lib.config import Config
 from lib.train.demo_data import CLASSES, load_arrays
-from lib.records import read_json
+from lib.files import read_json
 from lib.train.run import main
 
 

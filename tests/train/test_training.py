@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.records import read_json
+from lib.files import read_json
 from lib.train.run import main
 
 

@@ -1,0 +1,46 @@
+"""The kit's errors: problems a user can fix, each said on one line.
+
+Every entrypoint catches ``KitError`` in one place, prints ``error: <message>`` and exits with code 2;
+anything else is a bug and keeps its traceback. Each class also derives from the builtin it replaced
+(ValueError, RuntimeError), so callers that caught those still do. Standard library only: the
+entrypoints import this before torch.
+"""
+
+
+class KitError(Exception):
+    """A problem with what the user gave (config, data, weights, sweep, source of a report or export)."""
+
+    def __init__(self, message: str = ""):
+        super().__init__(" ".join(str(message).split()))   # one line, however it was built
+
+
+class ConfigError(KitError, ValueError):
+    """A bad configuration key or value (before any work, before a run folder exists)."""
+
+
+class DataError(KitError, ValueError):
+    """The data cannot be used at all (no folder, fewer than two classes)."""
+
+
+class WeightsError(KitError, RuntimeError):
+    """Initial weights could not be found or loaded; the message says what to do."""
+
+
+class RunBusy(KitError, RuntimeError):
+    """Another live process holds the run folder; the message names it."""
+
+
+class SweepError(KitError, ValueError):
+    """A sweep file, study or sweep command that cannot run, said before any trial starts."""
+
+
+class ReportError(KitError, ValueError):
+    """The report cannot be made from what was given (no runs, unknown metric, ...)."""
+
+
+class ExportError(KitError, RuntimeError):
+    """The run cannot be exported, or the export does not match PyTorch."""
+
+
+class PredictError(KitError, ValueError):
+    """The model or the request cannot be used (no model, corrupt file, nothing to classify)."""

@@ -1,0 +1,82 @@
+"""The layout of lib/: every module imports, dependencies point one way, no cycles (issue 14).
+
+shared (lib/*.py) <- train <- sweep;  shared <- report <- ship (ship may use train). Imports inside
+functions count too: a lazy import that dodges a cycle is still a cycle."""
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ALLOWED = {"shared": {"shared"}, "train": {"shared", "train"}, "sweep": {"shared", "train", "sweep"},
+           "report": {"shared", "report"}, "ship": {"shared", "report", "train", "ship"}}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted((ROOT / "lib").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in ALLOWED) else "shared"
+
+
+def imports(module: str, path: Path, known: set[str]) -> set[str]:
+    """The lib modules ``module`` imports, anywhere in its body (``from lib.x import y``: lib.x.y if
+    that is a module, else lib.x)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("lib")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lib"):
+            subs = {f"{node.module}.{a.name}" for a in node.names} & known
+            out |= subs or {node.module}
+    return {m for m in out if m in known and m != module}
+
+
+GRAPH = {m: imports(m, p, set(modules())) for m, p in modules().items()}
+
+
+@pytest.mark.parametrize("module", sorted(GRAPH))
+def test_every_module_imports(module):
+    importlib.import_module(module)
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    upward = [f"{m} ({layer(m)}) imports {d} ({layer(d)})" for m, deps in GRAPH.items() for d in sorted(deps)
+              if layer(d) not in ALLOWED[layer(m)] and d != "lib"]
+    assert upward == []
+
+
+def test_no_import_cycle():
+    assert {"lib.ship.load", "lib.ship.card"} <= GRAPH["lib.ship.export"]   # the graph is read, not empty
+    def cycle_from(start):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, trail = stack.pop()
+            for dep in GRAPH.get(node, ()):
+                if dep == start:
+                    return trail + [dep]
+                # a package's __init__ importing its own modules is how packages are built
+                if dep not in seen and not (node == "lib.report" and dep.startswith("lib.report.")):
+                    seen.add(dep)
+                    stack.append((dep, trail + [dep]))
+        return None
+    cycles = [" -> ".join(c) for m in sorted(GRAPH) if (c := cycle_from(m))]
+    assert cycles == []
+
+
+def test_errors_are_caught_by_type_not_by_name():
+    """One KitError caught in each entrypoint; no error class matched by its name as a string."""
+    for path in [*(ROOT / "lib").rglob("*.py"), ROOT / "finetune_sweep.py", ROOT / "finetune_resnet.py"]:
+        assert "__name__ not in" not in path.read_text() and "__name__ in" not in path.read_text(), path
+    from lib import errors
+
+    kit = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, Exception)]
+    assert len(kit) >= 9 and all(issubclass(c, errors.KitError) for c in kit)
+    assert str(errors.SweepError("two\n  lines")) == "two lines"
