@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,17 @@ class RunSummary:
 
 
 RUN_METRICS = frozenset(f.name for f in dataclasses.fields(RunSummary) if f.metadata["metric"])
+
+
+def metric_value(summary: dict | None, history: list[dict] | None, metric: str, maximize: bool = True) -> float | None:
+    """A run's value of ``metric``: its summary's, else the best of its epochs' (a metric logged per epoch
+    only, or a run that stopped before its summary); None when it has none."""
+    value = (summary or {}).get(metric)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    values = [r[metric] for r in history or [] if isinstance(r.get(metric), (int, float))
+              and not isinstance(r[metric], bool) and math.isfinite(r[metric])]
+    return float(max(values) if maximize else min(values)) if values else None
 
 
 class RunRecord:

@@ -80,3 +80,26 @@ def test_errors_are_caught_by_type_not_by_name():
     kit = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, Exception)]
     assert len(kit) >= 9 and all(issubclass(c, errors.KitError) for c in kit)
     assert str(errors.SweepError("two\n  lines")) == "two lines"
+
+
+def test_what_a_run_measures_is_declared_once(tmp_path):
+    """RunSummary is the one list: every metric field is a metric a sweep file may name and the report may
+    rank by; bookkeeping keys come from the config's fields; state names map onto the record's."""
+    import yaml
+
+    from lib import config, records, runs
+    from lib.report.build import _selection
+    from lib.report.study import NOISE_KEYS
+    from lib.sweep import spec
+
+    assert records.RUN_METRICS == {f for f in records.RunSummary.__dataclass_fields__
+                                   if records.RunSummary.__dataclass_fields__[f].metadata["metric"]}
+    for metric in sorted(records.RUN_METRICS):
+        path = tmp_path / f"{metric}.yaml"
+        path.write_text(yaml.safe_dump({"method": "grid", "metric": {"name": metric, "goal": "maximize"},
+                                        "parameters": {"lr": {"values": [0.1]}}}))
+        assert spec.load(str(path)).metric == metric
+        assert _selection([], metric, None, {})[0] == metric
+    assert {"seed", "run_id", "runs_dir", "device"} <= NOISE_KEYS and not NOISE_KEYS & {"lr", "strategy", "model"}
+    assert set(config.RECIPE_KEYS) == set(config.FIELDS) - config.BOOKKEEPING
+    assert set(runs.STATE_MAP.values()) <= set(records.STATES)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from lib.config import BOOKKEEPING
+from lib.records import metric_value
 from lib.report.page import hp, isnan
 from lib.report.stats import pareto_front, wilson_interval
 from lib.runs import _scalar, runs_frame
@@ -47,18 +48,6 @@ class Study:
         return f"**{row['model']} / {row['strategy']}**" + (f" ({params})" if params else "")
 
 
-def metric_value(run: dict, metric: str, maximize: bool) -> float:
-    """The summary's value, else the best of the history's."""
-    v = (run.get("summary") or {}).get(metric)
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return float(v)
-    vals = [r[metric] for r in run.get("history") or [] if isinstance(r.get(metric), (int, float))
-            and np.isfinite(r[metric])]
-    if not vals:
-        return math.nan
-    return float(max(vals) if maximize else min(vals))
-
-
 def _config_keys(runs: list[dict]) -> list[str]:
     keys: dict[str, None] = {}
     for r in runs:
@@ -69,7 +58,8 @@ def _config_keys(runs: list[dict]) -> list[str]:
 
 def _frame(runs: list[dict], metric: str, maximize: bool, latency: dict[str, float]) -> pd.DataFrame:
     df = runs_frame(runs)
-    df[metric] = [metric_value(r, metric, maximize) for r in runs] if runs else []
+    values = [metric_value(r.get("summary"), r.get("history"), metric, maximize) for r in runs]
+    df[metric] = [math.nan if v is None else v for v in values] if runs else []
     df["latency_ms"] = [latency.get(str(r.get("id")), math.nan) for r in runs] if runs else []
     for col in ("model", "strategy", *NUMERIC):
         if col not in df:

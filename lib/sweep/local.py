@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from lib.errors import SweepError
 from lib.files import locked, read_json, read_jsonl, tail, write_json
-from lib.records import RunRecord
+from lib.records import RunRecord, metric_value
 from lib.runs import TRIAL_FILE
 from lib.sweep import cloud
 from lib.sweep import spec as sweep_spec
@@ -699,7 +699,8 @@ class Runner:
         if record.get("state") == "preempted" or code == EXIT_PREEMPTED:
             return None, None, None
         if code == 0 and record.get("state") == "finished":
-            return TrialState.COMPLETE, metric_value(record, read_jsonl(run_dir / "metrics.jsonl"), self.sweep.metric, self.sweep.goal), None
+            return TrialState.COMPLETE, metric_value(record.get("summary"), read_jsonl(run_dir / "metrics.jsonl"),
+                                                   self.sweep.metric, self.sweep.goal == "maximize"), None
         error = record.get("error") or tail(run_dir / "output.log") or f"exit code {code}"
         return TrialState.FAIL, None, f"exit code {code}: {error}"
 
@@ -828,17 +829,6 @@ def _record(run_dir: Path) -> dict:
     with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
         return read_json(run_dir / "run.json")
     return {}
-
-
-def metric_value(record: dict, rows: list[dict], metric: str, goal: str) -> float | None:
-    """The run's value of the sweep metric: its summary value, else the best epoch's."""
-    summary = record.get("summary") or {}
-    if summary.get(metric) is not None:
-        return float(summary[metric])
-    values = [r[metric] for r in rows if r.get(metric) is not None]
-    if not values:
-        return None
-    return float(max(values) if goal == "maximize" else min(values))
 
 
 def run_local(sweep_file: str, opts: Options, fixed: dict[str, str] | None = None) -> int:
