@@ -13,6 +13,9 @@ The statistics are the ones a careful reviewer asks for on small data:
   noise floor a difference between recipes has to clear;
 - hyperparameter importance is descriptive: |Spearman rho| for numeric keys, eta^2 (share of the
   metric's variance between the key's levels) for categorical keys.
+
+May import the shared modules of lib/ only (runs come from lib.runs, or as a list from the caller, e.g. a
+study read from a database by lib.sweep): never lib.train, lib.sweep or lib.ship.
 """
 from lib.report.build import build_report
 from lib.report.stats import eta_squared, importance, mcnemar, pareto_front, wilson_interval
