@@ -70,7 +70,8 @@ def cmd_local(a):
     sweep_dir = Path(a.sweep_dir or Path("runs") / "sweeps" / Path(a.sweep_file).stem)
     opts = sweep_local.Options(sweep_dir=sweep_dir, workers=len(gpus) if gpus else a.workers or 1, count=a.count,
                                storage=a.storage, seed=a.seed, max_failures=a.max_failures, extend=a.extend,
-                               retry_failed=a.retry_failed, repeats=a.repeats, gpus=gpus, time_budget_s=budget,
+                               retry_failed=a.retry_failed, repeats=a.repeats, confirm_top=a.confirm_top,
+                               gpus=gpus, time_budget_s=budget,
                                trial_estimate_s=estimate)
     return sweep_local.run_local(a.sweep_file, opts, _fixed(a.set))
 
@@ -183,7 +184,11 @@ def parser():
                      help="adopt an edited sweep file in an existing sweep dir: a grid runs only its new points; "
                           "random/bayes draw new trials from the edited space")
     loc.add_argument("--repeats", type=int, default=1, metavar="K",
-                     help="grid: run every point with K seeds (seed, seed+1, ...: a `seed` parameter, as on W&B)")
+                     help="grid: run every point with K seeds (seed, seed+1, ...: a `seed` parameter, as on W&B); "
+                          "with --confirm_top N, only the N best configurations")
+    loc.add_argument("--confirm_top", type=int, default=0, metavar="N",
+                     help="grid: once it is done, run its N best configurations (by the sweep metric) again with "
+                          "seeds seed+1 .. seed+K-1 (--repeats K) in the same study; running again adds none twice")
     loc.add_argument("--retry_failed", action="store_true",
                      help="run the failed trials again (once each), under their run ids")
     loc.set_defaults(fn=cmd_local)

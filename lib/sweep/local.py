@@ -27,7 +27,7 @@ import threading
 import time
 import warnings
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -73,6 +73,7 @@ class Options:
     poll_s: float = 0.5
     extend: bool = False              # adopt an edited sweep file (grid: its new points only)
     repeats: int = 1                  # grid: every point with this many seeds (a `seed` parameter)
+    confirm_top: int = 0              # grid: once done, its N best configurations with `repeats` seeds each
     retry_failed: bool = False        # run the failed trials again, under their run ids
     heartbeat_s: float = 30.0         # a running trial's runner beats this often...
     grace_s: float | None = None      # ...and is taken for dead after this long without a beat (4 beats)
@@ -277,6 +278,8 @@ def open_study(sweep: Sweep, opts: Options) -> optuna.Study:
             (opts.sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(sweep.raw, sort_keys=False))
         if sweep.method == "grid":
             _enqueue_grid(study, sweep, extending=changed)
+            if opts.confirm_top:
+                _enqueue_confirm(study, sweep, opts)
         elif changed:
             _new_search_space(study, sweep, stored)
         if opts.retry_failed:
@@ -423,6 +426,8 @@ def _resubmit(study: optuna.Study, t, why: str, **attrs) -> None:
     point = _point(t)
     user_attrs = {"run_id": t.user_attrs.get("run_id"), "retry_of": t.number, "requeued_because": why,
                   "queued": t.user_attrs.get("queued", False), **attrs}
+    if "confirm" in t.user_attrs:   # a confirm trial keeps its seed (a --set seed must not win over it)
+        user_attrs["confirm"] = t.user_attrs["confirm"]
     if "point" in t.user_attrs:
         user_attrs["point"] = point
     if t.user_attrs.get("config"):
@@ -455,6 +460,66 @@ def _retry_failed(study: optuna.Study) -> None:
     print(f"retrying {len(failed)} failed trial(s) under their run ids")
 
 
+# --- confirm: the grid's best configurations again, with more seeds ------------------------------------------
+def _check_confirm(sweep: Sweep, opts: Options) -> None:
+    """``--confirm_top N --repeats K``: a grid that runs each configuration with one seed, then K seeds
+    for its N best. Refused before anything starts when that cannot be what runs."""
+    if not opts.confirm_top:
+        return
+    asked = f"--confirm_top {opts.confirm_top} --repeats {opts.repeats}"
+    if opts.confirm_top < 1 or opts.repeats < 2:
+        raise SweepError(f"{asked}: expected N >= 1 configurations and K >= 2 seeds for each "
+                         "(e.g. --confirm_top 2 --repeats 3)")
+    if sweep.method != "grid":
+        raise SweepError(f"{asked} needs a grid sweep (a random or bayes study has no last trial to wait for)")
+    if any(sweep_spec.leaf_name(p.name) == "seed" and "values" in p.config for p in sweep.params):
+        raise SweepError(f"{asked} cannot be combined with a swept `seed` parameter")
+
+
+def _grid_trials(study: optuna.Study) -> list:
+    return [t for t in _counted(study) if "point" in t.user_attrs and "confirm" not in t.user_attrs]
+
+
+def _grid_left(study: optuna.Study) -> int:
+    return sum(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in _grid_trials(study))
+
+
+def _enqueue_confirm(study: optuna.Study, sweep: Sweep, opts: Options) -> None:
+    """Once the grid is done: its ``confirm_top`` best configurations by the sweep metric (their first
+    run, so the choice never moves) again with seeds seed+1 .. seed+repeats-1, enqueued as points of the
+    same study (status and report show them with the first run; a point already there is not added)."""
+    left = _grid_left(study)
+    if left:
+        print(f"confirm: once the grid's {left} remaining trial(s) are done, its top {opts.confirm_top} "
+              f"configuration(s) by {sweep.metric} run with {opts.repeats} seeds")
+        return
+    done = [t for t in _grid_trials(study) if t.state == TrialState.COMPLETE and t.value is not None]
+    sign = -1 if sweep.goal == "maximize" else 1
+    top = sorted(done, key=lambda t: (sign * t.value, t.number))[:opts.confirm_top]
+    known = {json.dumps(_point(t), sort_keys=True) for t in _counted(study)}
+    name = next((p.name for p in sweep.params if sweep_spec.leaf_name(p.name) == "seed"), "seed")
+    added = 0
+    for t in top:
+        first = int(_flat(_point(t)).get("seed", sweep.fixed.get("seed", _default_seed())))
+        for seed in range(first + 1, first + opts.repeats):
+            point = _plain({**_point(t), name: seed})
+            if json.dumps(point, sort_keys=True) in known:
+                continue
+            study.enqueue_trial({}, user_attrs={"queued": True, "point": point, "confirm": {"of": t.number, "seed": seed},
+                                                "config": {**_flat(point), **sweep.fixed, "seed": seed}})
+            added += 1
+    study.set_user_attr("confirm_size", study.user_attrs.get("confirm_size", 0) + added)
+    trials = ", ".join(str(t.number) for t in top) or "none finished"
+    print(f"confirm: top {opts.confirm_top} configuration(s) by {sweep.metric} (trials {trials}) with "
+          f"{opts.repeats} seeds: {added} trial(s) enqueued" + ("" if added else ", all already in the study"))
+
+
+def _default_seed() -> int:
+    from lib.config import Config
+
+    return Config().seed
+
+
 def _gone(t, stale: set[int], host: str) -> bool:
     """A RUNNING trial whose runner is dead (same machine) or silent past the grace period."""
     pid = t.user_attrs.get("pid")
@@ -468,7 +533,8 @@ def suggest(trial: optuna.Trial, sweep: Sweep, versions: dict | None = None) -> 
     from sweeps.params import HyperParameter as HP
 
     if trial.user_attrs.get("point") is not None:
-        return {**_flat(trial.user_attrs["point"]), **sweep.fixed}
+        confirm = trial.user_attrs.get("confirm") or {}
+        return {**_flat(trial.user_attrs["point"]), **sweep.fixed, **({"seed": confirm["seed"]} if confirm else {})}
     values = {}
     for p in sweep.params:
         name = f"{p.name}~{versions[p.name]}" if versions and versions.get(p.name) else p.name
@@ -503,7 +569,9 @@ class Runner:
         self.sampler = _sampler(sweep, opts.seed)   # one per process: its draws are per trial, not per thread
         study = open_study(sweep, opts)
         self.versions = study.user_attrs.get("versions", {})
-        total = study.user_attrs.get("grid_size") or opts.count or sweep.run_cap
+        total = study.user_attrs.get("grid_size", 0) + study.user_attrs.get("confirm_size", 0) \
+            or opts.count or sweep.run_cap
+        self.confirm_waiting = bool(opts.confirm_top) and _grid_left(study) > 0   # confirm after this pass
         self.bar = tqdm(total=total, desc=f"sweep {sweep.name}", unit="trial", disable=None)
         self.bar.update(sum(1 for t in _counted(study) if t.state.is_finished()))
         self.t0 = time.time()
@@ -604,6 +672,12 @@ class Runner:
                 _resubmit(study, study._storage.get_trial(trial._trial_id), "interrupted")
             return
         self._finish(study, trial, state, value, error)
+
+    def rest(self) -> Options:
+        """What this invocation has left for another pass: trials (--count) and time (--time_budget)."""
+        count = None if self.opts.count is None else self.opts.count - self.started
+        left = None if self.deadline is None else max(0.001, self.deadline - time.monotonic())
+        return replace(self.opts, count=count, time_budget_s=left)
 
     def _new_run_id(self, number: int) -> str:
         """``<sweep>-<trial number>``; never the id of a finished run (a folder left by a deleted study)."""
@@ -832,10 +906,13 @@ def _record(run_dir: Path) -> dict:
 
 
 def run_local(sweep_file: str, opts: Options, fixed: dict[str, str] | None = None) -> int:
-    sweep = sweep_spec.load(sweep_file, fixed, opts.repeats)
+    sweep = sweep_spec.load(sweep_file, fixed, 1 if opts.confirm_top else opts.repeats)   # confirm: K seeds for the top N
+    _check_confirm(sweep, opts)
     sweep_spec.check_here(sweep)   # data_dir, weights: before anything is started or written
     runner = Runner(sweep, opts)
     code = runner.run()
+    if code == 0 and runner.confirm_waiting and runner.rest().count != 0:   # the grid ended here: its top next
+        code = Runner(sweep, runner.rest()).run()
     print(status_table(opts.sweep_dir, opts.storage))
     return code
 
