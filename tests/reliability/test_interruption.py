@@ -161,3 +161,23 @@ def test_sigterm_while_decoding_stops_within_seconds(big_images, tmp_path, cache
     rec = read_json(tmp_path / "dec" / "run.json")
     assert rec["state"] == "preempted" and rec["preempted_by"] == "SIGTERM"
     assert not list((tmp_path / ".cache").glob(".tmp-*"))  # no half-built cache entry left behind
+
+
+def test_ema_weights_survive_a_resume(base_args, tmp_path):
+    """The EMA's averaged weights and step count are in the checkpoint: a run cut after epoch 2 and resumed
+    evaluates the same EMA weights every epoch as one never cut, and keeps the same best weights."""
+    args = base_args + ["--model=small_cnn", "--strategy=full", "--epochs=4", "--ema=true", "--ema_decay=0.9",
+                        "--scheduler=cosine"]
+    runs = tmp_path / "runs"
+    assert main(args + ["--run_id=straight"]) == 0
+    assert sigterm_after_rows(args + ["--run_id=cut"], runs / "cut", rows=2) == 3
+    assert main(args + ["--run_id=cut"]) == 0
+    cut, straight = rows(runs / "cut"), rows(runs / "straight")
+    assert len(cut) == 4 and all("val_acc_ema" in r for r in cut)
+    assert cut == straight
+    a, b = read_json(runs / "cut" / "run.json"), read_json(runs / "straight" / "run.json")
+    assert a["resumed_from_epoch"] >= 2
+    for key in ("best_weights", "best_val_acc", "test_acc", "test_loss"):
+        assert a["summary"][key] == b["summary"][key], key
+    wa, wb = load_file(runs / "cut" / "model.safetensors"), load_file(runs / "straight" / "model.safetensors")
+    assert all(wa[k].equal(wb[k]) for k in wa)
