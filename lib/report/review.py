@@ -150,16 +150,18 @@ def _seed_groups(s: Study) -> list[dict]:
 def _top_two(s: Study, r: Review, best, runner) -> None:
     """McNemar on the same test images, else whether the Wilson intervals overlap."""
     same, why = _same_test_set(s.by_id[r.best_id], s.by_id[r.runner_id])
-    if same:
-        pa, pb = predictions(s.by_id[r.best_id]), predictions(s.by_id[r.runner_id])
-        r.mcnemar = {**mcnemar(pa[0], pa[1], pb[1]), "runs": [r.best_id, r.runner_id]}
+    paired = r.runner_id if same else _on_winners_images(s, r, runner["_group"])
+    if paired is not None:
+        pa, pb = predictions(s.by_id[r.best_id]), predictions(s.by_id[paired])
+        r.mcnemar = {**mcnemar(pa[0], pa[1], pb[1]), "runs": [r.best_id, paired]}
         p_all = _p_against_every_rival(s, r, best)
-        r.mcnemar.update(comparisons=len(p_all), p_holm=holm(list(p_all.values()))[list(p_all).index(r.runner_id)])
+        r.mcnemar.update(comparisons=len(p_all), p_holm=holm(list(p_all.values()))[list(p_all).index(paired)])
         r.distinguishable = r.mcnemar["p_holm"] <= ALPHA
         corrected = (f", Holm-corrected for {len(p_all)} comparisons p = {r.mcnemar['p_holm']:.3g}"
                      if len(p_all) > 1 else "")
         r.paired_note = (f"McNemar exact p = {r.mcnemar['p_value']:.3g}{corrected} ({r.mcnemar['b']} image(s) only "
-                         f"the winner gets right, {r.mcnemar['c']} only the runner-up)")
+                         f"the winner gets right, {r.mcnemar['c']} only the runner-up"
+                         + ("" if same else f"'s configuration in run `{paired}`, on the winner's test images") + ")")
         if not r.distinguishable:
             r.warn("critical", "mcnemar", f"the top two are not distinguishable on the test set: {r.paired_note}; "
                    f"p > {ALPHA} — treat them as tied")
@@ -183,14 +185,21 @@ def _top_two(s: Study, r: Review, best, runner) -> None:
                "listed first — the selection metric does not separate them")
 
 
+def _on_winners_images(s: Study, r: Review, group: str) -> str | None:
+    """The best run of a configuration tested on the winner's test images. Seeds draw the split of a
+    folder without train/val/test, so the winner may be a seed whose split the rival's best run lacks."""
+    return next((run_id for run_id in s.fin.loc[s.fin["_group"] == group, "run_id"]
+                 if _same_test_set(s.by_id[r.best_id], s.by_id[run_id])[0]), None)
+
+
 def _p_against_every_rival(s: Study, r: Review, best) -> dict[str, float]:
-    """McNemar p of the winner against the best run of every other configuration seen on the same test
+    """McNemar p of the winner against every other configuration's best run seen on the same test
     images (the runner-up among them): the family that Holm's correction accounts for."""
     winner = predictions(s.by_id[r.best_id])
-    rivals = s.fin[s.fin["_group"] != best["_group"]].groupby("_group", sort=False).head(1)
     out = {}
-    for run_id in rivals["run_id"]:
-        if _same_test_set(s.by_id[r.best_id], s.by_id[run_id])[0]:
+    for group in s.fin.loc[s.fin["_group"] != best["_group"], "_group"].unique():
+        run_id = _on_winners_images(s, r, group)
+        if run_id is not None:
             out[run_id] = mcnemar(winner[0], winner[1], predictions(s.by_id[run_id])[1])["p_value"]
     return out
 

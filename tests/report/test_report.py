@@ -253,6 +253,20 @@ def test_seed_aggregation(tmp_path):
     assert "0.8200 ± 0.0200" in (tmp_path / "out" / "report.md").read_text()
 
 
+def test_a_winning_seed_is_paired_with_the_runner_ups_run_on_its_split(tmp_path):
+    """Seeds draw the split of a folder of class folders: the best run may be a seed whose test images the
+    runner-up's best run never saw; McNemar then takes the runner-up configuration's run of that split."""
+    runs = tmp_path / "runs"
+    for name, lr, seed, val, k in (("a0", 0.01, 0, 0.84, 110), ("a1", 0.01, 1, 0.86, 112), ("b0", 0.001, 0, 0.85, 100),
+                                   ("b1", 0.001, 1, 0.80, 110)):
+        write_run(runs, name, config={"model": "resnet18", "strategy": "full", "lr": lr, "seed": seed},
+                  summary=summ(val, k), split_test=[f"s{seed}_{i}" for i in range(125)], y_pred=wrong(125 - k))
+    res = build_report(runs, tmp_path / "out")
+    assert res["best_run_id"] == "a1" and res["runner_up_id"] == "b0"
+    assert res["mcnemar"]["runs"] == ["a1", "b1"] and (res["mcnemar"]["b"], res["mcnemar"]["c"]) == (2, 0)
+    assert "only the runner-up's configuration in run `b1`, on the winner's test images" in "\n".join(res["warnings"])
+
+
 def test_single_run_all_failed_and_nans(tmp_path):
     one = tmp_path / "one"
     write_run(one, "solo", config={"model": "resnet50", "strategy": "freeze", "lr": 1e-3},
