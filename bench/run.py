@@ -29,7 +29,6 @@ os.environ.setdefault("WANDB_SILENT", "true")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import sklearn.metrics  # noqa: E402,F401 - what a run imports is paid before timing, like torch: process start is not compared
 import timm  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
