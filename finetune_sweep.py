@@ -72,7 +72,7 @@ def cmd_local(a):
                                storage=a.storage, seed=a.seed, max_failures=a.max_failures, extend=a.extend,
                                retry_failed=a.retry_failed, repeats=a.repeats, confirm_top=a.confirm_top,
                                gpus=gpus, time_budget_s=budget,
-                               trial_estimate_s=estimate)
+                               trial_estimate_s=estimate, artifacts=a.artifacts)
     return sweep_local.run_local(a.sweep_file, opts, _fixed(a.set))
 
 
@@ -80,7 +80,11 @@ def cmd_report(a):
     from lib import report
 
     out = Path(a.out or Path(a.source if Path(a.source).exists() else "reports") / "report")
-    result = report.build_report(a.source, out, metric=a.metric)   # metric None: the sweep's own
+    if _is_database(a.source):   # the runs from the study and its artifact store, wherever they ran
+        db = _database(a)
+        result = report.build_report(db.runs(), out, metric=a.metric, sweep={**db.meta, "source": db.source})
+    else:
+        result = report.build_report(a.source, out, metric=a.metric)   # metric None: the sweep's own
     print(result["verdict"])
     print(f"report: {out / 'report.html'}\n        {out / 'report.md'}\n        {out / 'runs.csv'}")
     return 0
@@ -90,11 +94,14 @@ def cmd_export(a):
     from lib import runs
 
     api = runs.public_api() if runs.is_sweep_path(a.source) else None   # no key: one line before torch loads
+    db = _database(a) if _is_database(a.source) else None   # the winner's files from the artifact store
+    runs = db.exportable() if db else None
     from lib.ship import export
 
-    result = export.export_best(a.source, Path(a.out), metric=a.metric, max_size_mb=a.max_size_mb,
-                                max_latency_ms=a.max_latency_ms, quantize=a.quantize, attributions=a.attributions,
-                                data_dir=a.data_dir, api=api)
+    result = export.export_best(db.source if db else a.source, Path(a.out), metric=a.metric,
+                                max_size_mb=a.max_size_mb, max_latency_ms=a.max_latency_ms, quantize=a.quantize,
+                                attributions=a.attributions, data_dir=a.data_dir, api=api, runs=runs,
+                                fetch=db.fetch if db else None)
     out = Path(a.out)
     if result.get("wandb_export_run"):
         print(f"logged to W&B as run {result['wandb_export_run']} (job_type=export)")
@@ -132,9 +139,20 @@ def cmd_soup(a):
 
 
 def cmd_status(a):
-    source = a.sweep_dir if "://" in a.sweep_dir else Path(a.sweep_dir)   # a folder, or the database's URL
-    print(sweep_local.status_table(source, a.storage))
+    source = a.sweep_dir if _is_database(a.sweep_dir) else Path(a.sweep_dir)   # a folder, or the database's URL
+    print(sweep_local.status_table(source, a.storage, a.study))
     return 0
+
+
+def _is_database(source: str) -> bool:
+    return "://" in source
+
+
+def _database(a):
+    """The study of a database URL (``--study``, by default its only one) with its artifact store."""
+    from lib.sweep import study_db
+
+    return study_db.open_database(a.source, a.study, a.artifacts)
 
 
 def cmd_dashboard(a):
@@ -189,17 +207,27 @@ def parser():
     loc.add_argument("--confirm_top", type=int, default=0, metavar="N",
                      help="grid: once it is done, run its N best configurations (by the sweep metric) again with "
                           "seeds seed+1 .. seed+K-1 (--repeats K) in the same study; running again adds none twice")
+    loc.add_argument("--artifacts", metavar="DIR|s3://BUCKET|gs://BUCKET",
+                     help="the study's artifact store: every trial's run.json and metrics, and its best weights, "
+                          "where `report URL` and `export URL` fetch them on any machine (default: the store the "
+                          "study recorded, if any; else the files stay in this machine's sweep dir)")
     loc.add_argument("--retry_failed", action="store_true",
                      help="run the failed trials again (once each), under their run ids")
     loc.set_defaults(fn=cmd_local)
     r = sub.add_parser("report", help="which strategy won, by how much, and can we trust it")
-    r.add_argument("source", help="a local sweep dir, a runs dir, or a W&B sweep path ENTITY/PROJECT/SWEEP_ID")
+    r.add_argument("source", help="a local sweep dir, a runs dir, a W&B sweep path ENTITY/PROJECT/SWEEP_ID, or the "
+                                  "database URL of a study shared by machines")
     r.add_argument("--out", help="default: SOURCE/report")
     r.add_argument("--metric", help="what ranks the runs (default: the sweep's metric, else best_val_acc)")
+    r.add_argument("--study", help="with a database URL: the study (default: the database's only one)")
+    r.add_argument("--artifacts", metavar="DIR|s3://BUCKET|gs://BUCKET",
+                   help="with a database URL: where the study's artifact store is on this machine (default: the "
+                        "one the study recorded)")
     r.set_defaults(fn=cmd_report)
     e = sub.add_parser("export", help="ship the best run: ONNX (+ INT8), attributions, model card")
-    e.add_argument("source", help="a local sweep dir, a runs dir, one run dir, or a W&B sweep path "
-                                  "ENTITY/PROJECT/SWEEP_ID (weights from the run's model artifact; the export is logged back)")
+    e.add_argument("source", help="a local sweep dir, a runs dir, one run dir, a W&B sweep path "
+                                  "ENTITY/PROJECT/SWEEP_ID (weights from the run's model artifact; the export is logged "
+                                  "back), or a study's database URL (weights from its artifact store)")
     e.add_argument("--data-dir", "--data_dir", dest="data_dir",
                    help="where the run's images are here, if not at its config's data_dir (parity uses its test images)")
     e.add_argument("--out", required=True)
@@ -208,6 +236,10 @@ def parser():
     e.add_argument("--max-latency-ms", "--max_latency_ms", dest="max_latency_ms", type=float)
     e.add_argument("--quantize", action="store_true", help="also model.int8.onnx (static, calibrated on training images)")
     e.add_argument("--attributions", type=int, default=0, metavar="N", help="Captum IG + Grad-CAM for N test images")
+    e.add_argument("--study", help="with a database URL: the study (default: the database's only one)")
+    e.add_argument("--artifacts", metavar="DIR|s3://BUCKET|gs://BUCKET",
+                   help="with a database URL: where the study's artifact store is on this machine (default: the "
+                        "one the study recorded)")
     e.set_defaults(fn=cmd_export)
     pr = sub.add_parser("predict", help="classify images with an exported model (ONNX Runtime only)")
     pr.add_argument("model", help="model.onnx (or the export dir)")
@@ -221,8 +253,9 @@ def parser():
     sp.add_argument("--data-dir", "--data_dir", dest="data_dir", help="where the runs' images are, if moved")
     sp.set_defaults(fn=cmd_soup)
     s = sub.add_parser("status", help="table of a local sweep's trials and the best so far")
-    s.add_argument("sweep_dir", help="a sweep dir, or the database URL of a study shared by machines (its only study)")
+    s.add_argument("sweep_dir", help="a sweep dir, or the database URL of a study shared by machines")
     s.add_argument("--storage", help="the study's RDB URL, if not the one in sweep.json (which has no password)")
+    s.add_argument("--study", help="with a database URL: the study (default: the database's only one)")
     s.set_defaults(fn=cmd_status)
     d = sub.add_parser("dashboard", help="the study live in optuna-dashboard (history, parallel coordinates, "
                                          "parameter importance, per-epoch metric), read-only")

@@ -79,7 +79,7 @@ def _per_class(run: dict, cmc) -> list[dict]:
     return out
 
 
-def _load_source(source_runs) -> tuple[list[dict], str, dict]:
+def _load_source(source_runs, sweep: dict | None = None) -> tuple[list[dict], str, dict]:
     """The runs, a name for the source, and the sweep's own metric ({"metric", "goal"} or {})."""
     if isinstance(source_runs, (str, Path)):
         path = Path(source_runs)
@@ -93,8 +93,8 @@ def _load_source(source_runs) -> tuple[list[dict], str, dict]:
             runs, meta = read_wandb(source_runs)
             return runs, f"W&B sweep {source_runs}", meta
         raise ReportError(f"no such folder: {source_runs} (and not a W&B sweep path ENTITY/PROJECT/SWEEP_ID)")
-    runs = list(source_runs)
-    return runs, f"{len(runs)} run records", {}
+    runs, sweep = list(source_runs), sweep or {}
+    return runs, sweep.get("source") or f"{len(runs)} run records", sweep
 
 
 def _recorded_metrics(runs: list[dict]) -> set[str]:
@@ -123,16 +123,17 @@ def _selection(runs: list[dict], metric: str | None, goal: str | None, meta: dic
 
 
 def build_report(source_runs, out_dir, metric: str | None = None, latency: dict | None = None,
-                 goal: str | None = None, title: str | None = None) -> dict:
+                 goal: str | None = None, title: str | None = None, sweep: dict | None = None) -> dict:
     """Write runs.csv, report.md, report.html and the plots to ``out_dir``.
 
     ``source_runs``: a list of run dicts (from ``load_local``/``load_wandb``), a local sweep or runs dir,
     or a W&B sweep path. ``metric``/``goal``: what ranks the runs (default: the sweep's own metric, else
     best_val_acc; the goal: the sweep's, else minimize for a metric named *loss*). ``latency``: run_id ->
-    CPU latency in ms (adds a latency/accuracy front). Raises ReportError (one line) on no runs or an
+    CPU latency in ms (adds a latency/accuracy front). ``sweep``: with a list of runs, what sweep.json says
+    of their sweep ({"metric", "goal", "source"}: a study read from a database, say). Raises ReportError (one line) on no runs or an
     unknown metric, before writing anything: an earlier report in ``out_dir`` stays as it was.
     Returns {"verdict", "best_run_id", "runner_up_id", "warnings", "paths", ...}."""
-    runs, source, meta = _load_source(source_runs)
+    runs, source, meta = _load_source(source_runs, sweep)
     if not runs:
         raise ReportError(f"no runs in {source}: expected a sweep dir (sweep.json and runs/), a runs dir "
                           "(<run_id>/run.json) or one run folder")

@@ -168,16 +168,18 @@ def _versions() -> dict:
 
 def export_best(source, out_dir, *, metric: str = "best_val_acc", max_size_mb: float | None = None,
                 max_latency_ms: float | None = None, quantize: bool = False, attributions: int = 0,
-                data_dir=None, api=None) -> dict:
+                data_dir=None, api=None, runs: list[dict] | None = None, fetch=None) -> dict:
     """Export the best run that meets the constraints. Latency is what the exported ONNX model
     measures here, so a candidate over ``max_latency_ms`` is exported, measured, and passed over.
     From a W&B sweep the run's model artifact is fetched into ``out_dir/source_run/`` and the export
-    is logged back to W&B (lib.ship.wandb_export); ``api`` stands in for ``wandb.Api()``."""
-    _check_request(source, out_dir, max_size_mb, max_latency_ms, attributions)
+    is logged back to W&B (lib.ship.wandb_export); ``api`` stands in for ``wandb.Api()``. ``runs`` and
+    ``fetch``: the candidates of another source (``source`` then only names it) and ``fetch(run, dest)``,
+    which puts a run's folder (run.json, weights) at ``dest`` and returns it: a study's artifact store."""
+    _check_request(source, out_dir, max_size_mb, max_latency_ms, attributions, runs)
     from_wandb = is_sweep_path(source)
     if from_wandb and api is None:
         api = public_api()
-    runs = candidates(source, metric, max_size_mb, api)
+    runs = candidates(source, metric, max_size_mb, api, runs)
     if not runs:
         limit = f" within {max_size_mb} MB" if max_size_mb is not None else ""
         raise ExportError(f"no finished run with {metric} and weights{limit} in {source}")
@@ -187,6 +189,8 @@ def export_best(source, out_dir, *, metric: str = "best_val_acc", max_size_mb: f
             from lib.ship import wandb_export
 
             run_dir = wandb_export.download_run(source, run["id"], out / "source_run" / run["id"], api)
+        elif fetch is not None:
+            run_dir = fetch(run, out / "source_run" / run["id"])
         else:
             run_dir = run["dir"]
         result = export_run(run_dir, out, quantize=quantize, attributions=attributions, data_dir=data_dir)

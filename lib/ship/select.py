@@ -8,10 +8,14 @@ from lib.errors import ExportError, ReportError
 from lib.runs import is_sweep_path, load_local, load_wandb
 
 
-def candidates(source, metric: str = "best_val_acc", max_size_mb: float | None = None, api=None) -> list[dict]:
-    """Finished runs of a sweep dir, runs dir, single run dir or W&B sweep path, best first by
-    ``metric``; ties go to the smaller model. Runs over ``max_size_mb`` are left out."""
-    if is_sweep_path(source):
+def candidates(source, metric: str = "best_val_acc", max_size_mb: float | None = None, api=None,
+               runs: list[dict] | None = None) -> list[dict]:
+    """Finished runs of a sweep dir, runs dir, single run dir or W&B sweep path (or ``runs``, read from
+    elsewhere by the caller), best first by ``metric``; ties go to the smaller model. Runs over
+    ``max_size_mb`` are left out."""
+    if runs is not None:
+        runs = [r for r in runs if r.get("state") == "finished"]
+    elif is_sweep_path(source):
         runs = [r for r in load_wandb(source, api, history=False) if r.get("state") == "finished"]
     else:
         try:
@@ -27,9 +31,9 @@ def candidates(source, metric: str = "best_val_acc", max_size_mb: float | None =
                                        r["summary"].get("model_size_mb", 0.0)))
 
 
-def _check_request(source, out_dir, max_size_mb, max_latency_ms, attributions) -> None:
+def _check_request(source, out_dir, max_size_mb, max_latency_ms, attributions, runs=None) -> None:
     """Arguments that cannot work, caught before anything is read or written."""
-    if not is_sweep_path(source) and not Path(source).exists():
+    if runs is None and not is_sweep_path(source) and not Path(source).exists():
         raise ExportError(f"no such folder: {source} (and not a W&B sweep path ENTITY/PROJECT/SWEEP_ID)")
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ExportError(f"--out {out_dir} is a file, not a folder")

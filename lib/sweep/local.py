@@ -46,7 +46,7 @@ from lib.errors import SweepError
 from lib.files import locked, read_json, read_jsonl, tail, write_json
 from lib.records import RunRecord, metric_value
 from lib.runs import TRIAL_FILE
-from lib.sweep import cloud
+from lib.sweep import artifacts, cloud
 from lib.sweep import spec as sweep_spec
 from lib.sweep.spec import Sweep
 
@@ -81,6 +81,7 @@ class Options:
     gpus: list[str] | None = None     # one worker per GPU, its trials see only it (CUDA_VISIBLE_DEVICES)
     time_budget_s: float | None = None     # no trial starts past it that would not end in time; SIGTERM at it
     trial_estimate_s: float | None = None  # how long a trial takes, until the study has finished one
+    artifacts: str | None = None      # artifact store for every trial's files (default: the study's own, if any)
 
     def __post_init__(self):
         if self.gpus:   # one worker per GPU
@@ -568,6 +569,7 @@ class Runner:
         self.budget: str | None = None
         self.sampler = _sampler(sweep, opts.seed)   # one per process: its draws are per trial, not per thread
         study = open_study(sweep, opts)
+        self.store = artifacts.attach(study, opts.artifacts)
         self.versions = study.user_attrs.get("versions", {})
         total = study.user_attrs.get("grid_size", 0) + study.user_attrs.get("confirm_size", 0) \
             or opts.count or sweep.run_cap
@@ -762,6 +764,19 @@ class Runner:
             if isinstance(value, (int, float)) and math.isfinite(value) and "epoch" in row:
                 trial.report(float(value), step=int(row["epoch"]))
 
+    def _upload(self, trial: optuna.Trial, state: TrialState) -> None:
+        """The trial's files into the artifact store, for `report URL` and `export URL` on other machines.
+        A failed upload is said and recorded, but does not fail a trial whose run finished."""
+        if self.store is None:
+            return
+        run_dir = self.opts.sweep_dir / "runs" / str(trial.user_attrs.get("run_id"))
+        try:
+            artifacts.upload_run(self.store, trial, run_dir, finished=state == TrialState.COMPLETE)
+        except Exception as e:  # noqa: BLE001 - a full disk or a lost bucket must not cost the trial
+            why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            trial.set_user_attr("artifacts_error", why)
+            print(f"warning: trial {trial.number}: its files did not reach the artifact store: {why}", flush=True)
+
     def _outcome(self, code: int, run_dir: Path, pruned: bool) -> tuple[TrialState | None, float | None, str | None]:
         """(state, metric value, error); state None: the run was preempted and can resume. Pruned comes
         first: a pruned run stopped by SIGTERM must not pass for a preempted one (and be resumed)."""
@@ -785,6 +800,7 @@ class Runner:
         if state == TrialState.COMPLETE and value is None:
             state, error = TrialState.FAIL, f"metric {self.sweep.metric} missing from the run"
         self._write_trial_file(trial, state, error)
+        self._upload(trial, state)
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
         with self.lock:
             self.failures_in_a_row = self.failures_in_a_row + 1 if state == TrialState.FAIL else 0
@@ -918,33 +934,45 @@ def run_local(sweep_file: str, opts: Options, fixed: dict[str, str] | None = Non
 
 
 # --- status ---------------------------------------------------------------------------------------------
-def _study_in_database(url: str) -> tuple[optuna.Study, dict, Options]:
-    """The study of a database URL (its only one) and what sweep.json would say about it: `status URL`
-    from a machine that holds none of the runs."""
+def _study_in_database(url: str, name: str | None = None) -> tuple[optuna.Study, dict, Options]:
+    """The study ``name`` of a database URL (by default its only one) and what sweep.json would say
+    about it: `status URL`, `report URL`, `export URL` from a machine that holds none of the runs."""
     opts = Options(sweep_dir=Path("."), storage=url)
     st = storage(opts)
-    names = [s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False)]
-    if len(names) != 1:
-        raise SweepError(f"{public_url(url, hide=True)} holds {len(names)} studies ({', '.join(names) or 'none'}): "
-                         f"expected one")
-    study = optuna.load_study(study_name=names[0], storage=st)
+    name = choose_study(url, [s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False)],
+                        name)
+    study = optuna.load_study(study_name=name, storage=st)
     definition = study.user_attrs.get("sweep") or {}
     raw = definition.get("yaml") or {}
-    meta = {"name": names[0], "storage": public_url(url), "metric": (raw.get("metric") or {}).get("name", "value"),
+    meta = {"name": name, "storage": public_url(url), "metric": (raw.get("metric") or {}).get("name", "value"),
             "goal": (raw.get("metric") or {}).get("goal", "maximize"), "method": raw.get("method"),
             "set": {k: str(v) for k, v in (definition.get("set") or {}).items()}}
     return study, meta, opts
 
 
-def _trial_rows(sweep_dir: Path | str, storage_url: str | None = None) -> tuple[list[dict], dict]:
+def choose_study(url: str, names: list[str], name: str | None) -> str:
+    """``--study NAME``, which must be in the database; without it, the database's only study."""
+    where = public_url(url, hide=True)
+    if name is not None and name not in names:
+        raise SweepError(f"{where} holds no study {name!r}: it holds {', '.join(names) or 'none'}")
+    if name is None and len(names) != 1:
+        raise SweepError(f"{where} holds {len(names)} studies ({', '.join(names) or 'none'}): "
+                         + ("pick one with --study NAME" if names else "run `local --storage` first"))
+    return name or names[0]
+
+
+def _trial_rows(sweep_dir: Path | str, storage_url: str | None = None,
+                study_name: str | None = None) -> tuple[list[dict], dict]:
     """One dict per trial (number, state, run id, config, value, duration, error) and sweep.json."""
     if "://" in str(sweep_dir):
-        study, meta, opts = _study_in_database(str(sweep_dir))
+        study, meta, opts = _study_in_database(str(sweep_dir), study_name)
     else:
         meta_path = Path(sweep_dir) / "sweep.json"
         if not meta_path.exists():
             raise SweepError(f"{sweep_dir} is not a sweep dir (no sweep.json): run `finetune_sweep.py local` first")
         meta = read_json(meta_path)
+        if study_name not in (None, meta["name"]):   # a sweep dir holds one study
+            raise SweepError(f"{sweep_dir} holds the study {meta['name']!r}, not {study_name!r}")
         opts = Options(sweep_dir=Path(sweep_dir), storage=storage_url or meta.get("storage"),
                        heartbeat_s=meta.get("heartbeat_s", 30.0), grace_s=meta.get("grace_s"))
         study = optuna.load_study(study_name=meta["name"], storage=storage(opts))
@@ -962,11 +990,11 @@ def _trial_rows(sweep_dir: Path | str, storage_url: str | None = None) -> tuple[
     return rows, meta
 
 
-def trials_frame(sweep_dir: Path, storage_url: str | None = None):
+def trials_frame(sweep_dir: Path, storage_url: str | None = None, study_name: str | None = None):
     """One row per trial: number, state, run id, parameters, metric, duration, error."""
     import pandas as pd
 
-    rows, meta = _trial_rows(sweep_dir, storage_url)
+    rows, meta = _trial_rows(sweep_dir, storage_url, study_name)
     gpus = any(r["gpu"] is not None for r in rows)   # a column only where trials ran on chosen GPUs
     return pd.DataFrame([{"trial": r["trial"], "state": r["state"], "run_id": r["run_id"], **r["config"],
                           meta["metric"]: r["value"], "duration_s": r["duration_s"],
@@ -983,10 +1011,10 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def status_table(sweep_dir: Path, storage_url: str | None = None) -> str:
+def status_table(sweep_dir: Path, storage_url: str | None = None, study_name: str | None = None) -> str:
     import pandas as pd
 
-    rows, meta = _trial_rows(sweep_dir, storage_url)
+    rows, meta = _trial_rows(sweep_dir, storage_url, study_name)
     if not rows:
         return "no trials yet"
     metric = meta["metric"]

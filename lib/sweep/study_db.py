@@ -1,0 +1,108 @@
+"""A study in a database, read from a machine that ran none of its trials: its runs as the same dicts
+``lib.runs.load_local`` returns (for `report URL`), and a trial's files fetched into a run folder (for
+`export URL`).
+
+A run's full record (config, summary, classes, split, test predictions, per-class figures, confusion
+matrix) and its per-epoch rows come from the artifact store (``lib.sweep.artifacts``). A trial without
+them there (no store, or a trial that ended before it had one) still has what the study keeps: its
+config, state, summary, error and the sweep metric of each epoch: enough for the table, the ranking and
+the curves, not for the paired tests or the confusion matrix.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from lib.errors import SweepError
+from lib.files import write_json
+from lib.runs import load_local
+from lib.sweep import artifacts
+from lib.sweep.local import _counted, _flat, _point, _study_in_database, public_url
+
+TRIAL_STATES = {TrialState.RUNNING: "running", TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned",
+                TrialState.FAIL: "failed"}
+
+
+@dataclass
+class DatabaseStudy:
+    study: optuna.Study
+    meta: dict            # as sweep.json says it: name, metric, goal, method, storage (no password)
+    store: Any            # the artifact store, or None
+
+    @property
+    def source(self) -> str:
+        return f"study {self.meta['name']} in {public_url(self.meta['storage'], hide=True)}"
+
+    def runs(self, full: bool = True) -> list[dict]:
+        """Every trial that started, as a run dict (waiting grid points are not runs yet). ``full``: with
+        each run's files from the store; without, what the study keeps (enough to pick a run to export)."""
+        trials = [t for t in _counted(self.study) if t.state in TRIAL_STATES and t.user_attrs.get("run_id")]
+        with tempfile.TemporaryDirectory(prefix="study-runs-") as tmp:
+            for t in trials:
+                self._mirror(t, Path(tmp) / t.user_attrs["run_id"], full)
+            runs = load_local(tmp) if trials else []
+        ids = {t.user_attrs["run_id"]: t for t in trials}
+        for run in runs:   # the mirror folder is gone: what stands for the run is its trial
+            run.pop("dir", None)
+            t = ids[run["id"]]
+            # the trial's state, as `status` shows it (a run whose metric went missing finished, its trial failed)
+            run.update(state=TRIAL_STATES[t.state], source=self.source, trial=t.number, host=t.user_attrs.get("host"),
+                       artifacts=t.user_attrs.get(artifacts.TRIAL_ATTR) or {})
+        return runs
+
+    def _mirror(self, t, folder: Path, full: bool) -> None:
+        """The trial as a run folder: its files from the store, else a record made of what the study keeps."""
+        ids = t.user_attrs.get(artifacts.TRIAL_ATTR) or {}
+        folder.mkdir(parents=True)
+        got = artifacts.download(self.store, ids, artifacts.RUN_FILES, folder) if full and self.store and ids else []
+        if "run.json" not in got:
+            write_json(folder / "run.json", _essentials(t))
+        if "metrics.jsonl" not in got:
+            metric = self.meta["metric"]
+            rows = [{"epoch": step, metric: value} for step, value in sorted(t.intermediate_values.items())]
+            (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def exportable(self) -> list[dict]:
+        """export's candidates: the finished runs whose weights are in the store. Finished runs without
+        any are one line saying why (none finished at all: export says that itself)."""
+        finished = [r for r in self.runs(full=False) if r["state"] == "finished"]
+        runs = [r for r in finished if artifacts.WEIGHTS in r["artifacts"]] if self.store else []
+        if finished and not runs:
+            raise SweepError(f"{self.source}: none of its {len(finished)} finished run(s) has weights in an artifact "
+                             f"store, so export cannot fetch them: run `local` with --artifacts DIR (a folder every "
+                             f"machine mounts) to keep them there")
+        return runs
+
+    def fetch(self, run: dict, dest: Path) -> Path:
+        """The run's weights and run.json from the store into ``dest``: a run folder export can read."""
+        ids = run.get("artifacts") or {}
+        if self.store is None or artifacts.WEIGHTS not in ids:
+            raise SweepError(f"run {run['id']} of {self.source} has no weights in an artifact store: run `local` "
+                             f"with --artifacts to keep them where every machine can fetch them")
+        artifacts.download(self.store, ids, ("run.json", artifacts.WEIGHTS), Path(dest))
+        return Path(dest)
+
+
+def _essentials(t) -> dict:
+    """What the study keeps of a run (user attribute ``run``), in run.json's shape."""
+    kept = t.user_attrs.get("run") or {}
+    config = t.user_attrs.get("config") or _flat(_point(t))
+    config = {**(config.get("recipe") or {}), **{k: v for k, v in config.items() if k != "recipe"}}   # as run.json
+    state = TRIAL_STATES[t.state]
+    error = kept.get("error") or t.user_attrs.get("error")
+    return {"id": t.user_attrs["run_id"], "name": config.get("run_name") or t.user_attrs["run_id"], "state": state,
+            "config": config, "summary": kept.get("summary") or {}, **({"error": error} if error else {}),
+            **{k: kept[k] for k in ("started", "finished") if k in kept}}
+
+
+def open_database(url: str, name: str | None = None, store: str | None = None) -> DatabaseStudy:
+    """The study ``name`` (by default the database's only one) and its artifact store: ``store`` where
+    given (the shared folder's path on this machine), else the one the study recorded."""
+    study, meta, _ = _study_in_database(url, name)
+    return DatabaseStudy(study, meta, artifacts.reader(study, store))
