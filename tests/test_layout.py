@@ -103,3 +103,11 @@ def test_what_a_run_measures_is_declared_once(tmp_path):
     assert {"seed", "run_id", "runs_dir", "device"} <= NOISE_KEYS and not NOISE_KEYS & {"lr", "strategy", "model"}
     assert set(config.RECIPE_KEYS) == set(config.FIELDS) - config.BOOKKEEPING
     assert set(runs.STATE_MAP.values()) <= set(records.STATES)
+
+
+def test_the_readme_layout_table_names_every_module():
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):readme.index("\n## ", readme.index("## Layout") + 3)]
+    missing = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "lib").rglob("*.py"))
+               if p.name != "__init__.py" and f"`{p.name}`" not in layout and f"`{p.relative_to(ROOT)}`" not in layout]
+    assert missing == []
