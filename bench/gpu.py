@@ -39,11 +39,7 @@ from torch import nn  # noqa: E402
 
 from lib.config import build  # noqa: E402
 from lib.files import read_json  # noqa: E402
-from lib.train import (
-    data,  # noqa: E402
-    demo_data,
-    models,
-)
+from lib.train import data, demo_data, models  # noqa: E402
 from lib.train.cache import SharedCache  # noqa: E402
 from lib.train.run import make_loaders  # noqa: E402
 from lib.train.training import Accel  # noqa: E402

@@ -37,11 +37,8 @@ from torchvision import datasets, transforms  # noqa: E402
 
 from lib.config import build  # noqa: E402
 from lib.files import read_json  # noqa: E402
-from lib.sweep import spec as sweep_spec
-from lib.train import (
-    demo_data,  # noqa: E402
-    strategies,
-)
+from lib.sweep import spec as sweep_spec  # noqa: E402
+from lib.train import demo_data, strategies  # noqa: E402
 from lib.train.run import main as kit_main  # noqa: E402
 
 DEMO = ROOT / "sweeps" / "demo.yaml"
