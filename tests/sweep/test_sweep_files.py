@@ -165,7 +165,7 @@ def test_sweep_file_is_valid_for_wandb_and_for_the_config(path):
 
 
 GRID_RUNS = {"strategy_grid": 6, "resnet50_freezing": 6, "small_vs_pretrained": 4,
-             "resnet18_vs_mobilenetv3": 2, "demo": 6, "quickstart": 12}  # as each file's description says
+             "resnet18_vs_mobilenetv3": 2, "demo": 6, "quickstart": 8}  # as each file's description says
 
 
 @pytest.mark.parametrize("path", [p for p in SWEEP_FILES if _load_method(p) == "grid"], ids=lambda p: p.name)
