@@ -19,8 +19,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna
 
+from lib.errors import SweepError
 from lib.sweep.local import public_url
-from lib.sweep.spec import SweepError
 
 JOURNAL = "optuna.journal"        # the study of a sweep dir without --storage (lib.sweep.local.storage)
 LOOPBACK = ("127.0.0.1", "localhost")
