@@ -10,8 +10,12 @@ entrypoints import this before torch.
 class KitError(Exception):
     """A problem with what the user gave (config, data, weights, sweep, source of a report or export)."""
 
+    # one_line: fold the message onto one line (kinds whose text quotes files and other libraries); the
+    # rest are written as one line, or as a first line and then details (an edited sweep's diff).
+    one_line = False
+
     def __init__(self, message: str = ""):
-        super().__init__(" ".join(str(message).split()))   # one line, however it was built
+        super().__init__(" ".join(str(message).split()) if self.one_line else str(message))
 
 
 class ConfigError(KitError, ValueError):
@@ -31,16 +35,23 @@ class RunBusy(KitError, RuntimeError):
 
 
 class SweepError(KitError, ValueError):
-    """A sweep file, study or sweep command that cannot run, said before any trial starts."""
+    """A sweep file, study or sweep command that cannot run, said before any trial starts. Its first line
+    says what; an edited sweep's refusal lists what changed on the lines after it."""
 
 
 class ReportError(KitError, ValueError):
     """The report cannot be made from what was given (no runs, unknown metric, ...)."""
 
+    one_line = True
+
 
 class ExportError(KitError, RuntimeError):
     """The run cannot be exported, or the export does not match PyTorch."""
 
+    one_line = True
+
 
 class PredictError(KitError, ValueError):
     """The model or the request cannot be used (no model, corrupt file, nothing to classify)."""
+
+    one_line = True

@@ -79,7 +79,7 @@ def test_errors_are_caught_by_type_not_by_name():
 
     kit = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, Exception)]
     assert len(kit) >= 9 and all(issubclass(c, errors.KitError) for c in kit)
-    assert str(errors.SweepError("two\n  lines")) == "two lines"
+    assert str(errors.ExportError("two\n  lines")) == "two lines"
 
 
 def test_what_a_run_measures_is_declared_once(tmp_path):
