@@ -95,12 +95,12 @@ def cmd_export(a):
 
     api = runs.public_api() if runs.is_sweep_path(a.source) else None   # no key: one line before torch loads
     db = _database(a) if _is_database(a.source) else None   # the winner's files from the artifact store
-    runs = db.exportable() if db else None
+    chosen = db.exportable() if db else None
     from lib.ship import export
 
     result = export.export_best(db.source if db else a.source, Path(a.out), metric=a.metric,
                                 max_size_mb=a.max_size_mb, max_latency_ms=a.max_latency_ms, quantize=a.quantize,
-                                attributions=a.attributions, data_dir=a.data_dir, api=api, runs=runs,
+                                attributions=a.attributions, data_dir=a.data_dir, api=api, runs=chosen,
                                 fetch=db.fetch if db else None)
     out = Path(a.out)
     if result.get("wandb_export_run"):

@@ -18,7 +18,6 @@ Speed is measured here, never asserted in tests (the smoke test checks the JSON'
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -38,7 +37,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from lib.config import build  # noqa: E402
-from lib.files import read_json  # noqa: E402
+from lib.files import read_json, write_json  # noqa: E402
 from lib.train import data, demo_data, models  # noqa: E402
 from lib.train.cache import SharedCache  # noqa: E402
 from lib.train.run import make_loaders  # noqa: E402
@@ -239,8 +238,7 @@ def main() -> int:
     res["seconds"] = round(time.perf_counter() - started, 1)
     print(table(res))
     print(f"{res['seconds']:.0f} s")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=1))
+    write_json(Path(args.out), res)
     print(f"wrote {args.out}")
     return 0
 

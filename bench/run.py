@@ -15,7 +15,6 @@ Prints one line per figure and writes JSON. Speed is measured here, never assert
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -35,8 +34,8 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 from torchvision import datasets, transforms  # noqa: E402
 
-from lib.config import build  # noqa: E402
-from lib.files import read_json  # noqa: E402
+from lib.config import build, recipe_as_keys  # noqa: E402
+from lib.files import read_json, write_json  # noqa: E402
 from lib.sweep import spec as sweep_spec  # noqa: E402
 from lib.train import demo_data, strategies  # noqa: E402
 from lib.train.run import main as kit_main  # noqa: E402
@@ -48,8 +47,7 @@ FOUR = ("freeze", "partial", "full", "two_phase")   # the demo's strategies the 
 def study(quick: bool) -> dict:
     """The pretrained side of sweeps/demo.yaml's grid (MobileNetV2 under each strategy) with the
     YAML's fixed settings; --quick: 1,500 images and 3 epochs instead of 5,000 and the YAML's 4."""
-    flat = [{**{k: v for k, v in p.items() if k != "recipe"}, **p.get("recipe", {})}   # recipes' keys as keys
-            for p in sweep_spec.load(str(DEMO)).grid()]
+    flat = [recipe_as_keys(p) for p in sweep_spec.load(str(DEMO)).grid()]
     points = [p for p in flat if p["model"] == "mobilenetv2_100" and p["strategy"] in FOUR]
     # Every strategy at partial's settings (4 epochs, constant LR): demo.yaml gives freeze 15 cheap epochs on
     # stored features, which the baseline would pay for in full; side by side, both do the same work.
@@ -214,8 +212,7 @@ def main() -> int:
     for key in ("kit_study_s", "baseline_study_s", "study_speedup", "full_efficiency", "freeze_efficiency",
                 "freeze_efficiency_vs_kit_forward", "kit_best_val_acc", "baseline_best_val_acc"):
         print(f"{key}: {out[key]}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    write_json(Path(args.out), out)
     print(f"wrote {args.out}")
     return 0
 

@@ -408,6 +408,13 @@ def resolve(argv: Iterable[str], env: Mapping[str, str] | None = None) -> Config
     return build(*layers)
 
 
+def recipe_as_keys(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's parameters with its ``recipe`` mapping spread into keys (keys set beside it win, as in
+    ``build``): the columns of a status table, a record's config, a bench point."""
+    recipe = values.get("recipe") or {}
+    return {**recipe, **{k: v for k, v in values.items() if k != "recipe"}}
+
+
 def build(*layers: dict[str, Any], base: Config | None = None) -> Config:
     """Apply override layers in order on top of ``base`` (defaults), coercing and checking each."""
     values = (base or Config()).to_dict()

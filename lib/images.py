@@ -10,7 +10,6 @@ import hashlib
 import io
 import os
 import stat
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError

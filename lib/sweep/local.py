@@ -37,11 +37,12 @@ import optuna
 import yaml
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import JournalStorage
-from optuna.storages._heartbeat import BaseHeartbeat   # the interface fail_stale_trials works with
+from optuna.storages._heartbeat import BaseHeartbeat  # the interface fail_stale_trials works with
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from tqdm import tqdm
 
+from lib import config as config_lib
 from lib.errors import SweepError
 from lib.files import locked, read_json, read_jsonl, tail, write_json
 from lib.records import RunRecord, metric_value
@@ -982,7 +983,7 @@ def _trial_rows(sweep_dir: Path | str, storage_url: str | None = None,
         duration = (t.datetime_complete - t.datetime_start).total_seconds() \
             if t.datetime_complete and t.datetime_start else None
         config = t.user_attrs.get("config") or _flat(_point(t))
-        config = {**(config.get("recipe") or {}), **{k: v for k, v in config.items() if k != "recipe"}}  # as columns
+        config = config_lib.recipe_as_keys(config)   # as columns
         rows.append({"trial": t.number, "state": "interrupted" if _gone(t, stale, opts.host) else t.state.name.lower(),
                      "run_id": t.user_attrs.get("run_id"), "config": config, "value": t.value,
                      "duration_s": round(duration, 1) if duration else None, "error": t.user_attrs.get("error"),

@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from lib.config import recipe_as_keys
 from lib.errors import SweepError
 from lib.files import write_json
 from lib.runs import load_local
@@ -93,7 +94,7 @@ def _essentials(t) -> dict:
     """What the study keeps of a run (user attribute ``run``), in run.json's shape."""
     kept = t.user_attrs.get("run") or {}
     config = t.user_attrs.get("config") or _flat(_point(t))
-    config = {**(config.get("recipe") or {}), **{k: v for k, v in config.items() if k != "recipe"}}   # as run.json
+    config = recipe_as_keys(config)   # as run.json has it
     state = TRIAL_STATES[t.state]
     error = kept.get("error") or t.user_attrs.get("error")
     return {"id": t.user_attrs["run_id"], "name": config.get("run_name") or t.user_attrs["run_id"], "state": state,
