@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 from lib.errors import KitError, SweepError
-from lib.sweep import cloud
-from lib.sweep import local as sweep_local
+from lib.sweep import budget, gpus, runner, status, wandb_sweep
+from lib.sweep.options import Options
 
 
 def _fixed(pairs):
@@ -34,20 +34,20 @@ def _fixed(pairs):
 
 
 def cmd_create(a):
-    cloud.create(a.sweep_file, a.project, a.entity)
+    wandb_sweep.create(a.sweep_file, a.project, a.entity)
     return 0
 
 
 def _budget(a) -> tuple[float | None, float | None]:
     """--time_budget and --trial_estimate in seconds (one-line errors before anything starts)."""
-    budget = cloud.parse_duration(a.time_budget) if a.time_budget else None
-    estimate = cloud.parse_duration(a.trial_estimate, "--trial_estimate") if a.trial_estimate else None
-    return budget, estimate
+    seconds = budget.parse_duration(a.time_budget) if a.time_budget else None
+    estimate = budget.parse_duration(a.trial_estimate, "--trial_estimate") if a.trial_estimate else None
+    return seconds, estimate
 
 
 def cmd_agent(a):
-    budget, estimate = _budget(a)
-    return cloud.agent(a.sweep_id, a.count, a.gpus, time_budget_s=budget, trial_estimate_s=estimate)
+    seconds, estimate = _budget(a)
+    return wandb_sweep.agent(a.sweep_id, a.count, a.gpus, time_budget_s=seconds, trial_estimate_s=estimate)
 
 
 def _check_counts(a):
@@ -62,18 +62,17 @@ def _check_counts(a):
 
 def cmd_local(a):
     _check_counts(a)
-    budget, estimate = _budget(a)
-    gpus = cloud.resolve_gpus(a.gpus)
-    if gpus and a.workers not in (None, len(gpus)):
-        raise SweepError(f"--workers {a.workers} with --gpus {a.gpus}: one worker per GPU ({len(gpus)}); "
+    seconds, estimate = _budget(a)
+    devices = gpus.resolve_gpus(a.gpus)
+    if devices and a.workers not in (None, len(devices)):
+        raise SweepError(f"--workers {a.workers} with --gpus {a.gpus}: one worker per GPU ({len(devices)}); "
                          f"leave --workers out")
     sweep_dir = Path(a.sweep_dir or Path("runs") / "sweeps" / Path(a.sweep_file).stem)
-    opts = sweep_local.Options(sweep_dir=sweep_dir, workers=len(gpus) if gpus else a.workers or 1, count=a.count,
-                               storage=a.storage, seed=a.seed, max_failures=a.max_failures, extend=a.extend,
-                               retry_failed=a.retry_failed, repeats=a.repeats, confirm_top=a.confirm_top,
-                               gpus=gpus, time_budget_s=budget,
-                               trial_estimate_s=estimate, artifacts=a.artifacts)
-    return sweep_local.run_local(a.sweep_file, opts, _fixed(a.set))
+    opts = Options(sweep_dir=sweep_dir, workers=len(devices) if devices else a.workers or 1, count=a.count,
+                   storage=a.storage, seed=a.seed, max_failures=a.max_failures, extend=a.extend,
+                   retry_failed=a.retry_failed, repeats=a.repeats, confirm_top=a.confirm_top, gpus=devices,
+                   time_budget_s=seconds, trial_estimate_s=estimate, artifacts=a.artifacts)
+    return runner.run_local(a.sweep_file, opts, _fixed(a.set))
 
 
 def cmd_report(a):
@@ -125,7 +124,7 @@ def cmd_predict(a):
 
 
 def cmd_soup(a):
-    from lib.ship import soup
+    from lib.train import soup
 
     record = soup.greedy_soup(a.source, Path(a.out), data_dir=a.data_dir)
     if record["id"] is None:
@@ -140,7 +139,7 @@ def cmd_soup(a):
 
 def cmd_status(a):
     source = a.sweep_dir if _is_database(a.sweep_dir) else Path(a.sweep_dir)   # a folder, or the database's URL
-    print(sweep_local.status_table(source, a.storage, a.study))
+    print(status.status_table(source, a.storage, a.study))
     return 0
 
 

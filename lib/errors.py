@@ -55,3 +55,9 @@ class PredictError(KitError, ValueError):
     """The model or the request cannot be used (no model, corrupt file, nothing to classify)."""
 
     one_line = True
+
+
+def one_line(e: BaseException) -> str:
+    """An exception from another library as ``Type: first line`` (at most 300 characters of it)."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}"

@@ -220,7 +220,7 @@ def read_wandb(path: str, api=None, history: bool = True) -> tuple[list[dict], d
 
 
 # --------------------------------------------------------------------------- frames
-def _scalar(v):
+def as_scalar(v):
     if isinstance(v, (list, tuple, dict)):
         return json.dumps(v)
     return v
@@ -252,9 +252,9 @@ def runs_frame(runs) -> pd.DataFrame:
         row: dict[str, Any] = {"run_id": run.get("id"), "name": run.get("name"), "state": run.get("state")}
         for k, v in (run.get("config") or {}).items():
             if k not in row:
-                row[k] = _scalar(v)
+                row[k] = as_scalar(v)
         for k, v in (run.get("summary") or {}).items():
-            row[k if k not in row else f"summary.{k}"] = _scalar(v)
+            row[k if k not in row else f"summary.{k}"] = as_scalar(v)
         row["error"] = run.get("error")
         row["n_val"] = _n_split(run, "val")
         row["n_test"] = _n_split(run, "test")

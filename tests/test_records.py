@@ -13,11 +13,10 @@ import timm
 import torch
 import yaml
 
-from lib.train import data
-from lib.train import training
 from lib.config import Config
-from lib.records import RunRecord
 from lib.files import read_json
+from lib.records import RunRecord
+from lib.train import data, training
 from lib.train.run import main
 from tests.fakes.wandb_api import logged_artifacts, offline_records
 

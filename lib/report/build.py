@@ -16,9 +16,9 @@ from lib.errors import ReportError
 from lib.files import atomic_write, read_json
 from lib.records import EPOCH_METRICS, RUN_METRICS
 from lib.report.page import CSS, Doc, ci, count, hp, isnan, met, num, pct
-from lib.report.plots import MAX_CURVE_RUNS, _confusion_plot, _curves_plot, _overlay_plot, _params_plot, _tradeoff_plot
-from lib.report.review import GAP_OVERFIT, LEVELS, Review, _state_text, predictions, review
-from lib.report.study import NOISE_KEYS, Study, make_study
+from lib.report.plots import MAX_CURVE_RUNS, confusion_plot, curves_plot, overlay_plot, params_plot, tradeoff_plot
+from lib.report.review import GAP_OVERFIT, LEVELS, Review, predictions, review, state_text
+from lib.report.table import NOISE_KEYS, RunTable, run_table
 from lib.runs import is_sweep_path, load_local, read_wandb
 
 MAX_TABLE_ROWS = 100
@@ -138,7 +138,7 @@ def build_report(source_runs, out_dir, metric: str | None = None, latency: dict 
         raise ReportError(f"no runs in {source}: expected a sweep dir (sweep.json and runs/), a runs dir "
                           "(<run_id>/run.json) or one run folder")
     metric, goal = _selection(runs, metric, goal, meta)
-    s = make_study(runs, metric, goal, {str(k): float(v) for k, v in (latency or {}).items()})
+    s = run_table(runs, metric, goal, {str(k): float(v) for k, v in (latency or {}).items()})
     r = review(s)
     cmc = _confusion(s.by_id[r.best_id]) if r.best_id is not None else None
     if cmc is not None and cmc[2]:
@@ -148,7 +148,7 @@ def build_report(source_runs, out_dir, metric: str | None = None, latency: dict 
     out = Path(out_dir)
     doc, files = Doc(), {}
     doc.h(1, title or "Fine-tuning sweep report")
-    doc.p(f"Source: `{source}` · {len(s.df)} run(s): {_state_text(s.df)} · selection metric: `{metric}` ({goal}) · "
+    doc.p(f"Source: `{source}` · {len(s.df)} run(s): {state_text(s.df)} · selection metric: `{metric}` ({goal}) · "
           f"generated {time.strftime('%Y-%m-%d %H:%M')}", cls="meta")
     _verdict_section(doc, r)
     if not s.fin.empty:
@@ -180,7 +180,7 @@ def _verdict_section(doc: Doc, r: Review) -> None:
         doc.p("Nothing to flag.")
 
 
-def _tables(doc: Doc, s: Study, r: Review) -> None:
+def _tables(doc: Doc, s: RunTable, r: Review) -> None:
     """The comparison by model x strategy, every finished run, and seed groups."""
     metric, fin = s.metric, s.fin
     doc.h(2, "Comparison by model × strategy", "comparison")
@@ -224,10 +224,10 @@ def _tables(doc: Doc, s: Study, r: Review) -> None:
                                  f"({', '.join(sorted(NOISE_KEYS - {'seed'}))}); std is the sample std (ddof=1).")
 
 
-def _curves_section(doc: Doc, s: Study, files: dict) -> None:
+def _curves_section(doc: Doc, s: RunTable, files: dict) -> None:
     finished = set(s.fin["run_id"])
     ordered = [s.by_id[i] for i in s.fin["run_id"]] + [x for x in s.runs if x.get("id") not in finished]
-    png = _curves_plot(ordered, s.labels)
+    png = curves_plot(ordered, s.labels)
     if not png:
         return
     doc.h(2, "Training curves", "curves")
@@ -236,16 +236,16 @@ def _curves_section(doc: Doc, s: Study, files: dict) -> None:
         doc.p(f"Showing the first {MAX_CURVE_RUNS} of {n_hist} runs with curves (best first); all runs are "
               "overlaid in the next figure.")
     _image(doc, files, "curves.png", png, "loss and accuracy per epoch, train and val, best runs first")
-    over = _overlay_plot(ordered, s.metric)
+    over = overlay_plot(ordered, s.metric)
     if over:
         _image(doc, files, "curves_all.png", over, "val loss and val accuracy of every run")
 
 
-def _best_section(doc: Doc, s: Study, r: Review, cmc, files: dict) -> None:
+def _best_section(doc: Doc, s: RunTable, r: Review, cmc, files: dict) -> None:
     best_run = s.by_id[r.best_id]
     doc.h(2, f"Best run `{r.best_id}`: errors by class", "best")
     if cmc is not None:
-        png = _confusion_plot(cmc[0], cmc[1], f"confusion matrix of {s.labels[r.best_id]} (test)")
+        png = confusion_plot(cmc[0], cmc[1], f"confusion matrix of {s.labels[r.best_id]} (test)")
         _image(doc, files, "confusion_matrix.png", png,
                f"test confusion matrix of {r.best_id} (counts; colour = row share)")
     pcs = _per_class(best_run, cmc)
@@ -259,9 +259,9 @@ def _best_section(doc: Doc, s: Study, r: Review, cmc, files: dict) -> None:
         doc.p("This run recorded no test predictions, confusion matrix or per-class metrics.")
 
 
-def _tradeoff_section(doc: Doc, s: Study, files: dict) -> None:
+def _tradeoff_section(doc: Doc, s: RunTable, files: dict) -> None:
     fin, metric = s.fin, s.metric
-    png = _tradeoff_plot(fin, metric, s.maximize, bool(s.latency))
+    png = tradeoff_plot(fin, metric, s.maximize, bool(s.latency))
     doc.h(2, "Accuracy against cost", "tradeoff")
     if not png:
         doc.p("No model sizes recorded.")
@@ -277,12 +277,12 @@ def _tradeoff_section(doc: Doc, s: Study, files: dict) -> None:
                                                     f"{met(x[metric])}" for _, x in front.iterrows()))
 
 
-def _params_section(doc: Doc, s: Study, r: Review, files: dict) -> None:
+def _params_section(doc: Doc, s: RunTable, r: Review, files: dict) -> None:
     doc.h(2, "Swept parameters", "params")
     if not s.varying:
         doc.p("No parameter varies across the finished runs.")
         return
-    png = _params_plot(s.fin, s.varying, s.metric)
+    png = params_plot(s.fin, s.varying, s.metric)
     if png:
         _image(doc, files, "params.png", png, f"{s.metric} against each parameter that varies across runs")
     if r.importance:
@@ -295,7 +295,7 @@ def _params_section(doc: Doc, s: Study, r: Review, files: dict) -> None:
           "interactions, and eta² is inflated when levels have one run each.", cls="note")
 
 
-def _failed_section(doc: Doc, s: Study) -> None:
+def _failed_section(doc: Doc, s: RunTable) -> None:
     bad = s.df[s.df["state"] != "finished"]
     if not len(bad):
         return
@@ -305,7 +305,7 @@ def _failed_section(doc: Doc, s: Study) -> None:
     doc.table(["run", "state", "recipe", "error"], rows)
 
 
-def _methods_section(doc: Doc, s: Study) -> None:
+def _methods_section(doc: Doc, s: RunTable) -> None:
     doc.h(2, "Methods", "methods")
     doc.bullets([
         "Test accuracy k/n gets a 95% Wilson score interval: (p + z²/2n ± z·sqrt(p(1−p)/n + z²/4n²)) / (1 + z²/n), z=1.96.",
@@ -320,7 +320,7 @@ def _methods_section(doc: Doc, s: Study) -> None:
     ])
 
 
-def _write(out: Path, s: Study, doc: Doc, title: str | None, files: dict[str, bytes]) -> dict:
+def _write(out: Path, s: RunTable, doc: Doc, title: str | None, files: dict[str, bytes]) -> dict:
     """Every file at the end, each one atomically: a report that fails on the way writes nothing, and
     plots an earlier report had but this one has not are removed (they would show other runs)."""
     csv_df = s.df.copy()

@@ -44,7 +44,7 @@ def _png(fig) -> bytes:
 
 
 @plain_text
-def _curves_plot(runs: list[dict], labels: dict[str, str]) -> bytes | None:
+def curves_plot(runs: list[dict], labels: dict[str, str]) -> bytes | None:
     from matplotlib.ticker import MaxNLocator
 
     runs = [r for r in runs if r.get("history")][:MAX_CURVE_RUNS]
@@ -92,7 +92,7 @@ def _curves_plot(runs: list[dict], labels: dict[str, str]) -> bytes | None:
 
 
 @plain_text
-def _overlay_plot(runs: list[dict], metric_label: str) -> bytes | None:
+def overlay_plot(runs: list[dict], metric_label: str) -> bytes | None:
     runs = [r for r in runs if r.get("history")]
     if len(runs) <= MAX_CURVE_RUNS:
         return None
@@ -112,7 +112,7 @@ def _overlay_plot(runs: list[dict], metric_label: str) -> bytes | None:
 
 
 @plain_text
-def _confusion_plot(cm: np.ndarray, classes: list[str], title: str) -> bytes:
+def confusion_plot(cm: np.ndarray, classes: list[str], title: str) -> bytes:
     n = len(classes)
     side = min(12, max(4.5, 0.45 * n + 2.5))
     fig = _figure(side + 1, side)
@@ -136,7 +136,7 @@ def _confusion_plot(cm: np.ndarray, classes: list[str], title: str) -> bytes:
 
 
 @plain_text
-def _tradeoff_plot(fin: pd.DataFrame, metric: str, maximize: bool, has_latency: bool) -> bytes | None:
+def tradeoff_plot(fin: pd.DataFrame, metric: str, maximize: bool, has_latency: bool) -> bytes | None:
     panels = [("model_size_mb", "model size (MB)", "pareto_size")]
     if has_latency:
         panels.append(("latency_ms", "CPU latency (ms)", "pareto_latency"))
@@ -169,7 +169,7 @@ def _tradeoff_plot(fin: pd.DataFrame, metric: str, maximize: bool, has_latency: 
 
 
 @plain_text
-def _params_plot(fin: pd.DataFrame, keys: list[str], metric: str) -> bytes | None:
+def params_plot(fin: pd.DataFrame, keys: list[str], metric: str) -> bytes | None:
     keys = [k for k in keys if k in fin][:12]
     if not keys:
         return None

@@ -12,7 +12,7 @@ import pandas as pd
 
 from lib.report.page import ci, count, isnan, met, num, pct
 from lib.report.stats import holm, importance, mcnemar, wilson_interval
-from lib.report.study import Study
+from lib.report.table import RunTable
 
 SMALL_TEST = 200          # below this many test images, say how wide the interval is
 GAP_OVERFIT = 0.10        # train acc - val acc at the best epoch
@@ -77,13 +77,13 @@ def _val_loss_rise(history: list[dict]) -> tuple[int, float] | None:
     return None
 
 
-def review(s: Study) -> Review:
+def review(s: RunTable) -> Review:
     r = Review()
     _run_states(s, r)
     if s.fin.empty:
-        state_text = _state_text(s.df)
+        states = state_text(s.df)
         r.verdict = ([f"No run finished with a value of `{s.metric}`: there is no winner ({len(s.df)} run(s): "
-                      f"{state_text}).", "Fix the errors listed below and run the sweep again."]
+                      f"{states}).", "Fix the errors listed below and run the sweep again."]
                      if len(s.df) else ["No runs found: nothing to report."])
         r.warn("critical", "no_finished", "no finished run: nothing can be compared")
     else:
@@ -105,12 +105,12 @@ def review(s: Study) -> Review:
     return r
 
 
-def _state_text(df: pd.DataFrame) -> str:
+def state_text(df: pd.DataFrame) -> str:
     counts = df["state"].value_counts().to_dict() if len(df) else {}
     return ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no runs"
 
 
-def _run_states(s: Study, r: Review) -> None:
+def _run_states(s: RunTable, r: Review) -> None:
     bad = s.df[s.df["state"] != "finished"]
     pruned = bad[bad["state"] == "pruned"]
     if len(pruned):
@@ -130,7 +130,7 @@ def _run_states(s: Study, r: Review) -> None:
         r.warn("warning", "no_metric", f"run `{row['run_id']}` finished without a value of {s.metric}: left out")
 
 
-def _seed_groups(s: Study) -> list[dict]:
+def _seed_groups(s: RunTable) -> list[dict]:
     """Finished runs that differ only in seed (and bookkeeping keys), as mean and sample std."""
     groups = []
     for key, g in s.fin.groupby("_group", sort=False):
@@ -147,7 +147,7 @@ def _seed_groups(s: Study) -> list[dict]:
     return sorted(groups, key=lambda g: sign * g[f"{s.metric}_mean"])
 
 
-def _top_two(s: Study, r: Review, best, runner) -> None:
+def _top_two(s: RunTable, r: Review, best, runner) -> None:
     """McNemar on the same test images, else whether the Wilson intervals overlap."""
     same, why = _same_test_set(s.by_id[r.best_id], s.by_id[r.runner_id])
     paired = r.runner_id if same else _on_winners_images(s, r, runner["_group"])
@@ -185,14 +185,14 @@ def _top_two(s: Study, r: Review, best, runner) -> None:
                "listed first — the selection metric does not separate them")
 
 
-def _on_winners_images(s: Study, r: Review, group: str) -> str | None:
+def _on_winners_images(s: RunTable, r: Review, group: str) -> str | None:
     """The best run of a configuration tested on the winner's test images. Seeds draw the split of a
     folder without train/val/test, so the winner may be a seed whose split the rival's best run lacks."""
     return next((run_id for run_id in s.fin.loc[s.fin["_group"] == group, "run_id"]
                  if _same_test_set(s.by_id[r.best_id], s.by_id[run_id])[0]), None)
 
 
-def _p_against_every_rival(s: Study, r: Review, best) -> dict[str, float]:
+def _p_against_every_rival(s: RunTable, r: Review, best) -> dict[str, float]:
     """McNemar p of the winner against every other configuration's best run seen on the same test
     images (the runner-up among them): the family that Holm's correction accounts for."""
     winner = predictions(s.by_id[r.best_id])
@@ -204,7 +204,7 @@ def _p_against_every_rival(s: Study, r: Review, best) -> dict[str, float]:
     return out
 
 
-def _test_size(s: Study, r: Review, best) -> pd.DataFrame:
+def _test_size(s: RunTable, r: Review, best) -> pd.DataFrame:
     """Small test sets, 100% claims and selection on val; returns the runs at 100% test accuracy."""
     n_test = best["n_test"]
     if not isnan(n_test) and n_test < SMALL_TEST and not isnan(best["test_acc"]):
@@ -232,7 +232,7 @@ def _test_size(s: Study, r: Review, best) -> pd.DataFrame:
     return perfect
 
 
-def _overfitting(s: Study, r: Review, best) -> None:
+def _overfitting(s: RunTable, r: Review, best) -> None:
     for _, row in s.fin[s.fin["train_val_gap"] > GAP_OVERFIT].iterrows():
         r.warn("warning", "overfit",
                f"overfitting: `{row['run_id']}` ({s.labels[row['run_id']]}) trains at "
@@ -251,7 +251,7 @@ def _overfitting(s: Study, r: Review, best) -> None:
                "it may not have converged; more epochs might help")
 
 
-def _data(s: Study, r: Review, best) -> None:
+def _data(s: RunTable, r: Review, best) -> None:
     """What the runs reported about their data, counts that cannot be right, and val/test disagreement."""
     dups: dict[str, list[str]] = {}
     other: dict[str, list[str]] = {}
@@ -283,7 +283,7 @@ def _data(s: Study, r: Review, best) -> None:
                    "score optimistic too")
 
 
-def _soups(s: Study, r: Review) -> None:
+def _soups(s: RunTable, r: Review) -> None:
     """A model soup against its best single ingredient, on the same test images (McNemar)."""
     for run_id, run in s.by_id.items():
         soup, single = run.get("soup"), s.by_id.get((run.get("soup") or {}).get("best_single"))
@@ -301,7 +301,7 @@ def _best_group(r: Review, best) -> dict | None:
     return next((g for g in r.seed_groups if g["_group"] == best["_group"]), None)
 
 
-def _seeds(s: Study, r: Review, best, runner) -> None:
+def _seeds(s: RunTable, r: Review, best, runner) -> None:
     if not any(g["n"] >= 2 for g in r.seed_groups) and len(s.fin) > 1:
         r.warn("info", "seeds", "every configuration ran with one seed: the seed-to-seed spread is unknown, so a "
                "small difference between configurations may be noise (repeat the top configurations with 3+ seeds)")
@@ -313,7 +313,7 @@ def _seeds(s: Study, r: Review, best, runner) -> None:
                    f"seed-to-seed std ({group[f'{s.metric}_std']:.4f}, {group['n']} seeds)")
 
 
-def _verdict(s: Study, r: Review, best, runner, perfect: pd.DataFrame) -> list[str]:
+def _verdict(s: RunTable, r: Review, best, runner, perfect: pd.DataFrame) -> list[str]:
     n_test, metric = best["n_test"], s.metric
     test = ""
     if not isnan(best["test_acc"]):
@@ -337,7 +337,7 @@ def _verdict(s: Study, r: Review, best, runner, perfect: pd.DataFrame) -> list[s
     return lines[:5]
 
 
-def _runner_line(s: Study, best, runner) -> str:
+def _runner_line(s: RunTable, best, runner) -> str:
     margin = best[s.metric] - runner[s.metric]
     test_margin = best["test_acc"] - runner["test_acc"]
     lead = f"tied on {s.metric}" if margin == 0 else f"winner leads by {abs(margin):.4f}"
@@ -349,7 +349,7 @@ def _runner_line(s: Study, best, runner) -> str:
             f"({lead}{on_test}).")
 
 
-def _trust_line(s: Study, r: Review, best, runner) -> str:
+def _trust_line(s: RunTable, r: Review, best, runner) -> str:
     n_test = best["n_test"]
     against = []
     if runner is not None and r.distinguishable is False:

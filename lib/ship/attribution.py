@@ -31,7 +31,7 @@ def find_cam_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module] |
     names = {m: n for n, m in model.named_modules()}
     finished: list[tuple[str, nn.Module, torch.Tensor]] = []
 
-    def hook(module, _inputs, output):
+    def hook(module, model_inputs, output):
         if isinstance(output, torch.Tensor) and output.dim() == 4:
             finished.append((names[module], module, output))
 

@@ -7,7 +7,7 @@ import math
 from lib.cells import md_cell, md_code, md_text
 from lib.config import RECIPE_KEYS
 from lib.report.stats import wilson_interval
-from lib.ship.load import preprocessing
+from lib.train.restore import preprocessing
 
 
 def _fmt(v, digits=4) -> str:

@@ -21,16 +21,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lib.errors import ExportError
+from lib.errors import ExportError, one_line
 from lib.files import atomic_write, write_json
 from lib.runs import is_sweep_path, public_api
 from lib.ship import ATTR_DIR, CARD_FILE, EXPORT_FILE, INT8_FILE, ONNX_FILE
 from lib.ship.card import model_card
 from lib.ship.latency import LATENCY_IMAGES, LATENCY_WARMUP, latency_ms
-from lib.ship.load import _batches, _data_root, _decode, _inputs, _one_line, load_run_model
 from lib.ship.onnx_model import PARITY_MAX_ABS_DIFF, onnx_accuracy, ort_session, parity, write_onnx
 from lib.ship.quantize import quantize_int8
-from lib.ship.select import _check_request, candidates
+from lib.ship.select import candidates, check_request
+from lib.train.restore import data_root, decode_recorded, eval_batches, load_run_model, model_inputs
 
 # ---------------------------------------------------------------------------------------------
 # The whole export
@@ -45,7 +45,7 @@ def export_run(run_dir, out_dir, *, quantize=False, attributions=0, calibration_
     run_dir, out = Path(run_dir), Path(out_dir)
     started = time.time()
     model, record = load_run_model(run_dir)
-    root = _data_root(data_dir or record["config"]["data_dir"], run_dir)
+    root = data_root(data_dir or record["config"]["data_dir"], run_dir)
     if not root.is_dir():
         raise ExportError(f"the run's images are not at {root}: pass data_dir= where they are now "
                           "(parity is checked on the test images)")
@@ -54,7 +54,7 @@ def export_run(run_dir, out_dir, *, quantize=False, attributions=0, calibration_
         (out / stale).unlink(missing_ok=True)  # an earlier export's files would mislead
 
     split = "test" if record.get("split", {}).get("test") else "val"
-    decoded, skipped = _decode(record, split, root)
+    decoded, skipped = decode_recorded(record, split, root)
     if len(decoded.labels) == 0:
         raise ExportError(f"none of the run's {split} images could be read under {root} "
                           f"({len(skipped)} skipped): parity cannot be checked")
@@ -71,7 +71,7 @@ def export_run(run_dir, out_dir, *, quantize=False, attributions=0, calibration_
     result.update(info)
     timings["onnx_export"], mark = _lap(mark), time.time()
     session = ort_session(out / ONNX_FILE, torch.get_num_threads())
-    check = parity(model, session, _batches(decoded, dc, batch_size=64))
+    check = parity(model, session, eval_batches(decoded, dc, batch_size=64))
     result.update(parity_max_abs_diff=check["max_abs_diff"], parity_top1_agreement=check["top1_agreement"],
                   pytorch_test_acc=check["pytorch_acc"], fp32_test_acc=check["onnx_acc"], int8_test_acc=None)
     timings["parity"], mark = _lap(mark), time.time()
@@ -83,7 +83,7 @@ def export_run(run_dir, out_dir, *, quantize=False, attributions=0, calibration_
         _finish(out, result, record, started)
         raise ExportError(message)
 
-    singles = [_inputs(decoded, dc, [i % len(decoded.labels)]).numpy() for i in range(LATENCY_IMAGES)]
+    singles = [model_inputs(decoded, dc, [i % len(decoded.labels)]).numpy() for i in range(LATENCY_IMAGES)]
     latency: dict = {}
     calls = result["latency_calls"] = {}
     with torch.inference_mode():
@@ -92,8 +92,8 @@ def export_run(run_dir, out_dir, *, quantize=False, attributions=0, calibration_
     timings["latency"], mark = _lap(mark), time.time()
 
     if quantize:
-        train, _ = _decode(record, "train", root, limit=calibration_images, seed=0)
-        calibration = [x.numpy() for x, _ in _batches(train, dc, batch_size=16)]
+        train, _ = decode_recorded(record, "train", root, limit=calibration_images, seed=0)
+        calibration = [x.numpy() for x, _ in eval_batches(train, dc, batch_size=16)]
         try:
             result["int8"] = quantize_int8(out / ONNX_FILE, out / INT8_FILE, calibration)
         except ExportError as e:
@@ -102,7 +102,7 @@ def export_run(run_dir, out_dir, *, quantize=False, attributions=0, calibration_
             _finish(out, result, record, started)
             raise
         int8 = ort_session(out / INT8_FILE, torch.get_num_threads())
-        acc, int8_pred = onnx_accuracy(int8, _batches(decoded, dc))
+        acc, int8_pred = onnx_accuracy(int8, eval_batches(decoded, dc))
         result["int8_test_acc"] = acc
         result["int8_top1_agreement_with_fp32"] = float((int8_pred == check["logits"].argmax(1)).mean())
         latency["onnx_int8"], calls["onnx_int8"] = latency_ms(lambda a: int8.run(["logits"], {"input": a}), singles)
@@ -125,12 +125,12 @@ def export_run(run_dir, out_dir, *, quantize=False, attributions=0, calibration_
         try:
             result["attributions"] = attribution.explain(
                 model, lambda idx: v2.CenterCrop(dc["input_size"][-1])(decoded.images[idx]),
-                lambda idx: _inputs(decoded, dc, idx), decoded.labels.numpy(), logits.argmax(1), probs,
+                lambda idx: model_inputs(decoded, dc, idx), decoded.labels.numpy(), logits.argmax(1), probs,
                 record["classes"], out / ATTR_DIR, int(attributions))
             result["attributions"]["files"] = [f"{ATTR_DIR}/{f}" for f in result["attributions"]["files"]]
         except Exception as e:  # noqa: BLE001 - a diagnostic: the exported model is still good
-            result["attributions"] = {"error": _one_line(e), "files": []}
-            print(f"warning: attributions failed, export goes on: {_one_line(e)}", file=sys.stderr)
+            result["attributions"] = {"error": one_line(e), "files": []}
+            print(f"warning: attributions failed, export goes on: {one_line(e)}", file=sys.stderr)
         timings["attributions"] = _lap(mark)
     return _finish(out, result, record, started)
 
@@ -175,7 +175,7 @@ def export_best(source, out_dir, *, metric: str = "best_val_acc", max_size_mb: f
     is logged back to W&B (lib.ship.wandb_export); ``api`` stands in for ``wandb.Api()``. ``runs`` and
     ``fetch``: the candidates of another source (``source`` then only names it) and ``fetch(run, dest)``,
     which puts a run's folder (run.json, weights) at ``dest`` and returns it: a study's artifact store."""
-    _check_request(source, out_dir, max_size_mb, max_latency_ms, attributions, runs)
+    check_request(source, out_dir, max_size_mb, max_latency_ms, attributions, runs)
     from_wandb = is_sweep_path(source)
     if from_wandb and api is None:
         api = public_api()

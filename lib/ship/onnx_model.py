@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lib.errors import ExportError
+from lib.errors import ExportError, one_line
 from lib.files import atomic_write
-from lib.ship.load import _one_line, preprocessing
+from lib.train.restore import preprocessing
 
 PARITY_MAX_ABS_DIFF = 1e-3
 
@@ -29,7 +29,7 @@ def _to_onnx(model: torch.nn.Module, example: torch.Tensor, tmp: Path) -> tuple[
         info["exporter"] = "dynamo"
         return program.model_proto, info
     except Exception as e:  # noqa: BLE001 - any model torch.export cannot trace
-        info["dynamo_error"] = _one_line(e)
+        info["dynamo_error"] = one_line(e)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -40,7 +40,7 @@ def _to_onnx(model: torch.nn.Module, example: torch.Tensor, tmp: Path) -> tuple[
         return onnx.load(str(tmp)), info
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"ONNX export failed with both exporters: dynamo: {info['dynamo_error']}; "
-                          f"torchscript: {_one_line(e)}") from None
+                          f"torchscript: {one_line(e)}") from None
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.errors import ExportError
+from lib.errors import ExportError, one_line
 from lib.files import atomic_write
-from lib.ship.load import _one_line
 
 
 def quantize_int8(fp32: Path, out: Path, calibration: list[np.ndarray]) -> dict:
@@ -47,7 +46,7 @@ def quantize_int8(fp32: Path, out: Path, calibration: list[np.ndarray]) -> dict:
     except ExportError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise ExportError(f"int8 quantization failed: {_one_line(e)}") from None
+        raise ExportError(f"int8 quantization failed: {one_line(e)}") from None
     finally:
         pre.unlink(missing_ok=True)
     return {"format": "QDQ", "weights": "uint8 per-channel", "activations": "uint8",

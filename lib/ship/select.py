@@ -31,7 +31,7 @@ def candidates(source, metric: str = "best_val_acc", max_size_mb: float | None =
                                        r["summary"].get("model_size_mb", 0.0)))
 
 
-def _check_request(source, out_dir, max_size_mb, max_latency_ms, attributions, runs=None) -> None:
+def check_request(source, out_dir, max_size_mb, max_latency_ms, attributions, runs=None) -> None:
     """Arguments that cannot work, caught before anything is read or written."""
     if runs is None and not is_sweep_path(source) and not Path(source).exists():
         raise ExportError(f"no such folder: {source} (and not a W&B sweep path ENTITY/PROJECT/SWEEP_ID)")

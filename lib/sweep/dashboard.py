@@ -20,9 +20,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 
 from lib.errors import SweepError
-from lib.sweep.local import public_url
+from lib.sweep.storage import JOURNAL, public_url
 
-JOURNAL = "optuna.journal"        # the study of a sweep dir without --storage (lib.sweep.local.storage)
 LOOPBACK = ("127.0.0.1", "localhost")
 REFUSED = b'{"reason": "read-only: this dashboard shows the study; it does not change it"}'
 

@@ -24,7 +24,8 @@ from lib.errors import SweepError
 from lib.files import write_json
 from lib.runs import load_local
 from lib.sweep import artifacts
-from lib.sweep.local import _counted, _flat, _point, _study_in_database, public_url
+from lib.sweep.storage import public_url, study_in_database
+from lib.sweep.study import counted, flat, point
 
 TRIAL_STATES = {TrialState.RUNNING: "running", TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned",
                 TrialState.FAIL: "failed"}
@@ -43,7 +44,7 @@ class DatabaseStudy:
     def runs(self, full: bool = True) -> list[dict]:
         """Every trial that started, as a run dict (waiting grid points are not runs yet). ``full``: with
         each run's files from the store; without, what the study keeps (enough to pick a run to export)."""
-        trials = [t for t in _counted(self.study) if t.state in TRIAL_STATES and t.user_attrs.get("run_id")]
+        trials = [t for t in counted(self.study) if t.state in TRIAL_STATES and t.user_attrs.get("run_id")]
         with tempfile.TemporaryDirectory(prefix="study-runs-") as tmp:
             for t in trials:
                 self._mirror(t, Path(tmp) / t.user_attrs["run_id"], full)
@@ -93,7 +94,7 @@ class DatabaseStudy:
 def _essentials(t) -> dict:
     """What the study keeps of a run (user attribute ``run``), in run.json's shape."""
     kept = t.user_attrs.get("run") or {}
-    config = t.user_attrs.get("config") or _flat(_point(t))
+    config = t.user_attrs.get("config") or flat(point(t))
     config = recipe_as_keys(config)   # as run.json has it
     state = TRIAL_STATES[t.state]
     error = kept.get("error") or t.user_attrs.get("error")
@@ -105,5 +106,5 @@ def _essentials(t) -> dict:
 def open_database(url: str, name: str | None = None, store: str | None = None) -> DatabaseStudy:
     """The study ``name`` (by default the database's only one) and its artifact store: ``store`` where
     given (the shared folder's path on this machine), else the one the study recorded."""
-    study, meta, _ = _study_in_database(url, name)
+    study, meta, _ = study_in_database(url, name)
     return DatabaseStudy(study, meta, artifacts.reader(study, store))

@@ -10,9 +10,11 @@ import torch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
-from lib.train import data  # noqa: E402
-from lib.train import training
 from lib.config import build  # noqa: E402
+from lib.train import (
+    data,  # noqa: E402
+    training,
+)
 from tests.train.test_speed import _ramps  # noqa: E402
 from tests.train.test_training import run  # noqa: E402
 

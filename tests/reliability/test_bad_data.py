@@ -5,12 +5,12 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
 from PIL import Image
 
-from lib.train import data
 from lib.files import read_json
+from lib.train import data
 from lib.train.run import main
 
 

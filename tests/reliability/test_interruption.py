@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from lib.train.demo_data import prepare
 from lib.files import read_json
+from lib.train.demo_data import prepare
 from lib.train.run import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,8 +129,8 @@ def test_a_damaged_checkpoint_and_record_start_the_run_over_with_a_warning(base_
 @pytest.fixture(scope="module")
 def big_images(tmp_path_factory):
     """2 classes x 80 photos of 3000 x 3000 px (hard links to one JPEG): decoding them takes tens of seconds."""
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     root = tmp_path_factory.mktemp("big")
     noise = np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)

@@ -2,9 +2,9 @@
 not each array on its own."""
 from pathlib import Path
 
+from lib.files import read_json
 from lib.train import data
 from lib.train.cache import SharedCache
-from lib.files import read_json
 from lib.train.run import main
 
 SIDE = 37                       # image_size 32 / crop_pct 0.875: how small_cnn's images are stored

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from lib.errors import ExportError
-from lib.ship.export import export_run
 from lib.files import read_json
+from lib.ship.export import export_run
 from lib.train.run import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -260,8 +260,8 @@ def test_fallback_exporter_and_parity_failure_leave_files(base_args, monkeypatch
 def test_the_best_run_under_constraints_is_chosen(tmp_path):
     """Selection: best metric first, ties to the smaller model, runs over the size limit left out,
     unfinished runs and runs without weights never chosen."""
-    from lib.ship.select import candidates
     from lib.files import write_json
+    from lib.ship.select import candidates
 
     def fake(run_id, acc, size, state="finished", weights=True):
         d = tmp_path / "runs" / run_id

@@ -19,7 +19,9 @@ import yaml
 
 import finetune_sweep
 from lib.sweep import dashboard
-from lib.sweep import local as sweep_local
+from lib.sweep import runner as sweep_runner
+from lib.sweep import status as sweep_status
+from lib.sweep.options import Options
 from tests.pg import PASSWORD, pg_server, pg_url  # noqa: F401 - fixtures
 
 FAKE = str(Path(__file__).parents[1] / "fakes" / "fake_trainer.py")
@@ -32,8 +34,8 @@ def _sweep(tmp_path, sweep_dir, storage=None) -> Path:
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"program": FAKE, "method": "grid", "parameters": {"lr": {"values": list(LRS)},
                                     "epochs": {"value": 2}}, "metric": {"name": "best_val_acc", "goal": "maximize"}}))
-    opts = sweep_local.Options(sweep_dir=sweep_dir, poll_s=0.05, storage=storage)
-    assert sweep_local.run_local(str(path), opts) == 0
+    opts = Options(sweep_dir=sweep_dir, poll_s=0.05, storage=storage)
+    assert sweep_runner.run_local(str(path), opts) == 0
     return sweep_dir
 
 
@@ -81,7 +83,7 @@ def _shown_as_status_says(port: int, sweep_dir, name: str, storage: str | None =
     """The dashboard's study and trials are the ones `status` reads: name, count, states and metric values."""
     (summary,) = [s for s in _get(port, "/api/studies")["study_summaries"] if s["study_name"] == name]
     study = _get(port, f"/api/studies/{summary['study_id']}")
-    frame, _ = sweep_local.trials_frame(sweep_dir, storage)
+    frame, _ = sweep_status.trials_frame(sweep_dir, storage)
     assert study["name"] == name and len(study["trials"]) == len(frame) == len(LRS)
     assert [t["state"].lower() for t in study["trials"]] == list(frame["state"])
     assert [t["values"][0] for t in study["trials"]] == pytest.approx(list(frame["best_val_acc"]))

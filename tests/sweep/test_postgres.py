@@ -9,9 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import yaml
 
-from lib.sweep import local as sweep_local
+from lib.sweep import status as sweep_status
+from lib.sweep import storage
+from lib.sweep import study as sweep_study
+from lib.sweep.options import Options
 from tests.pg import PASSWORD, ROLE, pg_server, pg_url  # noqa: F401 - fixtures
 
 FAKE = str(Path(__file__).parents[1] / "fakes" / "fake_trainer.py")
@@ -29,8 +33,8 @@ def _sweep(tmp_path, method, parameters) -> str:
 def _host(sweep_file, sweep_dir, url, host, env=None, **opts):
     """`local` on another machine: its own folder, its own host name (liveness by heartbeat, not pid)."""
     opts = {"poll_s": 0.05, **BEAT, **opts}
-    code = (f"import sys; from pathlib import Path; from lib.sweep import local as sweep_local\n"
-            f"sys.exit(sweep_local.run_local({sweep_file!r}, sweep_local.Options(sweep_dir=Path({str(sweep_dir)!r}),"
+    code = (f"import sys; from pathlib import Path; from lib.sweep import runner as sweep_runner; from lib.sweep.options import Options\n"
+            f"sys.exit(sweep_runner.run_local({sweep_file!r}, Options(sweep_dir=Path({str(sweep_dir)!r}),"
             f" storage={url!r}, host={host!r}, **{opts!r})))")
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, start_new_session=True, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
@@ -43,14 +47,14 @@ def _finish(*procs, timeout=180) -> list[str]:
 
 
 def _study(url):
-    opts = sweep_local.Options(sweep_dir=Path("."), storage=url, **BEAT)
-    storage = sweep_local.storage(opts)
-    (summary,) = sweep_local.optuna.get_all_study_summaries(storage)
-    return sweep_local.optuna.load_study(study_name=summary.study_name, storage=storage)
+    opts = Options(sweep_dir=Path("."), storage=url, **BEAT)
+    st = storage.open_storage(opts)
+    (summary,) = optuna.get_all_study_summaries(st)
+    return optuna.load_study(study_name=summary.study_name, storage=st)
 
 
 def _done(url) -> list:
-    return [t for t in sweep_local._counted(_study(url)) if t.state.name == "COMPLETE"]
+    return [t for t in sweep_study.counted(_study(url)) if t.state.name == "COMPLETE"]
 
 
 def _no_password(outputs, *dirs):
@@ -119,7 +123,7 @@ def test_a_killed_host_is_requeued_by_heartbeat_and_finished_by_the_other(tmp_pa
     outs += _finish(_host(f, a, pg_url, "host-a"))                 # host-a back: the study goes on
     assert len(_done(pg_url)) == 2
     for d in (a, b):
-        status = sweep_local.status_table(d)
+        status = sweep_status.status_table(d)
         assert "trials: complete 2" in status and "interrupted" not in status
         outs.append(status)
     _no_password([killed_out, *outs], a, b)

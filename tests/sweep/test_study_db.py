@@ -6,13 +6,17 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 import yaml
 
 import finetune_sweep
 from lib.files import read_json
-from lib.sweep import local as sweep_local
+from lib.sweep import runner as sweep_runner
+from lib.sweep import storage
+from lib.sweep import study as sweep_study
+from lib.sweep.options import Options
 from tests.pg import PASSWORD, pg_server, pg_url  # noqa: F401 - fixtures
 
 FAKE = str(Path(__file__).parents[1] / "fakes" / "fake_trainer.py")
@@ -33,8 +37,8 @@ def _cli(capsys, *argv) -> tuple[int, str, str]:
 
 
 def _trials(url, name) -> dict[str, float]:
-    study, _, _ = sweep_local._study_in_database(url, name)
-    return {t.user_attrs["run_id"]: t.value for t in sweep_local._counted(study)}
+    study, _, _ = storage.study_in_database(url, name)
+    return {t.user_attrs["run_id"]: t.value for t in sweep_study.counted(study)}
 
 
 @pytest.fixture
@@ -57,8 +61,8 @@ def test_report_and_export_from_a_folder_without_the_runs(tmp_path, pg_url, anim
     fixed = {"data_dir": str(animals), "image_size": "32", "min_image_side": "16", "epochs": "1", "batch_size": "16",
              "augment": "none", "val_fraction": "0.25", "test_fraction": "0.25", "device": "cpu", "cache_dir": cache_dir}
     host, store = tmp_path / "host-a", tmp_path / "shared" / "artifacts"
-    opts = sweep_local.Options(sweep_dir=host, storage=pg_url, artifacts=str(store), poll_s=0.05, workers=2)
-    assert sweep_local.run_local(f, opts, fixed) == 0
+    opts = Options(sweep_dir=host, storage=pg_url, artifacts=str(store), poll_s=0.05, workers=2)
+    assert sweep_runner.run_local(f, opts, fixed) == 0
     values = _trials(pg_url, "real")
     weights = {r: (host / "runs" / r / "model.safetensors").read_bytes() for r in values}
     shutil.rmtree(host)                                   # nothing of the runs is left on any disk but the store
@@ -85,8 +89,8 @@ def test_several_studies_in_one_database_take_study(tmp_path, pg_url, elsewhere,
     metric), and export says in one line why it cannot fetch weights."""
     params = {"lr": {"values": [0.1, 0.3]}, "epochs": {"value": 2}}
     for name in ("alpha", "beta"):
-        opts = sweep_local.Options(sweep_dir=tmp_path / name, storage=pg_url, poll_s=0.05)
-        assert sweep_local.run_local(_sweep(tmp_path, name, FAKE, params), opts) == 0
+        opts = Options(sweep_dir=tmp_path / name, storage=pg_url, poll_s=0.05)
+        assert sweep_runner.run_local(_sweep(tmp_path, name, FAKE, params), opts) == 0
     shutil.rmtree(tmp_path / "alpha")
 
     code, _, err = _cli(capsys, "status", pg_url)
@@ -116,7 +120,7 @@ def test_an_artifact_store_is_a_folder_every_machine_mounts_or_a_bucket(tmp_path
     for bad in ("s3://bucket/prefix", "ftp://host", "gs://"):
         with pytest.raises(SweepError, match="expected a folder, s3://BUCKET or gs://BUCKET"):
             artifacts.location(bad)
-    study = sweep_local.optuna.create_study()
+    study = optuna.create_study()
     assert artifacts.attach(study, None) is None and artifacts.reader(study, None) is None   # none: the default
     assert artifacts.attach(study, "shared") is not None and (tmp_path / "shared").is_dir()
     assert study.user_attrs["artifact_store"] == str(tmp_path / "shared")  # later runners and readers find it

@@ -21,11 +21,11 @@ from sweeps.grid_search import grid_search_next_runs
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
 import finetune_sweep
-from lib.train import run as run_lib
-from lib.sweep import local as sweep_local
-from lib.sweep import spec as sweep_spec
 from lib.files import read_json
+from lib.sweep import spec as sweep_spec
+from lib.sweep import study as sweep_study
 from lib.sweep.spec import SweepError
+from lib.train import run as run_lib
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE = str(Path(__file__).parents[1] / "fakes" / "fake_trainer.py")
@@ -51,10 +51,10 @@ def nested_spec(command, data_dir, program="finetune_resnet.py") -> dict:
 
 
 def first_trial(sweep) -> dict:
-    """The flat parameters the offline engine hands its first trial (sweep_local.suggest)."""
+    """The flat parameters the offline engine hands its first trial (lib.sweep.study.trial_params)."""
     study = optuna.create_study()
     study.enqueue_trial(sweep.grid()[0])
-    return sweep_local.suggest(study.ask(), sweep)
+    return sweep_study.trial_params(study.ask(), sweep)
 
 
 def agent_run(monkeypatch, tmp_path, command, program, args):

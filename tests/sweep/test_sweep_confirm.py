@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lib.report import build_report
-from lib.sweep import local as sweep_local
+from lib.sweep import status as sweep_status
 from lib.sweep.spec import SweepError
 from tests.sweep.test_sweep_local import fake_sweep, local, trials, write
 
@@ -30,7 +30,7 @@ def test_the_top_configurations_get_more_seeds_once_the_grid_is_done(tmp_path, c
     assert local(f, out, confirm_top=2, repeats=3, workers=2) == 0        # again: nothing is added twice
     assert "0 trial(s) enqueued, all already in the study" in capsys.readouterr().out
     assert lr_seed(out) == CONFIRMED
-    table = sweep_local.status_table(out)
+    table = sweep_status.status_table(out)
     assert "seed" in table.splitlines()[0] and "trials: complete 8" in table
     seeds = sorted((r["config"]["lr"], int(r["config"]["seed"])) for r in
                    (json.loads(p.read_text()) for p in (out / "runs").glob("*/run.json")))

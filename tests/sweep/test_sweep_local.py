@@ -9,13 +9,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import yaml
 from sweeps.params import HyperParameter
 
-from lib.sweep import local as sweep_local
-from lib.sweep import spec as sweep_spec
 from lib.files import read_json
+from lib.sweep import runner as sweep_runner
+from lib.sweep import spec as sweep_spec
+from lib.sweep import status as sweep_status
+from lib.sweep import storage
+from lib.sweep.options import Options
 from lib.sweep.spec import SweepError
 
 FAKE = str(Path(__file__).parents[1] / "fakes" / "fake_trainer.py")
@@ -34,12 +38,12 @@ def fake_sweep(method, parameters, **extra):
 
 
 def local(sweep_file, sweep_dir, fixed=None, **opts):
-    return sweep_local.run_local(sweep_file, sweep_local.Options(sweep_dir=Path(sweep_dir), poll_s=0.05, **opts),
+    return sweep_runner.run_local(sweep_file, Options(sweep_dir=Path(sweep_dir), poll_s=0.05, **opts),
                                  fixed)
 
 
 def trials(sweep_dir):
-    df, _ = sweep_local.trials_frame(Path(sweep_dir))
+    df, _ = sweep_status.trials_frame(Path(sweep_dir))
     return df
 
 
@@ -204,7 +208,7 @@ def test_real_trials_run_finetune_resnet_like_wandb_agent(tmp_path, animals):
         assert rec["config"]["lr"] == lr and rec["config"]["group"] == "s" and rec["state"] == "finished"
         assert rec["wandb"]["sweep_id"] == "s" and rec["wandb"]["mode"] == "offline"
         assert list((tmp_path / "out" / "runs" / run_id / "wandb").glob("offline-run-*"))
-    assert "best: trial" in sweep_local.status_table(tmp_path / "out")
+    assert "best: trial" in sweep_status.status_table(tmp_path / "out")
 
 
 @pytest.mark.parametrize("sweep_file", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
@@ -242,8 +246,8 @@ def _wait_for_epoch(sweep_dir, timeout=120):
 
 def _all_trials(sweep_dir):
     meta = read_json(Path(sweep_dir) / "sweep.json")
-    opts = sweep_local.Options(sweep_dir=Path(sweep_dir), **{k: meta[k] for k in ("heartbeat_s", "grace_s") if k in meta})
-    return sweep_local.optuna.load_study(study_name=meta["name"], storage=sweep_local.storage(opts)).get_trials()
+    opts = Options(sweep_dir=Path(sweep_dir), **{k: meta[k] for k in ("heartbeat_s", "grace_s") if k in meta})
+    return optuna.load_study(study_name=meta["name"], storage=storage.open_storage(opts)).get_trials()
 
 
 def test_seeded_random_never_repeats_a_draw_across_workers_or_runners(tmp_path):
@@ -295,7 +299,7 @@ def test_failed_points_are_retried_under_their_run_ids(tmp_path):
     assert local(f, tmp_path / "out") == 0
     df = trials(tmp_path / "out")
     failed_id = df[df["state"] == "fail"]["run_id"].item()
-    status = sweep_local.status_table(tmp_path / "out")
+    status = sweep_status.status_table(tmp_path / "out")
     assert "--retry_failed" in status and f"--sweep_dir {tmp_path / 'out'}" in status
     assert local(f, tmp_path / "out") == 0                                  # a plain rerun retries nothing
     assert list(trials(tmp_path / "out")["state"]).count("fail") == 1
@@ -318,12 +322,12 @@ def test_status_after_a_killed_runner_and_its_orphaned_trainer_is_stopped(tmp_pa
     runner.wait()
     child = next(t.user_attrs["child_pid"] for t in _all_trials(tmp_path / "out") if "child_pid" in t.user_attrs)
     assert not _gone(child)                                                 # the trainer outlived its runner
-    status = sweep_local.status_table(tmp_path / "out")
+    status = sweep_status.status_table(tmp_path / "out")
     rows = [line.split() for line in status.splitlines()[1:4]]
     assert [r[1] for r in rows] == ["interrupted", "waiting", "waiting"] and "running" not in status
     assert [r[3] for r in rows] == ["50", "2", "3"] and "50.0" not in status
     sweep = sweep_spec.load(f)
-    sweep_local.open_study(sweep, sweep_local.Options(sweep_dir=tmp_path / "out"))
+    sweep_runner.open_study(sweep, Options(sweep_dir=tmp_path / "out"))
     assert _gone(child)                                                     # stopped before any requeue runs
     assert local(f, tmp_path / "out") == 0
     df = trials(tmp_path / "out")
@@ -336,8 +340,8 @@ def test_a_trial_whose_runner_died_on_another_machine_is_requeued_by_its_heartbe
     f = write(tmp_path, fake_sweep("grid", {"lr": {"values": [0.1, 0.2]}, "epochs": {"value": 20},
                                             "sleep": {"value": 0.1}}))
     beat = {"heartbeat_s": 0.2, "grace_s": 1.5}
-    elsewhere = (f"import sys; from pathlib import Path; from lib.sweep import local as sweep_local\n"
-                 f"sys.exit(sweep_local.run_local({f!r}, sweep_local.Options(sweep_dir=Path({str(tmp_path / 'out')!r}),"
+    elsewhere = (f"import sys; from pathlib import Path; from lib.sweep import runner as sweep_runner; from lib.sweep.options import Options\n"
+                 f"sys.exit(sweep_runner.run_local({f!r}, Options(sweep_dir=Path({str(tmp_path / 'out')!r}),"
                  f" poll_s=0.05, host='another-machine', **{beat!r})))")
     other = subprocess.Popen([sys.executable, "-c", elsewhere], cwd=ROOT, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -345,7 +349,7 @@ def test_a_trial_whose_runner_died_on_another_machine_is_requeued_by_its_heartbe
     os.killpg(other.pid, signal.SIGKILL)                                    # that machine is gone
     other.wait()
     time.sleep(beat["grace_s"] + 0.5)
-    assert "interrupted" in sweep_local.status_table(tmp_path / "out")      # by heartbeat, not by pid
+    assert "interrupted" in sweep_status.status_table(tmp_path / "out")      # by heartbeat, not by pid
     assert local(f, tmp_path / "out", **beat) == 0
     df = trials(tmp_path / "out")
     assert sorted(df["lr"]) == [0.1, 0.2] and set(df["state"]) == {"complete"}
@@ -361,16 +365,16 @@ def test_a_storage_password_is_never_written(tmp_path, monkeypatch, capsys):
 
     def sqlite(u, **heartbeat):
         seen.append(u)
-        return sweep_local.optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}", **heartbeat)
+        return optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}", **heartbeat)
 
-    monkeypatch.setattr(sweep_local, "_open_rdb", sqlite)
+    monkeypatch.setattr(storage, "open_rdb", sqlite)
     f = write(tmp_path, fake_sweep("grid", {"lr": {"values": [0.1]}, "fail": {"values": [False, True]}}))
     assert local(f, tmp_path / "out", storage=url, max_failures=5) == 0
     out = capsys.readouterr()
     assert url in seen                                                      # the runner used it to connect
     assert "--storage 'postgresql://alice:***@db.example/studies'" in out.out   # its retry hint, masked
     assert read_json(tmp_path / "out" / "sweep.json")["storage"] == "postgresql://alice@db.example/studies"
-    status = sweep_local.status_table(tmp_path / "out")     # connects without it (libpq: PGPASSWORD, .pgpass)
+    status = sweep_status.status_table(tmp_path / "out")     # connects without it (libpq: PGPASSWORD, .pgpass)
     assert "--storage postgresql://alice@db.example/studies" in status
     assert secret not in out.out + out.err + status
     for path in (tmp_path / "out").rglob("*"):

@@ -8,11 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 
-from lib.sweep import local as sweep_local
 from lib.files import read_json
+from lib.sweep import runner as sweep_runner
+from lib.sweep import storage
+from lib.sweep.options import Options
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,8 +44,8 @@ def _fixed(animals, cache_dir, epochs) -> dict:
 
 def _study_trials(sweep_dir: Path):
     meta = read_json(sweep_dir / "sweep.json")
-    opts = sweep_local.Options(sweep_dir=sweep_dir)
-    return sweep_local.optuna.load_study(study_name=meta["name"], storage=sweep_local.storage(opts)).get_trials()
+    opts = Options(sweep_dir=sweep_dir)
+    return optuna.load_study(study_name=meta["name"], storage=storage.open_storage(opts)).get_trials()
 
 
 def _gone(pid: int) -> bool:
@@ -59,7 +62,7 @@ def test_hyperband_prunes_real_runs_for_good(tmp_path, animals, cache_dir):
     f = _sweep(tmp_path, [3e-3, 1e-7, 2e-7], early_terminate={"type": "hyperband", "min_iter": 1, "eta": 2, "s": 0})
     out = tmp_path / "out"
     opts = dict(sweep_dir=out, poll_s=0.05)
-    assert sweep_local.run_local(f, sweep_local.Options(**opts), _fixed(animals, cache_dir, epochs=5)) == 0
+    assert sweep_runner.run_local(f, Options(**opts), _fixed(animals, cache_dir, epochs=5)) == 0
     trials = _study_trials(out)
     assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "PRUNED"]   # none requeued
     for t in trials[1:]:
@@ -69,7 +72,7 @@ def test_hyperband_prunes_real_runs_for_good(tmp_path, animals, cache_dir):
         epochs = [r["epoch"] for r in map(yaml.safe_load, (run_dir / "metrics.jsonl").read_text().splitlines())]
         assert epochs and epochs == list(range(1, len(epochs) + 1)) and len(epochs) < 5   # kept, stopped early
         assert not (run_dir / "last.ckpt").exists() and "pruned by the sweep" in (run_dir / "output.log").read_text()
-    assert sweep_local.run_local(f, sweep_local.Options(**opts), _fixed(animals, cache_dir, epochs=5)) == 0
+    assert sweep_runner.run_local(f, Options(**opts), _fixed(animals, cache_dir, epochs=5)) == 0
     assert [t.state.name for t in _study_trials(out)] == ["COMPLETE", "PRUNED", "PRUNED"]   # for good
 
 
@@ -91,7 +94,7 @@ def test_sigterm_to_the_runner_stops_its_trainer_and_the_trial_resumes(tmp_path,
     assert _gone(first.user_attrs["child_pid"])                               # no trainer left behind
     run_dir = out / "runs" / first.user_attrs["run_id"]
     assert read_json(run_dir / "run.json")["state"] == "preempted" and (run_dir / "last.ckpt").exists()
-    assert sweep_local.run_local(f, sweep_local.Options(sweep_dir=out, poll_s=0.05), fixed) == 0
+    assert sweep_runner.run_local(f, Options(sweep_dir=out, poll_s=0.05), fixed) == 0
     trials = [t for t in _study_trials(out) if t.state.name != "FAIL"]
     assert [t.state.name for t in trials] == ["COMPLETE"] and trials[0].user_attrs["run_id"] == run_dir.name
     record = read_json(run_dir / "run.json")

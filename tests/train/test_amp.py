@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib.train import training
 from lib.config import build
+from lib.train import training
 from tests.train.test_training import run
 
 ROOT = Path(__file__).resolve().parents[2]

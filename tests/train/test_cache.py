@@ -2,13 +2,12 @@
 inputs and move for any change that matters, entries built once and read back equal, and the memory
 budget (cache_memory_mb) bounding what one run holds, with what does not fit memory-mapped."""
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from lib.train.cache import SharedCache, fingerprint, files_fingerprint, tensors_fingerprint
+from lib.train.cache import SharedCache, files_fingerprint, fingerprint, tensors_fingerprint
 
 KB = 2**10
 

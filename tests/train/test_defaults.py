@@ -8,11 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from lib.train import data
-from lib.train import models
 from lib.config import Config
-from lib.train.demo_data import CLASSES, load_arrays
 from lib.files import read_json
+from lib.train import data, models
+from lib.train.demo_data import CLASSES, load_arrays
 from lib.train.run import main
 
 

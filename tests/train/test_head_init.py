@@ -6,9 +6,8 @@ import math
 import pytest
 import torch
 
-from lib.train import data
-from lib.train import models
 from lib.config import Config
+from lib.train import data, models
 
 # (model, weights, image_size): a pretrained backbone where pip ships one, random weights elsewhere
 # (a zero head gives ln(C) whatever the backbone; the random ones cover the families' own head inits).

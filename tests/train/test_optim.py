@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 from lib import config
-from lib.train import models  # noqa: F401 - registers small_cnn with timm
-from lib.train import strategies
+from lib.train import (
+    models,  # noqa: F401 - registers small_cnn with timm
+    strategies,
+)
 from lib.train.optim import OPTIMIZERS, Schedule, create_optimizer, param_groups
 
 

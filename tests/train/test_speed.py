@@ -12,10 +12,9 @@ import timm
 import torch
 from PIL import Image
 
-from lib.train import data
-from lib.train import features
-from lib.train.cache import SharedCache
 from lib.config import build
+from lib.train import data, features
+from lib.train.cache import SharedCache
 from tests.train.test_training import run
 
 MOBILENET = ["--model=mobilenetv2_100", "--epochs=3", "--phase1_epochs=2", "--dropout=0.2", "--lr=0.02",

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from lib.errors import ExportError
 from lib.records import RunRecord, RunSummary
 from lib.runs import load_local
-from lib.ship.load import _batches, _data_root, _decode, load_run_model
+from lib.train.restore import data_root, decode_recorded, eval_batches, load_run_model
 
 
 def _family(rec: dict) -> tuple:
@@ -59,8 +59,8 @@ def greedy_soup(source: str | Path, out_dir: str | Path, data_dir: str | None = 
     started = time.time()
     runs = ingredients(source)
     model, best = load_run_model(runs[0]["dir"])
-    root = _data_root(data_dir or best["config"]["data_dir"], Path(runs[0]["dir"]))
-    val = _batches(_decode(best, "val", root)[0], best["data_config"])
+    root = data_root(data_dir or best["config"]["data_dir"], Path(runs[0]["dir"]))
+    val = eval_batches(decode_recorded(best, "val", root)[0], best["data_config"])
     states = [load_file(Path(r["dir"]) / "model.safetensors") for r in runs]
     kept, steps, score = [0], [], _evaluate(model, val)["acc"]
     steps.append({"run_id": runs[0]["id"], "val_acc": score, "added": True})
@@ -81,8 +81,8 @@ def greedy_soup(source: str | Path, out_dir: str | Path, data_dir: str | None = 
 def _write(model, soup, best, runs, kept, steps, val_acc, root, out: Path, seconds: float) -> dict:
     from lib.train.run import test_metrics
 
-    test_decoded, _ = _decode(best, "test", root)
-    test = _evaluate(model, _batches(test_decoded, best["data_config"]))
+    test_decoded, _ = decode_recorded(best, "test", root)
+    test = _evaluate(model, eval_batches(test_decoded, best["data_config"]))
     test_summary, per_class, cm = test_metrics(test, best["classes"])
     record = RunRecord(str(out.parent), out.name)
     record.start_fresh()

@@ -5,10 +5,8 @@ Nothing here prints or logs an API key, and children are started from argv lists
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -19,81 +17,8 @@ from pathlib import Path
 from lib.errors import SweepError
 from lib.runs import has_credentials
 from lib.sweep import spec as sweep_spec
-
-EXIT_BUDGET = 3   # the time budget ran out with work left: run the same command again to continue
-
-
-# --- shared by both engines: time budgets and GPUs ------------------------------------------------
-def parse_duration(text: str, option: str = "--time_budget") -> float:
-    """``11h30m``, ``45m``, ``90s``, ``1h`` (or plain seconds) -> seconds; a one-line error otherwise."""
-    s = str(text).strip().lower()
-    s = s + "s" if re.fullmatch(r"\d+(?:\.\d+)?", s) else s
-    m = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?", s)
-    if not s or not m or not any(m.groups()):
-        raise SweepError(f"{option} {text!r}: expected a duration such as 11h30m, 45m or 90s")
-    h, mi, sec = (float(g) if g else 0.0 for g in m.groups())
-    seconds = 3600 * h + 60 * mi + sec
-    if seconds <= 0:
-        raise SweepError(f"{option} {text!r}: expected a duration above zero, such as 45m")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (s, "s")) if v) or "0s"
-
-
-def gpu_devices() -> list[str]:
-    """The GPUs a child may be given, as CUDA_VISIBLE_DEVICES names them. Found without importing torch
-    (seconds, and memory in every worker): the parent's own CUDA_VISIBLE_DEVICES when set (the children
-    then get its entries, not physical indices), else ``nvidia-smi -L``, else the driver's /proc entries,
-    else torch. Tests patch this function."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
-        found = re.findall(r"^GPU (\d+):", out.stdout, flags=re.M)
-        if out.returncode == 0 and found:
-            return found
-    proc = Path("/proc/driver/nvidia/gpus")
-    if proc.is_dir() and any(proc.iterdir()):
-        return [str(i) for i in range(len(list(proc.iterdir())))]
-    if importlib.util.find_spec("torch") is None:
-        return []
-    import torch
-
-    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-
-
-def _gpu_list(spec: str) -> list[str]:
-    """The syntax of ``--gpus``, checked before anything slower (credentials, discovery)."""
-    wanted = [g.strip() for g in spec.split(",")]
-    if not spec.strip() or not all(wanted):
-        raise SweepError(f"--gpus {spec!r}: expected comma-separated GPU indices, e.g. 0,1 (or all)")
-    if len(set(wanted)) < len(wanted):
-        raise SweepError(f"--gpus {spec!r}: a GPU listed twice (one worker per GPU)")
-    return wanted
-
-
-def resolve_gpus(spec: str | None) -> list[str] | None:
-    """``--gpus all|0,1,...`` -> the devices, checked against this machine's; None: devices untouched."""
-    if spec is None:
-        return None
-    wanted = _gpu_list(spec)
-    here = gpu_devices()
-    if not here:
-        raise SweepError(f"--gpus {spec}: no GPU on this machine (nvidia-smi, the NVIDIA driver and torch find "
-                         f"none, or CUDA_VISIBLE_DEVICES hides them); leave --gpus out to run on the CPU")
-    if wanted == ["all"]:
-        return here
-    missing = [g for g in wanted if g not in here]
-    if missing:
-        raise SweepError(f"--gpus {spec}: no GPU {', '.join(missing)} here; this machine has "
-                         f"{len(here)}: {','.join(here)} (or pass --gpus all)")
-    return wanted
+from lib.sweep.budget import EXIT_BUDGET, budget_line, format_duration
+from lib.sweep.gpus import gpu_list, resolve_gpus
 
 
 def create(sweep_file: str, project: str | None, entity: str | None, *, sweep_fn=None) -> str:
@@ -154,7 +79,7 @@ def _check_agent_request(sweep_id: str, count: int | None, gpus: str | list[str]
     if count is not None and count < 1:
         raise SweepError(f"--count {count}: expected an integer >= 1 (leave it out to run until the sweep ends)")
     if gpus is not None:
-        _gpu_list(gpus if isinstance(gpus, str) else ",".join(gpus))
+        gpu_list(gpus if isinstance(gpus, str) else ",".join(gpus))
     if not sweep_id.strip() or len(sweep_id.split("/")) > 3:
         raise SweepError(f"{sweep_id!r} is not a sweep id: expected ENTITY/PROJECT/SWEEP_ID (as `create` prints)")
 
@@ -243,11 +168,3 @@ def agent(sweep_id: str, count: int | None, gpus: str | list[str] | None, *, sta
     if expired or (not procs and not signals):
         return EXIT_BUDGET
     return max(codes, default=128 + signals[0][0] if signals else 0)
-
-
-def budget_line(budget_s: float, estimate_s: float | None, source: str | None, at_deadline: str) -> str:
-    """The log line that says what the time budget will do, and what one trial is taken to last."""
-    ends = time.strftime("%H:%M:%S", time.localtime(time.time() + budget_s))
-    how = (f"a trial is taken to last {format_duration(estimate_s)} ({source}): none starts with less left"
-           if estimate_s else "no trial length known yet (pass --trial_estimate): trials start until the deadline")
-    return f"time budget {format_duration(budget_s)}, until {ends}: {how}; at the deadline {at_deadline}"

@@ -1,5 +1,6 @@
-"""The run to ship: its record checked (it may come from anywhere), its best weights in an eval-mode
-model, and its images decoded and preprocessed as at training."""
+"""A finished run back from its folder: its record checked (it may come from anywhere: W&B, a shared
+store), its best weights in an eval-mode model, and its images decoded and preprocessed as at training.
+What export ships and what a soup averages."""
 from __future__ import annotations
 
 import re
@@ -8,14 +9,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
-from lib.errors import ExportError
+from lib.errors import ExportError, one_line
 from lib.files import read_json
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
-
 
 
 def load_run_model(run_dir) -> tuple[torch.nn.Module, dict]:
@@ -27,7 +22,7 @@ def load_run_model(run_dir) -> tuple[torch.nn.Module, dict]:
     try:
         record = read_json(path)
     except (OSError, ValueError) as e:
-        raise ExportError(f"{path} cannot be read: {_one_line(e)}") from None
+        raise ExportError(f"{path} cannot be read: {one_line(e)}") from None
     if record.get("state") != "finished":
         raise ExportError(f"run {record.get('id', run_dir.name)} is {record.get('state')!r}, not finished: "
                           "only finished runs have final weights and test metrics")
@@ -53,12 +48,12 @@ def load_run_model(run_dir) -> tuple[torch.nn.Module, dict]:
         model = timm.create_model(name, pretrained=False, num_classes=len(record["classes"]),
                                   **lib.train.models.size_kwargs(name, int(record["config"].get("image_size") or 0)))
     except Exception as e:  # noqa: BLE001 - unknown name, timm version without it...
-        raise ExportError(f"cannot create model {name!r}: {_one_line(e)}") from None
+        raise ExportError(f"cannot create model {name!r}: {one_line(e)}") from None
     try:
         model.load_state_dict(load_file(weights))
     except Exception as e:  # noqa: BLE001 - corrupt file, other architecture
         raise ExportError(f"{weights} does not fit {name} with {len(record['classes'])} classes: "
-                          f"{_one_line(e)}") from None
+                          f"{one_line(e)}") from None
     return model.eval(), record
 
 
@@ -108,7 +103,7 @@ def _labels(record: dict, split: str) -> list[int]:
     return out
 
 
-def _data_root(data_dir: str, run_dir: Path) -> Path:
+def data_root(data_dir: str, run_dir: Path) -> Path:
     """The images' folder; a relative one is tried from here, then from the run folder's parents
     (a run trained in the project root with ``data_dir=data/x`` and ``runs_dir=runs/...``)."""
     root = Path(data_dir)
@@ -120,7 +115,7 @@ def _data_root(data_dir: str, run_dir: Path) -> Path:
     return root
 
 
-def _decode(record: dict, split: str, data_dir: Path, limit: int | None = None, seed: int = 0):
+def decode_recorded(record: dict, split: str, data_dir: Path, limit: int | None = None, seed: int = 0):
     """Decode a split's images exactly as training did (lib.train.data). ``limit``: a seeded sample,
     so a class-sorted list still gives every class."""
     from lib.train import data
@@ -138,7 +133,7 @@ def _decode(record: dict, split: str, data_dir: Path, limit: int | None = None, 
     return decoded, skipped
 
 
-def _inputs(decoded, data_cfg: dict, idx) -> torch.Tensor:
+def model_inputs(decoded, data_cfg: dict, idx) -> torch.Tensor:
     """The model inputs of some decoded images (lib.train.data's eval transform)."""
     from lib.train import data
 
@@ -146,7 +141,7 @@ def _inputs(decoded, data_cfg: dict, idx) -> torch.Tensor:
     return torch.stack([transform(decoded.images[int(i)]) for i in idx])
 
 
-def _batches(decoded, data_cfg: dict, batch_size: int = 32):
+def eval_batches(decoded, data_cfg: dict, batch_size: int = 32):
     """Normalised float batches (lib.train.data's eval transform), as during training's evaluation."""
     from lib.train import data
 

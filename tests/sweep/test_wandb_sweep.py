@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lib.sweep import cloud
+from lib.sweep import wandb_sweep
 
 SWEEP = {
     "program": "finetune_resnet.py",
@@ -63,7 +63,7 @@ def fake_sweep(calls):
 
 def test_create_sends_the_yaml_and_prints_the_agent_commands(sweep_file, no_key, capsys):
     calls = []
-    path = cloud.create(sweep_file, "dogs", "me", sweep_fn=fake_sweep(calls))
+    path = wandb_sweep.create(sweep_file, "dogs", "me", sweep_fn=fake_sweep(calls))
     assert calls == [(SWEEP, "dogs", "me")]
     assert path == "me/dogs/abc123"
     out = capsys.readouterr().out
@@ -76,7 +76,7 @@ def test_create_takes_project_from_the_yaml(tmp_path, no_key):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({**SWEEP, "project": "cats"}))
     calls = []
-    assert cloud.create(str(path), None, None, sweep_fn=fake_sweep(calls)) == "cats/abc123"
+    assert wandb_sweep.create(str(path), None, None, sweep_fn=fake_sweep(calls)) == "cats/abc123"
     assert calls[0][1:] == ("cats", None)
 
 
@@ -84,16 +84,16 @@ def test_create_rejects_a_schema_violation_before_calling_wandb(tmp_path, no_key
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({**SWEEP, "method": "nonsense"}))
     calls = []
-    with pytest.raises(cloud.SweepError, match="nonsense") as e:
-        cloud.create(str(path), "dogs", None, sweep_fn=fake_sweep(calls))
+    with pytest.raises(wandb_sweep.SweepError, match="nonsense") as e:
+        wandb_sweep.create(str(path), "dogs", None, sweep_fn=fake_sweep(calls))
     assert calls == [] and "\n" not in str(e.value)
 
 
 def test_create_explains_1e_5_read_as_text(tmp_path, no_key):
     path = tmp_path / "s.yaml"  # PyYAML, like wandb, reads 1e-5 as a string; the schema then rejects it
     path.write_text("method: random\nparameters:\n  lr: {distribution: log_uniform_values, min: 1e-5, max: 0.1}\n")
-    with pytest.raises(cloud.SweepError, match=r"lr.*YAML reads 1e-5 as text: write 1.0e-5"):
-        cloud.create(str(path), "dogs", None, sweep_fn=fake_sweep([]))
+    with pytest.raises(wandb_sweep.SweepError, match=r"lr.*YAML reads 1e-5 as text: write 1.0e-5"):
+        wandb_sweep.create(str(path), "dogs", None, sweep_fn=fake_sweep([]))
 
 
 @pytest.mark.parametrize("text, problem", [(None, "not found"), ("a: [1,", "not valid YAML"),
@@ -102,15 +102,15 @@ def test_bad_sweep_files_are_one_line_errors(tmp_path, text, problem):
     path = tmp_path / "s.yaml"
     if text is not None:
         path.write_text(text)
-    with pytest.raises(cloud.SweepError, match=problem) as e:
-        cloud.create(str(path), "dogs", None, sweep_fn=fake_sweep([]))
+    with pytest.raises(wandb_sweep.SweepError, match=problem) as e:
+        wandb_sweep.create(str(path), "dogs", None, sweep_fn=fake_sweep([]))
     assert "\n" not in str(e.value)
 
 
 def test_create_without_api_key_fails_fast(sweep_file, no_key):
     t = time.monotonic()
-    with pytest.raises(cloud.SweepError, match="wandb login") as e:
-        cloud.create(sweep_file, "dogs", None)
+    with pytest.raises(wandb_sweep.SweepError, match="wandb login") as e:
+        wandb_sweep.create(sweep_file, "dogs", None)
     assert time.monotonic() - t < 5
     assert "finetune_sweep.py local" in str(e.value) and "\n" not in str(e.value)
 
@@ -133,15 +133,15 @@ def test_create_turns_wandb_errors_into_one_line(sweep_file, no_key):
     def unreachable(**_):
         raise wandb.errors.CommError("Failed to execute API request:\nconnection refused")
 
-    with pytest.raises(cloud.SweepError, match="could not create the sweep: Failed.*connection refused") as e:
-        cloud.create(sweep_file, "dogs", None, sweep_fn=unreachable)
+    with pytest.raises(wandb_sweep.SweepError, match="could not create the sweep: Failed.*connection refused") as e:
+        wandb_sweep.create(sweep_file, "dogs", None, sweep_fn=unreachable)
     assert "\n" not in str(e.value)
 
 
 # --- agent_commands -------------------------------------------------------------------------------
 
 def test_agent_commands_one_per_gpu():
-    cmds = cloud.agent_commands("me/dogs/abc123", ["0", "1"], 5)
+    cmds = wandb_sweep.agent_commands("me/dogs/abc123", ["0", "1"], 5)
     assert [env for _, env in cmds] == [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
     for argv, _ in cmds:
         assert argv[:4] == [sys.executable, "-m", "wandb", "agent"]
@@ -151,12 +151,12 @@ def test_agent_commands_one_per_gpu():
 
 
 def test_agent_commands_without_gpus_leave_devices_alone():
-    [(argv, env)] = cloud.agent_commands("abc123", None, None)
+    [(argv, env)] = wandb_sweep.agent_commands("abc123", None, None)
     assert env == {} and "--count" not in argv and argv[-1] == "abc123"
 
 
 def test_agent_command_is_a_working_wandb_cli():
-    argv, _ = cloud.agent_commands("abc123", None, None)[0]
+    argv, _ = wandb_sweep.agent_commands("abc123", None, None)[0]
     out = subprocess.run([*argv[:-1], "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "--forward-signals" in out.stdout and "--count" in out.stdout
@@ -201,7 +201,7 @@ def events(path):
 
 
 def test_agent_returns_the_worst_exit_code(tmp_path, capsys):
-    code = cloud.agent("me/dogs/abc123", 1, ["0", "1", "2"], stagger_s=0.0,
+    code = wandb_sweep.agent("me/dogs/abc123", 1, ["0", "1", "2"], stagger_s=0.0,
                        popen=fake_popen(tmp_path, {"0": 0, "1": 3, "2": 0}))
     assert code == 3
     out = capsys.readouterr()
@@ -210,7 +210,7 @@ def test_agent_returns_the_worst_exit_code(tmp_path, capsys):
 
 
 def test_agent_all_zero_is_zero(tmp_path):
-    assert cloud.agent("me/dogs/abc123", None, None, stagger_s=0.0, popen=fake_popen(tmp_path, {"all": 0})) == 0
+    assert wandb_sweep.agent("me/dogs/abc123", None, None, stagger_s=0.0, popen=fake_popen(tmp_path, {"all": 0})) == 0
     [start] = events(tmp_path / "gpuall.jsonl")
     assert start["gpu"] == os.environ.get("CUDA_VISIBLE_DEVICES")  # untouched without --gpus
 
@@ -219,10 +219,10 @@ RUNNER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
     sys.path.insert(0, {tests!r})
-    from lib.sweep import cloud
-    from tests.sweep.test_cloud import fake_popen
+    from lib.sweep import wandb_sweep
+    from tests.sweep.test_wandb_sweep import fake_popen
     print("ready", flush=True)
-    sys.exit(cloud.agent("me/dogs/abc123", None, ["0", "1"], stagger_s=0.5, popen=fake_popen({logs!r})))
+    sys.exit(wandb_sweep.agent("me/dogs/abc123", None, ["0", "1"], stagger_s=0.5, popen=fake_popen({logs!r})))
 """)
 
 

@@ -1,12 +1,11 @@
 """Greedy model soups: fine-tunes of one pretrained start averaged, best first, each kept only if
 validation accuracy does not drop; the soup is a normal run record that report and export take."""
 import shutil
-from pathlib import Path
 
 import pytest
 
-from lib.ship import soup
 from lib.files import read_json, write_json
+from lib.train import soup
 from lib.train.run import main
 
 
@@ -49,8 +48,8 @@ def test_greedy_soup_of_one_family(study, tmp_path):
 
 
 def test_the_soup_is_a_candidate_for_report_and_export(study):
-    from lib.ship.load import load_run_model
     from lib.ship.select import candidates
+    from lib.train.restore import load_run_model
 
     soup.greedy_soup(study, study / "soup")
     assert "soup" in {c["id"] for c in candidates(study)}

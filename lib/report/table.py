@@ -13,7 +13,7 @@ from lib.config import BOOKKEEPING
 from lib.records import metric_value
 from lib.report.page import hp, isnan
 from lib.report.stats import pareto_front, wilson_interval
-from lib.runs import _scalar, runs_frame
+from lib.runs import as_scalar, runs_frame
 
 # Config keys that are bookkeeping, not part of the recipe (declared in lib.config): they never define a
 # "configuration". "config" is the --config file a run was given: its keys are in the config themselves.
@@ -23,7 +23,7 @@ NUMERIC = ("test_acc", "test_f1_macro", "trainable_params", "total_params", "mod
 
 
 @dataclass
-class Study:
+class RunTable:
     runs: list[dict]
     by_id: dict[str, dict]
     df: pd.DataFrame            # every run
@@ -76,11 +76,11 @@ def _frame(runs: list[dict], metric: str, maximize: bool, latency: dict[str, flo
     return df
 
 
-def make_study(runs: list[dict], metric: str, goal: str, latency: dict[str, float]) -> Study:
+def run_table(runs: list[dict], metric: str, goal: str, latency: dict[str, float]) -> RunTable:
     maximize = goal != "minimize"
     df = _frame(runs, metric, maximize, latency)
     recipe_keys = [k for k in _config_keys(runs) if k not in NOISE_KEYS]
-    df["_group"] = [json.dumps({k: _scalar((r.get("config") or {}).get(k)) for k in recipe_keys}, sort_keys=True,
+    df["_group"] = [json.dumps({k: as_scalar((r.get("config") or {}).get(k)) for k in recipe_keys}, sort_keys=True,
                                default=str) for r in runs] if runs else []
     fin = df[(df["state"] == "finished") & df[metric].notna()].copy()
     fin["_size_key"] = fin["model_size_mb"].fillna(np.inf)
@@ -90,10 +90,10 @@ def make_study(runs: list[dict], metric: str, goal: str, latency: dict[str, floa
         fin["pareto_size"] = pareto_front(fin["model_size_mb"], fin[metric], maximize)
         fin["pareto_latency"] = pareto_front(fin["latency_ms"], fin[metric], maximize)
     varying = [k for k in recipe_keys if k in fin and fin[k].astype(str).nunique() > 1]
-    study = Study(runs, {r.get("id"): r for r in runs}, df, fin, metric, goal, varying,
-                  [k for k in varying if k not in ("model", "strategy")], {}, latency)
+    table = RunTable(runs, {r.get("id"): r for r in runs}, df, fin, metric, goal, varying,
+                     [k for k in varying if k not in ("model", "strategy")], {}, latency)
     for _, row in df.iterrows():
-        params = study.hp_text(row)
-        study.labels[row["run_id"]] = f"{row['model']}/{row['strategy']}" + (f" {params}" if params else "") \
+        params = table.hp_text(row)
+        table.labels[row["run_id"]] = f"{row['model']}/{row['strategy']}" + (f" {params}" if params else "") \
             + f" [{row['run_id']}]"
-    return study
+    return table

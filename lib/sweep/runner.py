@@ -1,0 +1,350 @@
+"""Offline sweeps: the same W&B sweep YAML, with no W&B server, on one machine or many.
+
+Optuna does the search and the coordination (lib.sweep.samplers); the study lives in a journal file in
+the sweep dir or in a database that runners on several machines share (lib.sweep.storage). A runner
+opens the study (lib.sweep.study: one sweep per folder, grid enqueued once), requeues the trials of dead
+runners (lib.sweep.recovery), and its workers (threads) each take a trial and run it in a subprocess
+(lib.sweep.trial) until the study, ``--count`` or ``--time_budget`` is done. Ctrl-C and SIGTERM stop
+it the same way: the trials checkpoint and are requeued under their run ids.
+"""
+from __future__ import annotations
+
+import contextlib
+import enum
+import functools
+import os
+import signal
+import threading
+import time
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import optuna
+import yaml
+from optuna.exceptions import ExperimentalWarning
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+from lib.errors import SweepError
+from lib.files import locked, read_json, write_json
+from lib.sweep import artifacts, budget, confirm, recovery, samplers, storage
+from lib.sweep import spec as sweep_spec
+from lib.sweep import study as sweep_study
+from lib.sweep.options import Options
+from lib.sweep.spec import Sweep
+from lib.sweep.status import status_table
+from lib.sweep.trial import Children, TrialProcess, read_record, slug
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Heartbeats are "experimental" in Optuna and "meant for optimize()": we use them with ask/tell on purpose.
+warnings.filterwarnings("ignore", category=ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+class Step(enum.Enum):
+    """What a worker does next."""
+    START = "start"    # take a trial
+    WAIT = "wait"      # for trials running elsewhere: one may yet fail and come back
+    DONE = "done"
+
+
+def open_study(sweep: Sweep, opts: Options) -> optuna.Study:
+    """Create or join the study (refusing an edited or different sweep); enqueue the grid once; requeue
+    trials of dead runners; with ``retry_failed``, the failed trials."""
+    opts.sweep_dir.mkdir(parents=True, exist_ok=True)
+    with locked(opts.sweep_dir / ".lock"), storage.shared_lock(opts, _on_stale(opts)) as shared:
+        meta_path = opts.sweep_dir / "sweep.json"
+        held = read_json(meta_path).get("name") if meta_path.exists() else None
+        if held and held != sweep.name:
+            raise SweepError(f"{opts.sweep_dir} holds the study {held!r}, not {sweep.name!r}: one study per "
+                             f"folder, so give this one its own --sweep_dir")
+        study = optuna.create_study(
+            study_name=sweep.name, storage=shared, load_if_exists=True, sampler=samplers.sampler(sweep, opts.seed),
+            pruner=samplers.pruner(sweep), direction="maximize" if sweep.goal == "maximize" else "minimize")
+        stored = study.user_attrs.get("sweep") or sweep_study.legacy_definition(opts.sweep_dir, sweep)
+        new = sweep_study.definition(sweep)
+        changed = stored is not None and stored != new
+        if changed:
+            sweep_study.check_extension(sweep, stored, opts)
+        if changed or "sweep" not in study.user_attrs:
+            study.set_user_attr("sweep", new)
+            (opts.sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(sweep.raw, sort_keys=False))
+        if sweep.method == "grid":
+            sweep_study.enqueue_grid(study, sweep, extending=changed)
+            if opts.confirm_top:
+                confirm.enqueue_confirm(study, sweep, opts)
+        elif changed:
+            sweep_study.new_search_space(study, sweep, stored)
+        if opts.retry_failed:
+            recovery.retry_failed(study)
+        recovery.reap(study, opts.host)
+        meta = {"name": sweep.name, "sweep_file": str(sweep.path), "storage": storage.public_url(opts.storage),
+                "metric": sweep.metric, "goal": sweep.goal, "method": sweep.method,
+                "set": {k: str(v) for k, v in sweep.fixed.items()},
+                "heartbeat_s": opts.heartbeat_s, "grace_s": opts.grace}
+        write_json(meta_path, meta)
+    return study
+
+
+def _on_stale(opts: Options):
+    return functools.partial(recovery.requeue_stale, host=opts.host)
+
+
+def _storage(opts: Options):
+    return storage.open_storage(opts, _on_stale(opts))
+
+
+class _Stopping(Exception):
+    """SIGTERM reached the runner: stop like Ctrl-C."""
+
+
+class Runner:
+    """Workers (threads) that each take a trial, run it in a subprocess, and report it."""
+
+    def __init__(self, sweep: Sweep, opts: Options):
+        self.sweep, self.opts = sweep, opts
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.started = 0
+        self.failures_in_a_row = 0
+        self.stop_reason: str | None = None
+        self.children = Children()
+        # the budget counts from the command's start; "budget" says why the runner stopped early, if it did
+        self.deadline = time.monotonic() + opts.time_budget_s if opts.time_budget_s else None
+        self.budget: str | None = None
+        self.sampler = samplers.sampler(sweep, opts.seed)   # one per process: its draws are per trial, not per thread
+        study = open_study(sweep, opts)
+        self.store = artifacts.attach(study, opts.artifacts)
+        self.versions = study.user_attrs.get("versions", {})
+        total = study.user_attrs.get("grid_size", 0) + study.user_attrs.get("confirm_size", 0) \
+            or opts.count or sweep.run_cap
+        self.confirm_waiting = bool(opts.confirm_top) and confirm.grid_left(study) > 0   # confirm after this pass
+        self.bar = tqdm(total=total, desc=f"sweep {sweep.name}", unit="trial", disable=None)
+        self.bar.update(sum(1 for t in sweep_study.counted(study) if t.state.is_finished()))
+        self.t0 = time.time()
+
+    # -- the loop of one worker ------------------------------------------------
+    def work(self, gpu: str | None = None) -> None:
+        try:
+            self._work(gpu)
+        except Exception as e:  # noqa: BLE001 - a broken worker stops the sweep with its reason
+            with self.lock:
+                self.stop_reason = f"stopped: worker error: {type(e).__name__}: {e}"
+            self.stop.set()
+
+    def _work(self, gpu: str | None) -> None:
+        study = optuna.load_study(study_name=self.sweep.name, storage=_storage(self.opts), sampler=self.sampler,
+                                  pruner=samplers.pruner(self.sweep))
+        while not self.stop.is_set():
+            recovery.reap(study, self.opts.host)
+            step = self._next(study)
+            if step is Step.DONE:
+                return
+            if step is Step.WAIT:   # another runner's trial may yet fail and come back
+                self.stop.wait(min(5.0, max(self.opts.poll_s, self.opts.heartbeat_s / 2)))
+                continue
+            trial = study.ask()
+            if self.sweep.method == "grid" and not trial.user_attrs.get("queued"):
+                trial.set_user_attr("surplus", True)   # another worker took the last grid point
+                study.tell(trial, state=TrialState.FAIL)
+                continue
+            self._run(study, trial, gpu)
+
+    def _next(self, study: optuna.Study) -> Step:
+        with self.lock:
+            if self.opts.count is not None and self.started >= self.opts.count:
+                return Step.DONE
+            trials = sweep_study.counted(study)
+            if self.sweep.method == "grid":
+                can_start = any(t.state == TrialState.WAITING for t in trials)
+            else:
+                started = sum(t.state != TrialState.WAITING for t in trials)
+                can_start = not self.sweep.run_cap or started < self.sweep.run_cap
+            if can_start and self._no_time_for_a_trial(trials):
+                return Step.DONE
+            if can_start:
+                self.started += 1
+                return Step.START
+            mine = (self.opts.host, os.getpid())
+            elsewhere = any(t.state == TrialState.RUNNING and "heartbeat_s" in t.user_attrs
+                            and (t.user_attrs.get("host"), t.user_attrs.get("pid")) != mine for t in trials)
+            return Step.WAIT if elsewhere else Step.DONE
+
+    def _trial_estimate(self, trials: list) -> tuple[float | None, str | None]:
+        """How long one trial takes: the median of the study's finished trials, else --trial_estimate.
+        A trial that resumed a preempted run ran only its rest: it would make trials look shorter."""
+        durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials
+                     if t.state == TrialState.COMPLETE and t.datetime_complete and t.datetime_start
+                     and ("retry_of" not in t.user_attrs or t.user_attrs.get("fresh"))]
+        if durations:
+            return float(np.median(durations)), f"median of {len(durations)} finished trial(s)"
+        if self.opts.trial_estimate_s:
+            return self.opts.trial_estimate_s, "--trial_estimate"
+        return None, None
+
+    def _no_time_for_a_trial(self, trials: list) -> bool:
+        """Past the deadline, or less time left than one trial takes: start nothing (called under the lock)."""
+        if self.deadline is None:
+            return False
+        left = self.deadline - time.monotonic()
+        estimate, source = self._trial_estimate(trials)
+        if left > (estimate or 0):
+            return False
+        if self.budget is None:
+            self.budget = (f"time budget: {budget.format_duration(left)} left, below one trial "
+                           f"(~{budget.format_duration(estimate or 0)}, {source or 'the deadline has passed'}): "
+                           f"no new trial starts")
+            print(self.budget, flush=True)
+        return True
+
+    def _run(self, study: optuna.Study, trial: optuna.Trial, gpu: str | None = None) -> None:
+        run_id = trial.user_attrs.get("run_id") or self._new_run_id(trial.number)
+        for key, value in (("run_id", run_id), ("host", self.opts.host), ("pid", os.getpid()),
+                           ("heartbeat_s", self.opts.heartbeat_s)):
+            trial.set_user_attr(key, value)
+        storage.record_heartbeat(study, trial)
+        process = TrialProcess(self.sweep, self.opts, study, trial, run_id)
+        try:
+            params = sweep_study.trial_params(trial, self.sweep, self.versions)
+        except Exception as e:  # noqa: BLE001 - a bad draw is a failed trial, not a dead worker
+            return self._finish(study, process, TrialState.FAIL, None, f"parameters: {e}")
+        trial.set_user_attr("config", params)
+        if gpu is not None:
+            trial.set_user_attr("gpu", gpu)
+        state, value, error = process.run(params, gpu, self.stop, self.children)
+        if state is None or (self.stop.is_set() and state == TrialState.FAIL):
+            # preempted or interrupted, not failed: requeued under the same run id, which resumes it
+            trial.set_user_attr("error", "interrupted; requeued")
+            if recovery.fail_once(study, trial._trial_id):
+                recovery.resubmit(study, study._storage.get_trial(trial._trial_id), "interrupted")
+            return
+        self._finish(study, process, state, value, error)
+
+    def rest(self) -> Options:
+        """What this invocation has left for another pass: trials (--count) and time (--time_budget)."""
+        count = None if self.opts.count is None else self.opts.count - self.started
+        left = None if self.deadline is None else max(0.001, self.deadline - time.monotonic())
+        return replace(self.opts, count=count, time_budget_s=left)
+
+    def _new_run_id(self, number: int) -> str:
+        """``<sweep>-<trial number>``; never the id of a finished run (a folder left by a deleted study)."""
+        base = run_id = f"{slug(self.sweep.name)}-{number:03d}"
+        n = 1
+        while read_record(self.opts.sweep_dir / "runs" / run_id).get("state") == "finished":
+            n += 1
+            run_id = f"{base}-{n}"
+        return run_id
+
+    def _finish(self, study, process: TrialProcess, state, value, error) -> None:
+        trial = process.trial
+        if error:
+            trial.set_user_attr("error", error[-500:])
+        process.keep_record()
+        if state == TrialState.COMPLETE and value is None:
+            state, error = TrialState.FAIL, f"metric {self.sweep.metric} missing from the run"
+        process.write_trial_file(state, error)
+        process.upload(self.store, state)
+        study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+        with self.lock:
+            self.failures_in_a_row = self.failures_in_a_row + 1 if state == TrialState.FAIL else 0
+            if self.failures_in_a_row >= self.opts.max_failures and not self.stop.is_set():
+                self.stop_reason = (f"stopped: {self.failures_in_a_row} trials failed in a row "
+                                    f"(last: {(error or '').splitlines()[-1][:200] if error else '?'})")
+                self.stop.set()
+            self.bar.update(1)
+            progress = self._postfix(study)
+            self.bar.set_postfix_str(progress)
+            if self.bar.disable:  # not a terminal: one plain line per finished trial
+                shown = f"{value:.4f}" if value is not None else "-"
+                print(f"trial {trial.number} {state.name.lower()} {self.sweep.metric}={shown} | {progress}",
+                      flush=True)
+
+    def _postfix(self, study: optuna.Study) -> str:
+        trials = sweep_study.counted(study)
+        n = {s: sum(t.state == s for t in trials) for s in TrialState}
+        best = ""
+        with contextlib.suppress(ValueError):
+            best = f" best {study.best_value:.4f}"
+        return (f"done {n[TrialState.COMPLETE]} running {n[TrialState.RUNNING]} failed {n[TrialState.FAIL]} "
+                f"pruned {n[TrialState.PRUNED]}{best} {time.time() - self.t0:.0f}s")
+
+    # -- all workers -------------------------------------------------------------
+    def run(self) -> int:
+        """Ctrl-C and SIGTERM alike: the trials get SIGTERM, save their checkpoints and are requeued
+        (their runs resume under the same ids); the runner exits 130 once they have."""
+        def on_sigterm(_n, _f):
+            raise _Stopping()
+
+        main = threading.current_thread() is threading.main_thread()
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+        if main:
+            signal.signal(signal.SIGTERM, on_sigterm)
+        gpus = self.opts.gpus or [None] * self.opts.workers
+        threads = [threading.Thread(target=self.work, args=(gpu,), name=f"worker-{i}" + (f"-gpu{gpu}" if gpu else ""),
+                                    daemon=True) for i, gpu in enumerate(gpus)]
+        if self.deadline is not None:
+            with self.lock:
+                estimate, source = self._trial_estimate(sweep_study.counted(optuna.load_study(
+                    study_name=self.sweep.name, storage=_storage(self.opts))))
+            print(budget.budget_line(self.opts.time_budget_s, estimate, source,
+                                     "running trials get SIGTERM, checkpoint and are requeued"), flush=True)
+        try:
+            for i, t in enumerate(threads):
+                t.start()
+                if i + 1 < len(threads):
+                    time.sleep(0.2)  # let the first ask() land before the next worker asks
+            while any(t.is_alive() for t in threads):
+                for t in threads:
+                    t.join(timeout=0.5)
+                self._check_deadline()
+        except (KeyboardInterrupt, _Stopping):
+            return self._interrupted(threads, main)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        self.bar.close()
+        if self.stop_reason:
+            print(self.stop_reason)
+            return 1
+        if self.budget:
+            print(f"{self.budget.split(':')[0]} spent: run the same command again to continue the sweep")
+            return budget.EXIT_BUDGET
+        return 0
+
+    def _check_deadline(self) -> None:
+        """At the deadline the workers stop their trials (SIGTERM: they checkpoint, and are requeued under
+        their run ids) and start no more."""
+        if self.deadline is None or time.monotonic() < self.deadline or self.stop.is_set():
+            return
+        with self.lock:
+            self.budget = "time budget"
+        print("time budget spent: running trials get SIGTERM, checkpoint and are requeued", flush=True)
+        self.stop.set()
+
+    def _interrupted(self, threads: list[threading.Thread], main: bool) -> int:
+        self.stop.set()
+        if main:   # a second Ctrl-C or SIGTERM must not leave the trials orphaned: keep waiting for them
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda _n, _f: print("stopping: waiting for the trials to save their "
+                                                        "checkpoints", flush=True))
+        self.children.terminate()
+        for t in threads:
+            while t.is_alive():
+                t.join(timeout=0.5)
+        self.bar.close()
+        print("interrupted: run the same command again to continue the sweep")
+        return 130
+
+
+def run_local(sweep_file: str, opts: Options, fixed: dict[str, str] | None = None) -> int:
+    """``finetune_sweep.py local``: the sweep offline, then its status table."""
+    sweep = sweep_spec.load(sweep_file, fixed, 1 if opts.confirm_top else opts.repeats)   # confirm: K seeds for the top N
+    confirm.check_confirm(sweep, opts)
+    sweep_spec.check_here(sweep)   # data_dir, weights: before anything is started or written
+    runner = Runner(sweep, opts)
+    code = runner.run()
+    if code == 0 and runner.confirm_waiting and runner.rest().count != 0:   # the grid ended here: its top next
+        code = Runner(sweep, runner.rest()).run()
+    print(status_table(opts.sweep_dir, opts.storage))
+    return code

@@ -1,0 +1,99 @@
+"""``finetune_sweep.py status``: a study's trials as a table (state, run id, what varies, the metric,
+duration), the best so far, why trials failed, and the command that continues it. Reads the study
+only: from a sweep dir, or from a database URL on a machine that holds none of the runs."""
+from __future__ import annotations
+
+import math
+import shlex
+from pathlib import Path
+from typing import Any
+
+from lib import config as config_lib
+from lib.sweep import storage
+from lib.sweep.recovery import gone
+from lib.sweep.study import counted, flat, point
+
+
+def trial_rows(sweep_dir: Path | str, storage_url: str | None = None,
+               study_name: str | None = None) -> tuple[list[dict], dict]:
+    """One dict per trial (number, state, run id, config, value, duration, error) and sweep.json."""
+    study, meta, opts = storage.read_study(sweep_dir, storage_url, study_name)
+    stale = storage.stale_trial_ids(study)
+    rows = []
+    for t in counted(study):
+        duration = (t.datetime_complete - t.datetime_start).total_seconds() \
+            if t.datetime_complete and t.datetime_start else None
+        config = t.user_attrs.get("config") or flat(point(t))
+        config = config_lib.recipe_as_keys(config)   # as columns
+        rows.append({"trial": t.number, "state": "interrupted" if gone(t, stale, opts.host) else t.state.name.lower(),
+                     "run_id": t.user_attrs.get("run_id"), "config": config, "value": t.value,
+                     "duration_s": round(duration, 1) if duration else None, "error": t.user_attrs.get("error"),
+                     "gpu": t.user_attrs.get("gpu")})
+    return rows, meta
+
+
+def trials_frame(sweep_dir: Path, storage_url: str | None = None, study_name: str | None = None):
+    """One row per trial: number, state, run id, parameters, metric, duration, error."""
+    import pandas as pd
+
+    rows, meta = trial_rows(sweep_dir, storage_url, study_name)
+    gpus = any(r["gpu"] is not None for r in rows)   # a column only where trials ran on chosen GPUs
+    return pd.DataFrame([{"trial": r["trial"], "state": r["state"], "run_id": r["run_id"], **r["config"],
+                          meta["metric"]: r["value"], "duration_s": r["duration_s"],
+                          **({"gpu": r["gpu"]} if gpus else {}), "error": r["error"]}
+                         for r in rows]), meta
+
+
+def _cell(value: Any) -> str:
+    """As written in the sweep: 15 stays 15 (a table column with gaps would print 15.0)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def status_table(sweep_dir: Path, storage_url: str | None = None, study_name: str | None = None) -> str:
+    import pandas as pd
+
+    rows, meta = trial_rows(sweep_dir, storage_url, study_name)
+    if not rows:
+        return "no trials yet"
+    metric = meta["metric"]
+    keys = list(dict.fromkeys(k for r in rows for k in r["config"]))
+    varying = [k for k in keys if len({_cell(r["config"].get(k)) for r in rows}) > 1]
+    gpu = ["gpu"] if any(r["gpu"] is not None for r in rows) else []
+    table = pd.DataFrame([[str(r["trial"]), r["state"], r["run_id"] or "-", *(_cell(r["config"].get(k)) for k in varying),
+                           f"{r['value']:.4f}" if r["value"] is not None else "-", _cell(r["duration_s"]),
+                           *(_cell(r["gpu"]) for _ in gpu)]
+                          for r in rows], columns=["trial", "state", "run_id", *varying, metric, "duration_s", *gpu])
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    lines = [table.to_string(index=False), "", "trials: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))]
+    done = [r for r in rows if r["state"] == "complete" and r["value"] is not None]
+    if done:
+        best = (max if meta["goal"] == "maximize" else min)(done, key=lambda r: r["value"])
+        shown = ", ".join(f"{k}={_cell(best['config'].get(k))}" for k in varying)
+        lines.append(f"best: trial {best['trial']} ({best['run_id']}) {metric} = {best['value']:.4f}"
+                     + (f"  [{shown}]" if shown else ""))
+    failed = [r for r in rows if r["state"] == "fail"]
+    for r in failed[-3:]:
+        lines.append(f"failed: trial {r['trial']} ({r['run_id']}): {str(r['error'] or '?')[:200]}")
+    if counts.get("interrupted"):
+        lines.append(f"interrupted: {counts['interrupted']} trial(s) lost their runner: `local` (the command "
+                     f"below without --retry_failed) requeues and resumes them")
+    if failed or counts.get("interrupted"):
+        lines.append(("to retry the failed trials once their cause is fixed: " if failed else "")
+                     + _local_command(sweep_dir, meta, storage_url, retry=bool(failed)))
+    return "\n".join(lines)
+
+
+def _local_command(sweep_dir: Path, meta: dict, storage_url: str | None, retry: bool) -> str:
+    url = storage.public_url(storage_url or meta.get("storage"), hide=True)
+    if "://" in str(sweep_dir):   # status URL: the sweep file and folder are the machine's own business
+        sweep_dir, meta = "DIR", {**meta, "sweep_file": "SWEEP.yaml"}
+    parts = ["python", "finetune_sweep.py", "local", meta.get("sweep_file") or str(Path(sweep_dir) / "sweep.yaml"),
+             "--sweep_dir", str(sweep_dir), *(x for k, v in (meta.get("set") or {}).items() for x in ("--set", f"{k}={v}")),
+             *(["--storage", url] if url else []), *(["--retry_failed"] if retry else [])]
+    return shlex.join(parts)

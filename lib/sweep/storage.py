@@ -1,0 +1,173 @@
+"""Where a study lives: a journal file in the sweep dir, or an RDB (``--storage postgresql://...``) that
+runners on several machines share; both with heartbeats, so a trial whose runner stopped beating is
+found from any machine. Also the locks around opening a study, the one way commands that only read
+open one, and storage URLs fit to print or write down (no password)."""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import JournalStorage
+from optuna.storages._heartbeat import BaseHeartbeat  # the interface fail_stale_trials works with
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from lib.errors import SweepError
+from lib.sweep.options import Options
+
+JOURNAL = "optuna.journal"                  # the study of a sweep dir without --storage
+STUDY_LOCK_KEY = 0x5EE9_5EE9                # PostgreSQL advisory lock: one runner at a time opens the study
+HEARTBEAT = "heartbeat"                     # journal trials: wall time of the runner's last beat
+
+
+class HeartbeatJournal(JournalStorage, BaseHeartbeat):
+    """Optuna 5 keeps heartbeats for RDB storages only; a journal gets the same: each beat is a system
+    attribute of the trial (the beating host's wall time), stale after ``grace`` seconds without one.
+    Hosts sharing a journal should keep their clocks within a fraction of the grace period (NTP)."""
+
+    def __init__(self, backend, interval: float, grace: float, callback):
+        super().__init__(backend)
+        self._interval, self._grace, self._callback = interval, grace, callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        with contextlib.suppress(UpdateFinishedTrialError):
+            self.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        return [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+                if now - t.system_attrs.get(HEARTBEAT, now) > self._grace]
+
+    def get_heartbeat_interval(self) -> float:
+        return self._interval
+
+    def get_heartbeat_stale_trial_callback(self):
+        return self._callback
+
+
+def open_storage(opts: Options, on_stale=None) -> optuna.storages.BaseStorage:
+    """The study's storage for a runner. ``on_stale(study, trial)``: what to do with a trial whose runner
+    stopped beating, once Optuna's ``fail_stale_trials`` has failed it (lib.sweep.recovery requeues it)."""
+    if opts.storage:
+        return open_rdb(opts.storage, heartbeat_interval=max(1, math.ceil(opts.heartbeat_s)),
+                        grace_period=max(1, math.ceil(opts.grace)), heartbeat_stale_trial_callback=on_stale)
+    return HeartbeatJournal(JournalFileBackend(str(opts.sweep_dir / JOURNAL)), opts.heartbeat_s, opts.grace,
+                            on_stale)
+
+
+def open_rdb(url: str, **heartbeat) -> optuna.storages.RDBStorage:
+    """The database's own clock judges heartbeats: hosts' clocks need not agree. Runners starting at once
+    on a fresh database race to create Optuna's tables: the losers retry (the tables are there then)."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, **heartbeat)
+        except (IntegrityError, ProgrammingError):
+            if attempt == 4:
+                raise
+            time.sleep(0.2 + 0.3 * attempt)
+
+
+def stale_trial_ids(study: optuna.Study) -> set[int]:
+    """Trials whose runner has not beaten within the grace period (Optuna's own rule, for RDB and journal)."""
+    return set(study._storage._get_stale_trial_ids(study._study_id))
+
+
+def record_heartbeat(study: optuna.Study, trial: optuna.Trial) -> None:
+    study._storage.record_heartbeat(trial._trial_id)
+
+
+@contextlib.contextmanager
+def shared_lock(opts: Options, on_stale=None):
+    """The study's storage, held under a lock that every runner sharing it sees: the sweep dir's lock file
+    serializes one machine's runners only, and runners on other machines share nothing but the database.
+    PostgreSQL: an advisory lock (MySQL: GET_LOCK), released with its connection."""
+    st = open_storage(opts, on_stale)
+    engine = getattr(st, "engine", None)
+    dialect = engine.dialect.name if engine is not None else None
+    if dialect not in ("postgresql", "mysql"):
+        yield st
+        return
+    from sqlalchemy import text
+
+    with engine.connect() as con:
+        if dialect == "postgresql":
+            con.execute(text("SELECT pg_advisory_lock(:key)"), {"key": STUDY_LOCK_KEY})
+        else:
+            con.execute(text("SELECT GET_LOCK('finetune_sweep', -1)"))
+        try:
+            yield st
+        finally:
+            con.execute(text("SELECT pg_advisory_unlock(:key)" if dialect == "postgresql"
+                             else "SELECT RELEASE_LOCK('finetune_sweep')"), {"key": STUDY_LOCK_KEY})
+
+
+def public_url(url: str | None, hide: bool = False) -> str | None:
+    """A storage URL fit to write down: without its password (libpq finds it in PGPASSWORD or
+    ~/.pgpass), or with ``***`` in its place for display."""
+    if not url or "://" not in url:
+        return url
+    from sqlalchemy.engine import URL, make_url
+
+    try:
+        u = make_url(url)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads: keep nothing that could be a secret
+        return url.split("://")[0] + "://***"
+    if u.password is None:
+        return url
+    if hide:
+        return u.render_as_string(hide_password=True)
+    return URL.create(u.drivername, u.username, None, u.host, u.port, u.database, u.query) \
+        .render_as_string(hide_password=False)
+
+
+# --- a study read by a command that does not run it (status, report URL, export URL) ----------------------
+def choose_study(url: str, names: list[str], name: str | None) -> str:
+    """``--study NAME``, which must be in the database; without it, the database's only study."""
+    where = public_url(url, hide=True)
+    if name is not None and name not in names:
+        raise SweepError(f"{where} holds no study {name!r}: it holds {', '.join(names) or 'none'}")
+    if name is None and len(names) != 1:
+        raise SweepError(f"{where} holds {len(names)} studies ({', '.join(names) or 'none'}): "
+                         + ("pick one with --study NAME" if names else "run `local --storage` first"))
+    return name or names[0]
+
+
+def study_in_database(url: str, name: str | None = None) -> tuple[optuna.Study, dict, Options]:
+    """The study ``name`` of a database URL (by default its only one) and what sweep.json would say
+    about it: `status URL`, `report URL`, `export URL` from a machine that holds none of the runs."""
+    opts = Options(sweep_dir=Path("."), storage=url)
+    st = open_storage(opts)
+    name = choose_study(url, [s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False)],
+                        name)
+    study = optuna.load_study(study_name=name, storage=st)
+    definition = study.user_attrs.get("sweep") or {}
+    raw = definition.get("yaml") or {}
+    meta = {"name": name, "storage": public_url(url), "metric": (raw.get("metric") or {}).get("name", "value"),
+            "goal": (raw.get("metric") or {}).get("goal", "maximize"), "method": raw.get("method"),
+            "set": {k: str(v) for k, v in (definition.get("set") or {}).items()}}
+    return study, meta, opts
+
+
+def read_study(source: Path | str, storage_url: str | None = None,
+               study_name: str | None = None) -> tuple[optuna.Study, dict, Options]:
+    """The study of a sweep dir (its sweep.json names it and its storage) or of a database URL, with what
+    sweep.json says of it, for a command that reads it."""
+    if "://" in str(source):
+        return study_in_database(str(source), study_name)
+    from lib.files import read_json
+
+    meta_path = Path(source) / "sweep.json"
+    if not meta_path.exists():
+        raise SweepError(f"{source} is not a sweep dir (no sweep.json): run `finetune_sweep.py local` first")
+    meta = read_json(meta_path)
+    if study_name not in (None, meta["name"]):   # a sweep dir holds one study
+        raise SweepError(f"{source} holds the study {meta['name']!r}, not {study_name!r}")
+    opts = Options(sweep_dir=Path(source), storage=storage_url or meta.get("storage"),
+                   heartbeat_s=meta.get("heartbeat_s", 30.0), grace_s=meta.get("grace_s"))
+    return optuna.load_study(study_name=meta["name"], storage=open_storage(opts)), meta, opts

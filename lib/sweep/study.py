@@ -1,0 +1,139 @@
+"""The study of a sweep folder: one sweep, as first run unless extended, and its trials' points.
+
+The sweep as first run (its YAML and --set values) is kept in the study; an edited file is refused with
+what changed, unless ``--extend`` adopts it (grid: its new points are enqueued; random/bayes: new trials
+draw from the new space). Grid points are enqueued once and live in the trials' user attributes.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from lib.errors import SweepError
+from lib.sweep import spec as sweep_spec
+from lib.sweep.options import Options
+from lib.sweep.spec import Sweep
+
+
+def plain(x: Any) -> Any:
+    """JSON's view of a value, so a stored and a fresh definition compare equal."""
+    return json.loads(json.dumps(x, default=str))
+
+
+def definition(sweep: Sweep) -> dict:
+    """What the study keeps of its sweep (user attribute ``sweep``)."""
+    return plain({"yaml": sweep.raw, "set": sweep.fixed})
+
+
+def legacy_definition(sweep_dir: Path, sweep: Sweep) -> dict | None:
+    """A study made before the sweep was kept in it: its sweep.yaml copy (the --set values unknown)."""
+    path = sweep_dir / "sweep.yaml"
+    if not path.exists():
+        return None
+    return plain({"yaml": yaml.safe_load(path.read_text()), "set": sweep.fixed})
+
+
+def check_extension(sweep: Sweep, stored: dict, opts: Options) -> None:
+    """An edited sweep runs only with --extend, and never with another method, metric or goal."""
+    old = stored.get("yaml") or {}
+    if not opts.extend:
+        changes = diff({**old, "--set": stored.get("set", {})}, {**sweep.raw, "--set": sweep.fixed})
+        raise SweepError(
+            f"{sweep.path} is not the sweep this folder runs ({opts.sweep_dir / 'sweep.yaml'}): pass --extend to "
+            f"adopt it (grid: only its new points run), or give it another --sweep_dir. What changed:\n"
+            + "\n".join(f"  {line}" for line in changes))
+    old_metric = old.get("metric") or {}
+    for what, before, now in (("method", old.get("method"), sweep.method),
+                              ("metric", old_metric.get("name", "best_val_acc"), sweep.metric),
+                              ("metric goal", old_metric.get("goal", "maximize"), sweep.goal)):
+        if before != now:
+            raise SweepError(f"--extend cannot change the {what} of a study ({before} -> {now}): "
+                             f"give the new sweep its own --sweep_dir")
+
+
+def diff(old: Any, new: Any, prefix: str = "", limit: int = 8) -> list[str]:
+    """What changed between two definitions, one line per changed leaf (dotted paths)."""
+    def leaves(x, p):
+        if isinstance(x, dict) and x:
+            return {k: v for key, sub in x.items() for k, v in leaves(sub, f"{p}.{key}" if p else str(key)).items()}
+        return {p: x}
+
+    def shown(leaf, key):
+        return json.dumps(leaf[key]) if key in leaf else "(absent)"
+
+    a, b = leaves(plain(old), prefix), leaves(plain(new), prefix)
+    lines = [f"{k}: {shown(a, k)} -> {shown(b, k)}" for k in sorted(set(a) | set(b))
+             if shown(a, k) != shown(b, k)]
+    return lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])
+
+
+def enqueue_grid(study: optuna.Study, sweep: Sweep, extending: bool) -> None:
+    """Each grid point once. A point lives in the trial's user attributes, not as Optuna parameters,
+    so an extended grid (a value added to a list) never clashes with the choices Optuna recorded."""
+    if "grid_size" in study.user_attrs and not extending:
+        return
+    known = {json.dumps(point(t), sort_keys=True) for t in counted(study)}
+    new = [p for p in sweep.grid() if json.dumps(plain(p), sort_keys=True) not in known]
+    for p in new:
+        study.enqueue_trial({}, user_attrs={"queued": True, "point": plain(p), "config": {**flat(p), **sweep.fixed}})
+    study.set_user_attr("grid_size", study.user_attrs.get("grid_size", 0) + len(new))
+    if extending:
+        print(f"extended: {len(new)} new grid point(s) enqueued; trials already run are kept")
+
+
+def new_search_space(study: optuna.Study, sweep: Sweep, stored: dict) -> None:
+    """random/bayes --extend: new trials draw from the new space. A parameter whose definition changed
+    gets a new name inside Optuna (``lr~1``), so the search starts afresh on it, not on old draws."""
+    from sweeps.params import HyperParameterSet
+
+    old = {p.name: p.config for p in HyperParameterSet.from_config((stored.get("yaml") or {}).get("parameters", {}))}
+    versions = dict(study.user_attrs.get("versions", {}))
+    for p in sweep.params:
+        if p.name in old and plain(old[p.name]) != plain(p.config):
+            versions[p.name] = versions.get(p.name, 0) + 1
+    study.set_user_attr("versions", versions)
+    print("extended: new trials draw from the edited search space; trials already run are kept")
+
+
+# --- a trial's point and parameters ---------------------------------------------------------------------
+def flat(point: dict) -> dict:
+    """W&B parameter names (nested groups) -> the config keys they set."""
+    return {sweep_spec.leaf_name(k): v for k, v in point.items()}
+
+
+def point(t) -> dict:
+    """A trial's point: the grid point it was given, else its Optuna parameters, else what was enqueued."""
+    return t.user_attrs.get("point") or dict(t.params) or dict(t.system_attrs.get("fixed_params") or {})
+
+
+def counted(study: optuna.Study) -> list:
+    """Trials that stand for work: not a worker's surplus ask, not one superseded by its requeued copy."""
+    trials = study.get_trials(deepcopy=False)
+    superseded = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    return [t for t in trials if not t.user_attrs.get("surplus") and not t.user_attrs.get("requeued")
+            and t.number not in superseded]
+
+
+def trial_params(trial: optuna.Trial, sweep: Sweep, versions: dict | None = None) -> dict[str, Any]:
+    """Parameters of one trial (flat config keys): a grid point as enqueued, or drawn with W&B's own
+    distributions."""
+    from sweeps.params import HyperParameter as HP
+
+    if trial.user_attrs.get("point") is not None:
+        confirm = trial.user_attrs.get("confirm") or {}
+        return {**flat(trial.user_attrs["point"]), **sweep.fixed, **({"seed": confirm["seed"]} if confirm else {})}
+    values = {}
+    for p in sweep.params:
+        name = f"{p.name}~{versions[p.name]}" if versions and versions.get(p.name) else p.name
+        if p.type == HP.CONSTANT:
+            value = p.config["value"]
+        elif p.type == HP.CATEGORICAL or (p.type == HP.CATEGORICAL_PROB and sweep.method == "grid"):
+            value = trial.suggest_categorical(name, p.config["values"])
+        else:  # a quantile for the engine, W&B's inverse CDF for the value
+            value = sweep_spec.value_of(p, trial.suggest_float(name, 0.0, 1.0))
+        values[sweep_spec.leaf_name(p.name)] = value
+    return {**values, **sweep.fixed}

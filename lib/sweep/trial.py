@@ -1,0 +1,192 @@
+"""One trial: its run folder, the trainer in a subprocess exactly as ``wandb agent`` starts it, and what
+came of it.
+
+The trainer gets the agent's parameters file (``WANDB_SWEEP_PARAM_PATH``), ``WANDB_SWEEP_ID`` and
+``WANDB_RUN_ID``, with W&B offline; its record lands in ``DIR/runs/<run_id>/``. While it runs, the
+trial's heartbeat is beaten and, under hyperband, each epoch's metric is reported and the run stopped
+when it is pruned.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import optuna
+from optuna.trial import TrialState
+
+from lib.files import read_json, read_jsonl, tail, write_json
+from lib.records import RunRecord, metric_value
+from lib.runs import TRIAL_FILE
+from lib.sweep import artifacts, storage
+from lib.sweep import spec as sweep_spec
+from lib.sweep.options import Options
+from lib.sweep.spec import Sweep
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+EXIT_PREEMPTED, EXIT_PRUNED = 3, 4          # finetune_resnet.py's exit codes
+STOP_FILE = "STOP"                          # <run_dir>/STOP = "pruned": why the runner stops a trial
+
+
+class Outcome(NamedTuple):
+    """How a trial ended: ``state`` None when the run was preempted and can resume."""
+    state: TrialState | None
+    value: float | None = None
+    error: str | None = None
+
+
+class Children:
+    """The trainers this runner started, so that a stopping runner can signal them all."""
+
+    def __init__(self):
+        self._lock, self._procs = threading.Lock(), set()
+
+    @contextlib.contextmanager
+    def watching(self, proc: subprocess.Popen):
+        with self._lock:
+            self._procs.add(proc)
+        try:
+            yield proc
+        finally:
+            with self._lock:
+                self._procs.discard(proc)
+
+    def terminate(self) -> None:
+        with self._lock:
+            for proc in self._procs:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+
+
+def read_record(run_dir: Path) -> dict:
+    """The run's run.json, or {} when there is none (yet) or it cannot be read."""
+    with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+        return read_json(run_dir / "run.json")
+    return {}
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40]
+
+
+class TrialProcess:
+    """One trial of ``study`` run as ``run_id`` in ``opts.sweep_dir/runs/<run_id>``."""
+
+    def __init__(self, sweep: Sweep, opts: Options, study: optuna.Study, trial: optuna.Trial, run_id: str):
+        self.sweep, self.opts, self.study, self.trial = sweep, opts, study, trial
+        self.run_dir = opts.sweep_dir / "runs" / run_id
+
+    def run(self, params: dict, gpu: str | None, stop: threading.Event, children: Children) -> Outcome:
+        """Start the trainer, watch it to its end, and say how it ended."""
+        run_dir, trial = self.run_dir, self.trial
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / STOP_FILE).unlink(missing_ok=True)
+        if trial.user_attrs.get("fresh"):   # --retry_failed: start over, not from the failed run's checkpoint
+            (run_dir / "last.ckpt").unlink(missing_ok=True)
+        elif "retry_of" in trial.user_attrs and read_record(run_dir).get("state") == "finished":
+            # the trainer of a dead runner finished the run on its own: take its result, do not rerun it
+            return self.outcome(0, False)
+        with open(run_dir / "output.log", "ab") as log:
+            proc = subprocess.Popen(self._argv(params), env=self._env(gpu), stdout=log, stderr=subprocess.STDOUT,
+                                    cwd=os.getcwd())
+            with children.watching(proc):
+                trial.set_user_attr("child_pid", proc.pid)
+                pruned = self._watch(proc, stop)
+        trial.set_user_attr("exit_code", proc.returncode)
+        return self.outcome(proc.returncode, pruned)
+
+    def _argv(self, params: dict) -> list[str]:
+        param_file = self.run_dir / "sweep-params.yaml"
+        owned = {"runs_dir": str(self.opts.sweep_dir / "runs"), "group": self.sweep.name, "run_id": self.run_dir.name}
+        sweep_spec.write_params_file(param_file, self.sweep, params, owned)   # nested groups as W&B writes them
+        return sweep_spec.build_command(self.sweep, params, self.run_dir, PROJECT_ROOT)
+
+    def _env(self, gpu: str | None) -> dict[str, str]:
+        env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SWEEP_ID": self.sweep.name,
+               "WANDB_RUN_ID": self.run_dir.name, "WANDB_SWEEP_PARAM_PATH": str(self.run_dir / "sweep-params.yaml"),
+               "WANDB_DIR": str(self.run_dir), "WANDB_ERROR_REPORTING": "false", "WANDB_SILENT": "true"}
+        # Parallel trials share the cores: give each its share instead of oversubscribing them all.
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.opts.workers)))
+        if gpu is not None:   # this worker's GPU only: the trainer's cuda:0 is it
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        return env
+
+    def _watch(self, proc: subprocess.Popen, stop: threading.Event) -> bool:
+        """Wait for the run, beating the trial's heartbeat; feed hyperband each epoch's metric and stop
+        the run when it is pruned (STOP file, then SIGTERM: the trainer records ``pruned``)."""
+        reported, pruned, signalled, beat = 0, False, False, time.monotonic()
+        while proc.poll() is None:
+            time.sleep(self.opts.poll_s)
+            if time.monotonic() - beat >= self.opts.heartbeat_s:
+                storage.record_heartbeat(self.study, self.trial)
+                beat = time.monotonic()
+            if stop.is_set() and not signalled:
+                proc.terminate()
+                signalled = True
+            if signalled or not self.sweep.hyperband:
+                continue
+            rows = read_jsonl(self.run_dir / "metrics.jsonl")
+            for row in rows[reported:]:
+                value = row.get(self.sweep.metric)
+                if value is not None and math.isfinite(value):
+                    self.trial.report(float(value), step=int(row["epoch"]))
+            reported = len(rows)
+            if reported and self.trial.should_prune():
+                (self.run_dir / STOP_FILE).write_text("pruned\n")
+                proc.terminate()
+                pruned = signalled = True
+        return pruned
+
+    def outcome(self, code: int, pruned: bool) -> Outcome:
+        """Pruned comes first: a pruned run stopped by SIGTERM must not pass for a preempted one (and be
+        resumed)."""
+        record = read_record(self.run_dir)
+        if pruned or code == EXIT_PRUNED or record.get("state") == "pruned":
+            if record.get("state") != "pruned":   # the trainer died before it could say so
+                RunRecord(str(self.run_dir.parent), self.run_dir.name).update(state="pruned")
+            return Outcome(TrialState.PRUNED)
+        if record.get("state") == "preempted" or code == EXIT_PREEMPTED:
+            return Outcome(None)
+        if code == 0 and record.get("state") == "finished":
+            return Outcome(TrialState.COMPLETE, metric_value(record.get("summary"),
+                                                             read_jsonl(self.run_dir / "metrics.jsonl"),
+                                                             self.sweep.metric, self.sweep.goal == "maximize"))
+        error = record.get("error") or tail(self.run_dir / "output.log") or f"exit code {code}"
+        return Outcome(TrialState.FAIL, None, f"exit code {code}: {error}")
+
+    def keep_record(self) -> None:
+        """The run record's essentials and each epoch's metric go into the study, so that `status URL`
+        works on any machine with the database, not only the one holding the run folder."""
+        record = read_record(self.run_dir)
+        self.trial.set_user_attr("run", {k: record[k] for k in ("state", "summary", "error", "started", "finished")
+                                         if record.get(k) is not None})
+        if self.sweep.hyperband:   # its epochs were reported as they came
+            return
+        for row in read_jsonl(self.run_dir / "metrics.jsonl"):
+            value = row.get(self.sweep.metric)
+            if isinstance(value, (int, float)) and math.isfinite(value) and "epoch" in row:
+                self.trial.report(float(value), step=int(row["epoch"]))
+
+    def upload(self, store, state: TrialState) -> None:
+        """The trial's files into the artifact store, for `report URL` and `export URL` on other machines.
+        A failed upload is said and recorded, but does not fail a trial whose run finished."""
+        if store is None:
+            return
+        try:
+            artifacts.upload_run(store, self.trial, self.run_dir, finished=state == TrialState.COMPLETE)
+        except Exception as e:  # noqa: BLE001 - a full disk or a lost bucket must not cost the trial
+            why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            self.trial.set_user_attr("artifacts_error", why)
+            print(f"warning: trial {self.trial.number}: its files did not reach the artifact store: {why}", flush=True)
+
+    def write_trial_file(self, state: TrialState, error: str | None) -> None:
+        """The trial's end in its run folder (lib.runs.TRIAL_FILE): why a run failed is read with the runs,
+        also where it died before writing its own record, without opening the study."""
+        write_json(self.run_dir / TRIAL_FILE, {"trial": self.trial.number, "state": state.name.lower(),
+                                               "error": error[-500:] if error else None})
