@@ -1,15 +1,43 @@
-"""Shared fixtures: real images (Animal-MNIST silhouettes, shipped by pip), W&B kept offline."""
+"""Shared fixtures: real images (Animal-MNIST silhouettes, shipped by pip), W&B kept offline, and no
+process of the kit left running when the suite ends (tests/procs.py)."""
 from __future__ import annotations
 
 import os
+import uuid
 
 import pytest
+
+from tests import procs
 
 # W&B must never reach the network from tests; set before anything imports wandb.
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
 os.environ["HF_HUB_OFFLINE"] = "1"  # no hub here: fail in 0.1 s, not after retries
+# Every process this session starts inherits the mark: what is left at the end is ours, not another suite's.
+SESSION = os.environ[procs.SESSION_VAR] = uuid.uuid4().hex
+LEAKED: dict[int, str] = {}   # pid -> the test after which it was first seen running
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_kit_process_left():
+    """The suite fails (an error at its last teardown) if a process of the kit it started outlives it:
+    a dashboard or a runner left behind holds a port, a journal, or the CPU of whatever runs next."""
+    yield
+    left = procs.left_over(SESSION)
+    if left:
+        pytest.fail("processes of the kit started by the tests were still running (now killed):\n" + "\n".join(
+            f"  pid {pid}, left by {LEAKED.get(pid, 'a session fixture')}: {cmd}" for pid, cmd in left.items()),
+            pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _who_left_it(request):
+    """Which test a left-over process comes from (checked once the test has ended; the failure is the
+    session's, since a process on its way out may still be listed for a moment)."""
+    yield
+    for pid in procs.kit_processes(SESSION):
+        LEAKED.setdefault(pid, request.node.nodeid)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from lib.files import read_json
 from lib.train.demo_data import prepare
 from lib.train.run import main
+from tests.procs import started
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,15 +39,11 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(more_animals, tmp_path,
     env = {**os.environ, "WANDB_MODE": "offline"}
     subprocess.run(args + ["--run_id=straight"], env=env, check=True, cwd=ROOT, capture_output=True, timeout=300)
 
-    proc = subprocess.Popen(args + ["--run_id=cut"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "cut" / "metrics.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)                       # during epoch 3 of 5
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 3, err[-1500:]
+    with started(args + ["--run_id=cut"], env=env,
+                 ready=lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, timeout=240) as proc:
+        assert proc.stop(signal.SIGTERM, timeout=120) == 3, proc.err[-1500:]   # during epoch 3 of 5
+        err = proc.err
     rec = read_json(tmp_path / "cut" / "run.json")
     assert rec["state"] == "preempted" and rec["preempted_by"] == "SIGTERM"
     assert (tmp_path / "cut" / "last.ckpt").exists()
@@ -145,18 +142,11 @@ def big_images(tmp_path_factory):
 def test_sigterm_while_decoding_stops_within_seconds(big_images, tmp_path, cache_dir):
     args = [sys.executable, "finetune_resnet.py", f"--data_dir={big_images}", f"--runs_dir={tmp_path}",
             f"--cache_dir={cache_dir}", "--model=small_cnn", "--image_size=32", "--device=cpu", "--run_id=dec"]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((tmp_path / ".cache").glob(".tmp-decoded-*")):
-        time.sleep(0.01)                                   # the train split's decoding has begun
-    proc.send_signal(signal.SIGTERM)
-    sent = time.time()
-    try:
-        _, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    took = time.time() - sent
-    assert proc.returncode == 3, err[-1500:]
+    with started(args, ready=lambda: list((tmp_path / ".cache").glob(".tmp-decoded-*"))) as proc:   # decoding
+        sent = time.time()
+        code = proc.stop(signal.SIGTERM, timeout=30)
+        took = time.time() - sent
+    assert code == 3, proc.err[-1500:]
     assert took < 10, took                                 # not after the 160 images (tens of seconds)
     rec = read_json(tmp_path / "dec" / "run.json")
     assert rec["state"] == "preempted" and rec["preempted_by"] == "SIGTERM"

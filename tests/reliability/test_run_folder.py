@@ -1,13 +1,13 @@
 """The run folder: one process at a time (an flock held for the whole run), a finished run is never
 trained over without --overwrite, and its files honour the umask like any file the user makes."""
 import os
-import subprocess
+import signal
 import sys
-import time
 from pathlib import Path
 
 from lib.files import read_json, write_json
 from lib.train.run import main
+from tests.procs import started, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,22 +21,15 @@ def snapshot(folder: Path) -> dict:
 def test_a_second_process_on_the_same_run_id_is_refused(base_args, tmp_path, capsys):
     """The holder is a real finetune_resnet.py process; the second one is this test's own process."""
     args = [*base_args, "--model=small_cnn", "--epochs=200", "--run_id=one"]
-    first = subprocess.Popen([sys.executable, "finetune_resnet.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    try:
-        lock = tmp_path / "runs" / "one" / ".lock"
-        deadline = time.time() + 180
-        while time.time() < deadline and not (lock.exists() and lock.read_text().strip() == str(first.pid)):
-            time.sleep(0.05)
+    lock = tmp_path / "runs" / "one" / ".lock"
+    with started([sys.executable, "finetune_resnet.py", *args]) as first:
+        wait_for(lambda: lock.exists() and lock.read_text().strip() == str(first.pid), 180, "the run's lock", first)
         capsys.readouterr()
         assert main(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and f"in use by process {first.pid}" in err[0]
-        assert first.poll() is None                       # the holder goes on, untouched
-    finally:
-        first.terminate()
-        _, first_err = first.communicate(timeout=120)
-    assert first.returncode == 3, first_err[-1500:]      # SIGTERM: preempted, resumable
+        assert first.returncode is None                   # the holder goes on, untouched
+        assert first.stop(signal.SIGTERM, timeout=120) == 3, first.err[-1500:]   # preempted, resumable
 
 
 def test_a_finished_run_is_not_trained_over_without_overwrite(base_args, tmp_path, capsys):

@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import optuna
@@ -17,6 +17,7 @@ from lib.sweep import storage
 from lib.sweep import study as sweep_study
 from lib.sweep.options import Options
 from tests.pg import PASSWORD, ROLE, pg_server, pg_url  # noqa: F401 - fixtures
+from tests.procs import started, wait_for
 
 FAKE = str(Path(__file__).parents[1] / "fakes" / "fake_trainer.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,19 +32,22 @@ def _sweep(tmp_path, method, parameters) -> str:
 
 
 def _host(sweep_file, sweep_dir, url, host, env=None, **opts):
-    """`local` on another machine: its own folder, its own host name (liveness by heartbeat, not pid)."""
+    """`local` on another machine: its own folder, its own host name (liveness by heartbeat, not pid);
+    a context manager (stopped, with its trainers, when the block ends)."""
     opts = {"poll_s": 0.05, **BEAT, **opts}
     code = (f"import sys; from pathlib import Path; from lib.sweep import runner as sweep_runner; from lib.sweep.options import Options\n"
             f"sys.exit(sweep_runner.run_local({sweep_file!r}, Options(sweep_dir=Path({str(sweep_dir)!r}),"
             f" storage={url!r}, host={host!r}, **{opts!r})))")
-    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, start_new_session=True, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    return started([sys.executable, "-c", code], group=True, stderr=subprocess.STDOUT, env=env)
 
 
-def _finish(*procs, timeout=180) -> list[str]:
-    outs = [p.communicate(timeout=timeout)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0] * len(procs), outs
-    return outs
+def _finish(*hosts, timeout=180) -> list[str]:
+    """Each host run to its end (exit 0); what each printed."""
+    with ExitStack() as stack:
+        procs = [stack.enter_context(h) for h in hosts]
+        codes = [p.wait(timeout) for p in procs]
+        assert codes == [0] * len(procs), [p.out for p in procs]
+        return [p.out for p in procs]
 
 
 def _study(url):
@@ -104,13 +108,11 @@ def test_a_killed_host_is_requeued_by_heartbeat_and_finished_by_the_other(tmp_pa
     host-a then continues the study (nothing left, nothing run twice); `status` works from either folder."""
     f = _sweep(tmp_path, "grid", {"lr": {"values": [0.1, 0.2]}, "epochs": {"value": 30}, "sleep": {"value": 0.1}})
     a, b = tmp_path / "host-a", tmp_path / "host-b"
-    first = _host(f, a, pg_url, "host-a")
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(a.glob("runs/*/metrics.jsonl")):
-        time.sleep(0.05)
-    assert list(a.glob("runs/*/metrics.jsonl")), "host-a started no trial"
-    os.killpg(first.pid, signal.SIGKILL)
-    killed_out = first.communicate()[0]
+    with _host(f, a, pg_url, "host-a") as first:
+        wait_for(lambda: list(a.glob("runs/*/metrics.jsonl")), 120, "host-a's first trial", first)
+        first.send(signal.SIGKILL)
+        first.wait()
+        killed_out = first.out
     with_password = pg_url.replace(f"{ROLE}@", f"{ROLE}:{PASSWORD}@")
     env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
     outs = _finish(_host(f, b, with_password, "host-b", env=env))

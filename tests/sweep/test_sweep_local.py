@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from lib.sweep import status as sweep_status
 from lib.sweep import storage
 from lib.sweep.options import Options
 from lib.sweep.spec import SweepError
+from tests.procs import started, wait_for
 
 FAKE = str(Path(__file__).parents[1] / "fakes" / "fake_trainer.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,8 +114,8 @@ def test_grid_runs_every_point_exactly_once_with_two_workers(tmp_path):
 def test_two_runner_processes_share_one_grid(tmp_path):
     f = write(tmp_path, fake_sweep("grid", {"lr": {"values": [0.1, 0.2, 0.3, 0.4]}, "warmup": {"value": 0}}))
     cmd = [sys.executable, str(ROOT / "finetune_sweep.py"), "local", f, "--sweep_dir", str(tmp_path / "out")]
-    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
-    assert [p.wait(timeout=240) for p in procs] == [0, 0]
+    with started(cmd, stdout=subprocess.DEVNULL) as one, started(cmd, stdout=subprocess.DEVNULL) as two:
+        assert [one.wait(240), two.wait(240)] == [0, 0], (one.err, two.err)
     df = trials(tmp_path / "out")
     assert sorted(df["lr"]) == [0.1, 0.2, 0.3, 0.4] and set(df["state"]) == {"complete"}
 
@@ -177,13 +177,10 @@ def test_a_killed_sweep_continues_without_losing_or_repeating_points(tmp_path):
     f = write(tmp_path, fake_sweep("grid", {"lr": {"values": [0.1, 0.2, 0.3]}, "epochs": {"value": 4},
                                             "sleep": {"value": 0.5}}))
     cmd = [sys.executable, str(ROOT / "finetune_sweep.py"), "local", f, "--sweep_dir", str(tmp_path / "out")]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((tmp_path / "out" / "runs").glob("*/metrics.jsonl")):
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)                                     # runner and trial, mid-trial
-    proc.wait()
+    with started(cmd, group=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                 ready=lambda: list((tmp_path / "out" / "runs").glob("*/metrics.jsonl"))) as proc:
+        proc.send(signal.SIGKILL)                                           # runner and trial, mid-trial
+        proc.wait()
     assert local(f, tmp_path / "out") == 0
     df = trials(tmp_path / "out")
     done = df[df["state"] == "complete"]
@@ -233,15 +230,13 @@ def _gone(pid: int) -> bool:
 
 
 def _runner(args, **popen):
+    """`local` as a command, in a `with` (stopped when the block ends)."""
     cmd = [sys.executable, str(ROOT / "finetune_sweep.py"), "local", *map(str, args)]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)
+    return started(cmd, stdout=subprocess.DEVNULL, **popen)
 
 
-def _wait_for_epoch(sweep_dir, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline and not list((Path(sweep_dir) / "runs").glob("*/metrics.jsonl")):
-        time.sleep(0.05)
-    assert list((Path(sweep_dir) / "runs").glob("*/metrics.jsonl")), "no trial started"
+def _wait_for_epoch(sweep_dir, proc=None, timeout=120):
+    wait_for(lambda: list((Path(sweep_dir) / "runs").glob("*/metrics.jsonl")), timeout, "a trial's first epoch", proc)
 
 
 def _all_trials(sweep_dir):
@@ -259,8 +254,9 @@ def test_seeded_random_never_repeats_a_draw_across_workers_or_runners(tmp_path):
         assert local(f, tmp_path / out, count=4, seed=7, workers=2) == 0
         draws.append(sorted(trials(tmp_path / out)["lr"]))
     assert len(set(draws[0])) == 4 and draws[0] == draws[1]            # no repeat; the same study again
-    procs = [_runner([f, "--sweep_dir", tmp_path / "c", "--seed", 7, "--count", 2]) for _ in range(2)]
-    assert [p.wait(timeout=240) for p in procs] == [0, 0]
+    args = [f, "--sweep_dir", tmp_path / "c", "--seed", 7, "--count", 2]
+    with _runner(args) as one, _runner(args) as two:
+        assert [one.wait(240), two.wait(240)] == [0, 0], (one.err, two.err)
     assert len(set(trials(tmp_path / "c")["lr"])) == 4                  # two runner processes, one study
 
 
@@ -310,17 +306,18 @@ def test_failed_points_are_retried_under_their_run_ids(tmp_path):
     assert read_json(tmp_path / "out" / "runs" / failed_id / "run.json")["state"] == "finished"
 
 
-def test_status_after_a_killed_runner_and_its_orphaned_trainer_is_stopped(tmp_path):
+def test_status_after_a_killed_runner_and_its_orphaned_trainer_is_stopped(tmp_path, request):
     """SIGKILL kills the runner alone: status says interrupted (not running), lists the pending points
     with their parameters (integers as integers), and the next `local` stops the orphaned trainer
     before the trial runs again."""
     f = write(tmp_path, fake_sweep("grid", {"lr": {"value": 0.5}, "epochs": {"values": [50, 2, 3]},
                                             "sleep": {"value": 0.1}}))
-    runner = _runner([f, "--sweep_dir", tmp_path / "out"])
-    _wait_for_epoch(tmp_path / "out")
-    runner.kill()
-    runner.wait()
+    with _runner([f, "--sweep_dir", tmp_path / "out"]) as runner:
+        _wait_for_epoch(tmp_path / "out", runner)
+        runner.send(signal.SIGKILL)                                         # the runner alone
+        runner.wait()
     child = next(t.user_attrs["child_pid"] for t in _all_trials(tmp_path / "out") if "child_pid" in t.user_attrs)
+    request.addfinalizer(lambda: _gone(child) or os.kill(child, signal.SIGKILL))   # if an assert fails first
     assert not _gone(child)                                                 # the trainer outlived its runner
     status = sweep_status.status_table(tmp_path / "out")
     rows = [line.split() for line in status.splitlines()[1:4]]
@@ -343,13 +340,13 @@ def test_a_trial_whose_runner_died_on_another_machine_is_requeued_by_its_heartbe
     elsewhere = (f"import sys; from pathlib import Path; from lib.sweep import runner as sweep_runner; from lib.sweep.options import Options\n"
                  f"sys.exit(sweep_runner.run_local({f!r}, Options(sweep_dir=Path({str(tmp_path / 'out')!r}),"
                  f" poll_s=0.05, host='another-machine', **{beat!r})))")
-    other = subprocess.Popen([sys.executable, "-c", elsewhere], cwd=ROOT, start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for_epoch(tmp_path / "out")
-    os.killpg(other.pid, signal.SIGKILL)                                    # that machine is gone
-    other.wait()
-    time.sleep(beat["grace_s"] + 0.5)
-    assert "interrupted" in sweep_status.status_table(tmp_path / "out")      # by heartbeat, not by pid
+    with started([sys.executable, "-c", elsewhere], group=True, stdout=subprocess.DEVNULL,
+                 stderr=subprocess.DEVNULL) as other:
+        _wait_for_epoch(tmp_path / "out", other)
+        other.send(signal.SIGKILL)                                          # that machine is gone
+        other.wait()
+    # by heartbeat (once it is grace_s old), not by pid
+    wait_for(lambda: "interrupted" in sweep_status.status_table(tmp_path / "out"), 60, "the trial seen interrupted")
     assert local(f, tmp_path / "out", **beat) == 0
     df = trials(tmp_path / "out")
     assert sorted(df["lr"]) == [0.1, 0.2] and set(df["state"]) == {"complete"}

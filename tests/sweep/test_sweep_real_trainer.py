@@ -1,11 +1,9 @@
 """The contract between the offline sweep runner and the real finetune_resnet.py (no fake trainer):
 a pruned trial ends pruned for good, and a runner stopped by SIGTERM leaves no trainer behind and its
 trial resumes where it stopped. Tiny runs: small_cnn at 32 px on 160 real Animal-MNIST images."""
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -16,6 +14,7 @@ from lib.files import read_json
 from lib.sweep import runner as sweep_runner
 from lib.sweep import storage
 from lib.sweep.options import Options
+from tests.procs import started
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,12 +83,9 @@ def test_sigterm_to_the_runner_stops_its_trainer_and_the_trial_resumes(tmp_path,
     fixed = _fixed(animals, cache_dir, epochs=3)
     cmd = [sys.executable, str(ROOT / "finetune_sweep.py"), "local", f, "--sweep_dir", str(out),
            *(x for k, v in fixed.items() for x in ("--set", f"{k}={v}"))]
-    runner = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline and not list(out.glob("runs/*/metrics.jsonl")):
-        time.sleep(0.05)
-    os.kill(runner.pid, signal.SIGTERM)
-    assert runner.wait(timeout=120) == 130
+    with started(cmd, stdout=subprocess.DEVNULL, ready=lambda: list(out.glob("runs/*/metrics.jsonl")),
+                 timeout=180) as runner:
+        assert runner.stop(signal.SIGTERM, timeout=120) == 130, runner.err[-1500:]   # the runner alone
     first = _study_trials(out)[0]
     assert _gone(first.user_attrs["child_pid"])                               # no trainer left behind
     run_dir = out / "runs" / first.user_attrs["run_id"]

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
@@ -19,6 +18,7 @@ import yaml
 from lib.records import RunRecord, read_json
 from lib.train.run import fetch_preempted_checkpoint
 from tests.fakes.wandb_api import logged_artifacts, offline_records
+from tests.procs import started
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = ROOT / "tests" / "fakes" / "wandb_server"
@@ -58,15 +58,11 @@ def _epochs(run_dir: Path) -> list[int]:
 def test_preempted_sweep_run_resumes_on_another_machine_from_its_wandb_checkpoint(tmp_path, base_args):
     # Machine A: the run's first start (W&B has no checkpoint of it), SIGTERM after its first checkpoint.
     a_runs, b_runs = tmp_path / "a" / "runs", tmp_path / "b" / "runs"
-    a = subprocess.Popen(_argv(base_args, a_runs), cwd=ROOT, env=_agent_env(tmp_path / "a", {}),
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     a_dir = a_runs / RUN_ID
-    deadline = time.time() + 240
-    while time.time() < deadline and not ((a_dir / "last.ckpt").exists() and (a_dir / "metrics.jsonl").exists()):
-        time.sleep(0.05)
-    a.send_signal(signal.SIGTERM)
-    out_a = a.communicate(timeout=120)[0]
-    assert a.returncode == 3, out_a
+    with started(_argv(base_args, a_runs), env=_agent_env(tmp_path / "a", {}), stderr=subprocess.STDOUT,
+                 ready=lambda: (a_dir / "last.ckpt").exists() and (a_dir / "metrics.jsonl").exists(),
+                 timeout=240) as a:
+        assert a.stop(signal.SIGTERM, timeout=120) == 3, a.out
     assert read_json(a_dir / "run.json")["state"] == "preempted"
     asked = [json.loads(line) for line in (tmp_path / "a" / "asked.jsonl").read_text().splitlines()]
     assert asked and asked[0][0].endswith(f"checkpoint-{RUN_ID}:latest") and asked[0][1] == "checkpoint"

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from lib.sweep import wandb_sweep
+from tests.procs import started
 
 SWEEP = {
     "program": "finetune_resnet.py",
@@ -229,19 +230,10 @@ RUNNER = textwrap.dedent("""
 def test_agent_staggers_and_forwards_sigterm_to_every_child(tmp_path):
     root = Path(__file__).resolve().parents[2]
     script = RUNNER.format(root=str(root), tests=str(root / "tests"), logs=str(tmp_path))
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
     logs = [tmp_path / "gpu0.jsonl", tmp_path / "gpu1.jsonl"]
-    try:
-        deadline = time.monotonic() + 30
-        while not all(events(p) for p in logs):
-            assert parent.poll() is None and time.monotonic() < deadline, parent.communicate()
-            time.sleep(0.05)
-        parent.send_signal(signal.SIGTERM)
-        out, err = parent.communicate(timeout=30)
-    finally:
-        parent.kill()
-    assert parent.returncode == 0, err  # both children exited 0 after SIGTERM
+    with started([sys.executable, "-c", script], ready=lambda: all(events(p) for p in logs), timeout=30) as parent:
+        assert parent.stop(signal.SIGTERM, timeout=30) == 0, parent.err  # both children exited 0 after SIGTERM
+        out = parent.out
     starts = [events(p)[0] for p in logs]
     assert [s["gpu"] for s in starts] == ["0", "1"]
     assert starts[1]["spawned"] - starts[0]["spawned"] >= 0.5
@@ -255,18 +247,10 @@ def test_agent_signal_while_staggering_starts_no_more_agents(tmp_path):
     root = Path(__file__).resolve().parents[2]
     script = RUNNER.format(root=str(root), tests=str(root / "tests"), logs=str(tmp_path)).replace(
         "stagger_s=0.5", "stagger_s=30")
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not events(tmp_path / "gpu0.jsonl"):
-            assert parent.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+    with started([sys.executable, "-c", script], ready=lambda: events(tmp_path / "gpu0.jsonl"), timeout=30) as parent:
         t = time.monotonic()
-        parent.send_signal(signal.SIGINT)
-        parent.communicate(timeout=10)
-    finally:
-        parent.kill()
-    assert time.monotonic() - t < 5 and parent.returncode == 0
+        assert parent.stop(signal.SIGINT, timeout=10) == 0, parent.err
+    assert time.monotonic() - t < 5
     assert not (tmp_path / "gpu1.jsonl").exists()
     assert events(tmp_path / "gpu0.jsonl")[-1]["event"] == "got SIGINT"
 

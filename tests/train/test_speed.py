@@ -97,11 +97,17 @@ def _build_once(root, counter):
 def test_concurrent_processes_build_an_entry_once(tmp_path):
     counter = tmp_path / "builds"
     procs = [mp.get_context("fork").Process(target=_build_once, args=(tmp_path / "c", counter)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    assert [p.exitcode for p in procs] == [0] * 4
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0] * 4
+    finally:
+        for p in procs:   # one that hangs is not left behind
+            if p.is_alive():
+                p.kill()
+                p.join(10)
     assert counter.read_text() == "x"
     assert not [p for p in (tmp_path / "c").iterdir() if p.name.startswith(".tmp")]
 
