@@ -5,14 +5,17 @@ Read-only on purpose. The dashboard also has buttons that write (notes, rename o
 trial's result), and the study it shows is one that runners, maybe on other machines, are working on:
 every request but GET/HEAD is refused, a journal is opened without creating or locking anything, and a
 database gets no tables created. Bound to 127.0.0.1 by default: the dashboard has no login, so other
-machines reach it through an SSH tunnel.
+machines reach it through an SSH tunnel. It answers only to its own names (a page on another site that
+rebinds its DNS name to 127.0.0.1 must not read the study), and SIGINT or SIGTERM stops it at once.
 """
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import signal
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -21,9 +24,16 @@ import optuna
 
 from lib.errors import SweepError
 from lib.sweep.storage import JOURNAL, public_url
+from lib.urls import without_query_secrets
 
 LOOPBACK = ("127.0.0.1", "localhost")
+ANYWHERE = ("", "0.0.0.0")
 REFUSED = b'{"reason": "read-only: this dashboard shows the study; it does not change it"}'
+
+
+def shown(url: str) -> str:
+    """A source as it may be printed: no password, in the user part or in the query string."""
+    return without_query_secrets(public_url(url, hide=True), mask="***")
 
 
 # --- the study to show ---------------------------------------------------------------------------------
@@ -56,15 +66,15 @@ def _database(url: str) -> optuna.storages.RDBStorage:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
-    shown = public_url(url, hide=True)
+    where = shown(url)
     try:
         parsed = make_url(url)
         if parsed.drivername.startswith("sqlite") and not Path(parsed.database or "").is_file():
-            raise SweepError(f"{shown}: no such SQLite file")   # connecting would create it
+            raise SweepError(f"{where}: no such SQLite file")   # connecting would create it
         storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
         storage.get_all_studies()
     except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:   # unreachable, refused, no tables
-        raise SweepError(f"cannot read a study from {shown}: {_reason(e)}") from None
+        raise SweepError(f"cannot read a study from {where}: {_reason(e)}") from None
     return storage
 
 
@@ -92,8 +102,10 @@ def pick_study(storage, named: str | None, wanted: str | None, where: str) -> tu
 
 # --- the server ------------------------------------------------------------------------------------------
 class _Server(ThreadingMixIn, WSGIServer):
-    """A thread per request, as optuna-dashboard's own command: the page asks for several plots at once."""
+    """A thread per request, as optuna-dashboard's own command: the page asks for several plots at once.
+    Stopping joins none of them: server_close() would otherwise wait (without bound) on a slow request."""
     daemon_threads = True
+    block_on_close = False
 
 
 class _Quiet(WSGIRequestHandler):
@@ -102,12 +114,49 @@ class _Quiet(WSGIRequestHandler):
 
 
 def read_only(app):
-    """The dashboard, refusing every request that could change the study (405)."""
+    """The dashboard, refusing every request that could change the study (405). A client that sends no
+    Accept-Encoding (curl, a proxy) is served plain files: optuna-dashboard reads that header unchecked."""
     def guarded(environ, start_response):
         if environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+            environ.setdefault("HTTP_ACCEPT_ENCODING", "identity")
             return app(environ, start_response)
         start_response("405 Method Not Allowed", [("Content-Type", "application/json"), ("Allow", "GET, HEAD")])
         return [REFUSED]
+    return guarded
+
+
+def host_names(host: str, port: int) -> frozenset[str]:
+    """The Host headers the dashboard answers: the host it was started on and the loopback's names, with
+    its port (bare, for port 80); bound to every interface, also this machine's names."""
+    names = {host, *LOOPBACK, "[::1]"} - {""}
+    if host in ANYWHERE:
+        names |= {socket.gethostname(), socket.getfqdn()}
+    names = {(f"[{n}]" if ":" in n and not n.startswith("[") else n).lower() for n in names}   # IPv6: [::1]
+    return frozenset({f"{n}:{port}" for n in names} | (names if port == 80 else set()))
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+def same_host(app, host: str, port: int):
+    """The app, answering only requests sent to one of ``host_names`` (else 421, one line): a page of
+    another site whose DNS name was rebound to this machine sends that name, and is refused. Bound to every
+    interface, any IP address with the port is also fine (a rebinding page cannot send one)."""
+    names = host_names(host, port)
+
+    def guarded(environ, start_response):
+        asked = environ.get("HTTP_HOST", "").strip().lower()
+        name, _, asked_port = asked.rpartition(":")
+        if asked in names or (host in ANYWHERE and asked_port == str(port) and _is_ip(name)):
+            return app(environ, start_response)
+        start_response("421 Misdirected Request", [("Content-Type", "text/plain; charset=utf-8")])
+        return [f"refused: not a name of this dashboard; open it as http://localhost:{port}/ or at the address "
+                f"it printed (a guard against DNS rebinding)\n".encode()]
     return guarded
 
 
@@ -124,7 +173,7 @@ def listen(app, host: str, port: int) -> _Server:
 def banner(host: str, port: int, study: str | None, study_id: int | None, where: str) -> list[str]:
     """Where to open it, here and through an SSH tunnel from another machine."""
     page = f"/dashboard/studies/{study_id}" if study_id is not None else "/dashboard"
-    anywhere = host in ("", "0.0.0.0")
+    anywhere = host in ANYWHERE
     here = "localhost" if host in LOOPBACK else socket.gethostname() if anywhere else host
     target = "localhost" if host in LOOPBACK or anywhere else host   # as this machine, the tunnel's end, sees it
     what = f"study {study!r}" if study else f"the studies of {where}"
@@ -138,19 +187,33 @@ def _stop(_signum, _frame):
     raise KeyboardInterrupt   # SIGTERM as Ctrl-C: close the socket, exit 0
 
 
+@contextmanager
+def stopped_by_signals():
+    """SIGINT and SIGTERM stop the server, whatever this process inherited: a background job of a
+    non-interactive shell (`nohup ... &`, CI) starts with SIGINT ignored. The old handlers come back after."""
+    old = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            if handler is not None:   # None: set outside Python, nothing to put back
+                signal.signal(sig, handler)
+
+
 def serve(source: str, host: str = "127.0.0.1", port: int = 8080, study: str | None = None) -> int:
     try:
         from optuna_dashboard import wsgi
     except ImportError:
         raise SweepError("optuna-dashboard is not installed: pip install -r requirements.txt") from None
     storage, named = open_source(source)
-    where = public_url(source, hide=True)
+    where = shown(source)
     name, study_id = pick_study(storage, named, study, where)
-    server = listen(read_only(wsgi(storage)), host, port)
-    print("\n".join(banner(host, server.server_port, name, study_id, where)), flush=True)
-    signal.signal(signal.SIGTERM, _stop)
+    server = listen(None, host, port)
+    server.set_app(same_host(read_only(wsgi(storage)), host, server.server_port))   # port 0: the one chosen
     try:
-        server.serve_forever()
+        with stopped_by_signals():   # before the banner: whoever waits for it may signal at once
+            print("\n".join(banner(host, server.server_port, name, study_id, where)), flush=True)
+            server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
