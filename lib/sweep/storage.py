@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from lib.errors import SweepError
 from lib.sweep.options import Options
+from lib.urls import without_query_secrets
 
 JOURNAL = "optuna.journal"                  # the study of a sweep dir without --storage
 STUDY_LOCK_KEY = 0x5EE9_5EE9                # PostgreSQL advisory lock: one runner at a time opens the study
@@ -119,11 +120,14 @@ def public_url(url: str | None, hide: bool = False) -> str | None:
     except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads: keep nothing that could be a secret
         return url.split("://")[0] + "://***"
     if u.password is None:
-        return url
-    if hide:
-        return u.render_as_string(hide_password=True)
-    return URL.create(u.drivername, u.username, None, u.host, u.port, u.database, u.query) \
-        .render_as_string(hide_password=False)
+        shown = url
+    elif hide:
+        shown = u.render_as_string(hide_password=True)
+    else:
+        shown = URL.create(u.drivername, u.username, None, u.host, u.port, u.database, u.query) \
+            .render_as_string(hide_password=False)
+    # libpq also takes the password from the query string (?password=...): never shown, never stored
+    return without_query_secrets(shown, mask="***" if hide else None)
 
 
 # --- a study read by a command that does not run it (status, report URL, export URL) ----------------------
