@@ -26,12 +26,14 @@ import yaml
 from lib.errors import ConfigError
 
 
-def _opt(default, help, choices=None, min=None, max=None, min_exclusive=False, allowed=None, bookkeeping=False):
+def _opt(default, help, choices=None, min=None, max=None, min_exclusive=False, allowed=None, bookkeeping=False,
+         formerly=None):
     """``allowed``: the text of what is allowed, where the range alone does not say it. ``bookkeeping``:
     the key names, places or speeds up a run but is no part of its recipe (the report groups repeated
-    seeds of one configuration by every other key)."""
+    seeds of one configuration by every other key). ``formerly``: old values (lower case) and what they
+    now are, so that earlier configs, sweeps and records still read."""
     meta = dict(help=help, choices=choices, min=min, max=max, min_exclusive=min_exclusive, allowed=allowed,
-                bookkeeping=bookkeeping)
+                bookkeeping=bookkeeping, formerly=formerly or {})
     if isinstance(default, dict):
         return field(default_factory=dict, metadata=meta)
     return field(default=default, metadata=meta)
@@ -82,7 +84,12 @@ class Config:
     step_epochs: int = _opt(7, "step schedule: epochs between LR drops", min=1)
     gamma: float = _opt(0.1, "step/exponential/plateau: LR factor (exponential: per epoch)", min=0.0, max=1.0, min_exclusive=True)
     epochs: int = _opt(10, "total epochs (two_phase: both phases together)", min=1)
-    patience: int = _opt(0, "early stopping after this many epochs without a better val accuracy (0 = off)", min=0)
+    patience: int = _opt(0, "early stopping after this many epochs without a better value of monitor (0 = off)", min=0)
+    monitor: str = _opt("val_acc", "the validation metric that picks the kept weights (best epoch; raw or EMA) and "
+                                   "drives early stopping and the plateau schedule: val_acc, val_balanced_acc (mean "
+                                   "recall over classes: use it with imbalanced classes) or val_loss (lowest wins); the summary's "
+                                   "best_val_acc and best_val_balanced_acc are the kept weights' either way",
+                         choices=("val_acc", "val_balanced_acc", "val_loss"))
     # --- regularisation ---
     dropout: float = _opt(0.0, "dropout before the classifier head", min=0.0, max=0.95)
     drop_path: float = _opt(0.0, "stochastic depth rate where the model has it", min=0.0, max=0.95)
@@ -92,7 +99,14 @@ class Config:
     ema: bool = _opt(False, "keep an exponential moving average of the weights (timm's ModelEmaV3, warmed up); "
                             "each epoch evaluates it next to the raw weights and the better is kept")
     ema_decay: float = _opt(0.998, "ema: the average's decay per step, once warmed up", min=0.0, max=0.99999)
-    class_weighting: bool = _opt(False, "weight the loss by inverse class frequency (imbalanced data)")
+    class_weighting: str = _opt("none", "imbalanced classes: balanced weights the cross-entropy (label smoothing and "
+                                        "mixup included) by scikit-learn's 'balanced' class weights of the training "
+                                        "split, n / (classes x count); none: unweighted (true/false: the old spelling)",
+                                choices=("none", "balanced"), formerly={"true": "balanced", "false": "none"})
+    sampler: str = _opt("random", "how training batches draw images: random (each once per epoch, shuffled) or "
+                                  "balanced (each class equally often: drawn with replacement, weight 1/class count, "
+                                  "same epoch length; with class_weighting=balanced too the correction is applied twice)",
+                        choices=("random", "balanced"))
     # --- speed ---
     feature_cache: bool = _opt(True, "the frozen front of freeze/partial phases runs once and is stored; "
                                       "the rest trains on its output (exact; off with augmentation or mixing)", bookkeeping=True)
@@ -227,7 +241,7 @@ def _coerce(key: str, value: Any) -> Any:
         return ""
     if isinstance(value, (dict, list)):
         raise bad
-    return str(value)
+    return f.metadata["formerly"].get(str(value).strip().lower(), str(value))
 
 
 def _recipe(value: Any) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from typing import Any
 from lib.files import atomic_write, json_default, read_json, write_json
 
 STATES = ("running", "finished", "failed", "preempted", "pruned")
-EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "best_val_acc")   # each metrics.jsonl row
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "best_val_acc",
+                 "best_val_balanced_acc")   # each metrics.jsonl row (best_*: of the weights kept so far)
 
 
 def _value(help: str, metric: bool = True):
@@ -28,6 +29,8 @@ class RunSummary:
     and the model card, and (``metric`` fields) what a sweep may name as its metric. A new result is one
     field here, filled where it is measured: every list of keys is derived from this one."""
     best_val_acc: float | None = _value("validation accuracy of the kept weights")
+    best_val_balanced_acc: float | None = _value("validation balanced accuracy (mean recall over classes) of the "
+                                                 "kept weights: the score to select on when classes are imbalanced")
     best_epoch: int | None = _value("epoch of the kept weights")
     train_val_gap: float | None = _value("training minus validation accuracy at the best epoch: overfitting")
     epochs_run: int | None = _value("epochs trained (early stopping may end a run before its epochs)")
@@ -44,6 +47,10 @@ class RunSummary:
     test_precision_macro: float | None = _value("test precision, mean over classes")
     test_recall_macro: float | None = _value("test recall, mean over classes")
     test_f1_macro: float | None = _value("test F1, mean over classes")
+    test_balanced_acc: float | None = _value("test balanced accuracy: recall averaged over the classes present "
+                                             "(scikit-learn's balanced_accuracy_score); chance is 1/classes")
+    test_mcc: float | None = _value("test Matthews correlation coefficient, -1 to 1 (0: no better than chance "
+                                    "or one class predicted; scikit-learn's matthews_corrcoef)")
     total_params: int | None = _value("parameters of the model")
     model_size_mb: float | None = _value("size of the saved weights")
 

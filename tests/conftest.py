@@ -48,6 +48,25 @@ def animals(tmp_path_factory):
     return prepare(tmp_path_factory.mktemp("animals"), per_class=40, classes=4, seed=1)
 
 
+@pytest.fixture(scope="session")
+def imbalanced(tmp_path_factory):
+    """2 classes of real images at 4:1 (Animal-MNIST cat 240, dog 60, which look alike at 28 px), class
+    folders only: a frozen backbone's head trained unweighted predicts the majority class."""
+    import numpy as np
+    from PIL import Image
+
+    from lib.train.demo_data import CLASSES, load_arrays
+
+    out = tmp_path_factory.mktemp("imbalanced")
+    images, labels = load_arrays()
+    rng = np.random.default_rng(0)
+    for name, n in (("cat", 240), ("dog", 60)):
+        (out / name).mkdir()
+        for i in rng.permutation(np.flatnonzero(labels == CLASSES.index(name)))[:n]:
+            Image.fromarray(images[i], mode="L").save(out / name / f"{name}_{i:05d}.png")
+    return out
+
+
 @pytest.fixture
 def cache_dir(tmp_path_factory):
     return str(tmp_path_factory.getbasetemp() / "weights-cache")

@@ -64,6 +64,9 @@ def test_sweep_config_wins_over_command_line():
     (["--val_fraction=0.5", "--test_fraction=0.5"], "val_fraction + test_fraction"),
     (["--device=tpu"], "device='tpu'"),
     (["--dropout=1.5"], "dropout=1.5"),
+    (["--monitor=val_f1"], "monitor='val_f1' is not valid: expected one of val_acc, val_balanced_acc, val_loss"),
+    (["--class_weighting=inverse"], "expected one of none, balanced"),
+    (["--sampler=weighted"], "expected one of random, balanced"),
 ])
 def test_bad_values_are_named_in_one_line(argv, needle):
     with pytest.raises(ConfigError) as e:
@@ -80,6 +83,14 @@ def test_bad_config_exits_2_with_one_line_before_any_work(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_class_weighting_reads_its_old_boolean_spelling():
+    """class_weighting was a boolean: true/false in earlier configs, sweeps and records still read."""
+    for old, now in ((True, "balanced"), (False, "none"), ("true", "balanced"), ("False", "none"),
+                     ("balanced", "balanced")):
+        assert config.build({"class_weighting": old}).class_weighting == now
+    assert config.build({"recipe": {"class_weighting": True}}).class_weighting == "balanced"
+
+
 def test_help_lists_every_key():
     text = config.help_text()
     assert all(f"--{k}" in text for k in config.FIELDS)
@@ -92,10 +103,12 @@ def test_help_lists_every_key():
 AGENT_ARGS = {
     "optim": {"value": {"lr": 0.0125, "weight_decay": 0.0, "sched": {"scheduler": "step", "gamma": 0.5},
                         "train_bn": False}},
-    "class_weighting": {"value": True}, "dropout": {"value": 0.25}, "model": {"value": "small_cnn"},
+    "ema": {"value": True}, "class_weighting": {"value": "balanced"}, "dropout": {"value": 0.25},
+    "model": {"value": "small_cnn"},
     "strategy": {"value": "partial"}, "unfreeze_blocks": {"value": 2}, "run_name": {"value": "a b"},
 }
-EXPECTED = dict(lr=0.0125, weight_decay=0.0, scheduler="step", gamma=0.5, train_bn=False, class_weighting=True,
+EXPECTED = dict(lr=0.0125, weight_decay=0.0, scheduler="step", gamma=0.5, train_bn=False, ema=True,
+                class_weighting="balanced",
                 dropout=0.25, model="small_cnn", strategy="partial", unfreeze_blocks=2, run_name="a b")
 
 

@@ -15,15 +15,16 @@ import yaml
 
 from lib.config import Config
 from lib.files import read_json
-from lib.records import RunRecord
+from lib.records import EPOCH_METRICS, RunRecord
 from lib.train import data, training
 from lib.train.run import main
 from tests.fakes.wandb_api import logged_artifacts, offline_records
 
 SUMMARY_KEYS = {"best_val_acc", "best_epoch", "test_acc", "test_loss", "test_precision_macro",
                 "test_recall_macro", "test_f1_macro", "train_val_gap", "trainable_params", "total_params",
-                "model_size_mb", "epochs_run", "stopped_early", "train_time_s", "train_images_per_s"}
-ROW_KEYS = {"epoch", "phase", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "time_s"}
+                "model_size_mb", "epochs_run", "stopped_early", "train_time_s", "train_images_per_s",
+                "best_val_balanced_acc", "test_balanced_acc", "test_mcc"}
+ROW_KEYS = {"epoch", "phase", "lr", "time_s", *EPOCH_METRICS}   # every per-epoch metric a sweep may name
 
 
 def only_run(runs_dir):
@@ -113,6 +114,8 @@ def test_wandb_run_logs_test_predictions_and_the_finished_record(base_args, tmp_
     assert summary["test_y_true"] == rec["test_predictions"]["y_true"]
     assert summary["test_y_pred"] == rec["test_predictions"]["y_pred"]
     assert summary["classes"] == rec["classes"] and summary["best_val_acc"] == rec["summary"]["best_val_acc"]
+    for key in ("best_val_balanced_acc", "test_balanced_acc", "test_mcc"):   # every RunSummary key, these too
+        assert summary[key] == rec["summary"][key], key
 
 
 @pytest.mark.parametrize("every,expected", [(1, [1, 2, 3]), (2, [2, 3]), (0, [3])])

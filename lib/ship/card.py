@@ -56,6 +56,8 @@ def model_card(result: dict, record: dict) -> str:
         f"| best validation accuracy | {_fmt(s.get('best_val_acc'))} (epoch {s.get('best_epoch', 'n/a')}) |",
         f"| test accuracy (PyTorch, at training) | {_fmt(s.get('test_acc'))} (95% CI {_fmt(lo, 3)}-{_fmt(hi, 3)}, n={n_test}) |",
         f"| test macro F1 | {_fmt(s.get('test_f1_macro'))} |",
+        f"| test balanced accuracy (mean recall over classes) | {_fmt(s.get('test_balanced_acc'))} |",
+        f"| test MCC (Matthews correlation) | {_fmt(s.get('test_mcc'))} |",
         f"| test accuracy, ONNX fp32 | {_fmt(result.get('fp32_test_acc'))} |",
         f"| test accuracy, ONNX int8 | {_fmt(result.get('int8_test_acc'))} |", "",
     ]

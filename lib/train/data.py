@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from lib.errors import DataError
 from lib.images import IMAGE_EXTENSIONS, fit_square, load_rgb, unusable_file
+from lib.train.balance import make_sampler
 from lib.train.cache import SharedCache, files_fingerprint, fingerprint
 
 SPLITS = ("train", "val", "test")
@@ -280,12 +281,15 @@ def _as_is(batch):
 
 def loader(decoded: Decoded, transform, batch_size: int, num_workers: int, seed: int, train: bool,
            drop_last: bool = False, pin_memory: bool = False, batched: bool = False,
-           device: torch.device | None = None) -> DataLoader:
-    """``device``: batched transforms run there (main process only; nothing left to pin)."""
+           device: torch.device | None = None, sampler: str = "random") -> DataLoader:
+    """``device``: batched transforms run there (main process only; nothing left to pin). ``sampler``:
+    how a training loader draws (lib.train.balance: random shuffles, balanced draws classes equally)."""
     gen = torch.Generator().manual_seed(seed)
     on_device = device is not None and batched and num_workers == 0
+    drawn = make_sampler(sampler, decoded.labels, gen) if train else None
     return DataLoader(TensorImages(decoded, transform, batched, device if on_device else None),
-                      batch_size=batch_size, shuffle=train, drop_last=drop_last and len(decoded.labels) > batch_size,
+                      batch_size=batch_size, shuffle=train and drawn is None, sampler=drawn,
+                      drop_last=drop_last and len(decoded.labels) > batch_size,
                       generator=gen, num_workers=num_workers, pin_memory=pin_memory and not on_device,
                       persistent_workers=num_workers > 0, collate_fn=_as_is if batched else None)
 
@@ -306,7 +310,7 @@ def data_warnings(classes: list[str], decoded: dict[str, Decoded]) -> list[str]:
     elif max(present) / min(present) >= 5:
         detail = ", ".join(f"{c}={n}" for c, n in zip(classes, present))
         out.append(f"class imbalance {max(present) / min(present):.0f}:1 in train ({detail}); "
-                   "consider --class_weighting=true")
+                   "consider --class_weighting=balanced or --sampler=balanced, and --monitor=val_balanced_acc")
     train_hashes = set(decoded["train"].hashes)
     for split in ("val", "test"):
         dup = [p for p, h in zip(decoded[split].paths, decoded[split].hashes) if h in train_hashes]

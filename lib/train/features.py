@@ -223,8 +223,9 @@ def prepare(cut: Cut, cfg: Config, loaders: dict, store: Store, accel, epochs: i
     train = loaders["train"]
     views = [None] if cfg.augment == "none" else list(range(n_views))
     train_sets = [stored("train", v, train) for v in views]   # its transform augments, if on
-    # Training shares the image loader's generator, so it draws the same shuffles as the plain loop.
-    out_train = [DataLoader(s, batch_size=cfg.batch_size, shuffle=True, generator=train.generator,
+    # Training shares the image loader's sampler and generator, so it draws the same batches as the plain
+    # loop (shuffled, or class-balanced: lib.train.balance); the sampler only needs the length, the same.
+    out_train = [DataLoader(s, batch_size=cfg.batch_size, sampler=train.sampler, generator=train.generator,
                             drop_last=train.drop_last) for s in train_sets]
     val = DataLoader(stored("val", None, loaders["val"]), batch_size=cfg.batch_size,
                      generator=torch.Generator())

@@ -3,7 +3,8 @@
 Parameter groups carry the discriminative learning rates: the head group at ``lr``, the backbone
 at ``lr * backbone_lr_mult``, and with ``layer_decay`` each block a further factor of
 ``layer_decay`` per block away from the head (timm's ``--layer-decay``). Biases and norm weights
-get no weight decay. Schedules step once per batch (``plateau`` once per epoch, on val accuracy).
+get no weight decay. Schedules step once per batch (``plateau`` once per epoch, on the validation metric
+the config's ``monitor`` names, in its direction).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from torch.optim import lr_scheduler as sched
 
 from lib.config import Config
+from lib.train.selection import MONITORS
 from lib.train.strategies import Phase, head_group, unit_groups
 
 
@@ -68,7 +70,8 @@ class Schedule:
         total = epochs * steps_per_epoch - max(warmup, 0)
         self.plateau = None
         if cfg.scheduler == "plateau":
-            self.plateau = sched.ReduceLROnPlateau(opt, mode="max", factor=cfg.gamma, patience=1)
+            self.plateau = sched.ReduceLROnPlateau(opt, mode="max" if MONITORS[cfg.monitor].maximize else "min",
+                                                   factor=cfg.gamma, patience=1)
             main = sched.ConstantLR(opt, factor=1.0, total_iters=0)
         else:
             main = SCHEDULES[cfg.scheduler](opt, cfg, total, steps_per_epoch)
@@ -80,9 +83,10 @@ class Schedule:
     def step_batch(self) -> None:
         self.per_batch.step()
 
-    def step_epoch(self, val_acc: float) -> None:
+    def step_epoch(self, monitored: float) -> None:
+        """Once per epoch: the raw weights' value of the monitored validation metric."""
         if self.plateau is not None:
-            self.plateau.step(val_acc)
+            self.plateau.step(monitored)
 
     def state_dict(self) -> dict:
         return {"per_batch": self.per_batch.state_dict(),

@@ -11,9 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import torch
-from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
 from lib import config as config_lib
@@ -21,8 +19,9 @@ from lib.config import Config
 from lib.errors import ConfigError, DataError, KitError
 from lib.files import atomic_write, run_lock
 from lib.records import RunRecord, RunSummary
-from lib.train import data, features, models, training
+from lib.train import balance, data, features, models, training
 from lib.train.cache import SharedCache
+from lib.train.metrics import test_metrics
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED, EXIT_PRUNED = 0, 1, 2, 3, 4
 CHECKPOINT = "last.ckpt"   # model, optimizer, schedule, RNG states, progress: written every epoch
@@ -125,40 +124,15 @@ def make_loaders(cfg: Config, data_cfg: dict, decoded: dict, mixing: bool, devic
         batched = not train or cfg.augment == "none" or (cfg.augment == "light" and gpu)
         return data.loader(decoded[split], data.transforms(data_cfg, cfg.augment, train, on_device=gpu),
                            cfg.batch_size, cfg.num_workers, cfg.seed, train=train, drop_last=train and mixing,
-                           pin_memory=device.type == "cuda", batched=batched, device=device if gpu else None)
+                           pin_memory=device.type == "cuda", batched=batched, device=device if gpu else None,
+                           sampler=cfg.sampler)
     return {"train": one("train", True), "val": one("val", False), "test": one("test", False)}
 
 
 def make_loss(cfg: Config, decoded: data.Decoded, num_classes: int, mixing: bool) -> nn.Module:
-    if mixing:
-        return SoftTargetCrossEntropy()  # timm's Mixup already smooths the mixed targets
-    weight = None
-    if cfg.class_weighting:
-        counts = torch.bincount(decoded.labels, minlength=num_classes).float().clamp(min=1)
-        weight = counts.sum() / (num_classes * counts)
-    return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
-
-
-def test_metrics(result: dict, classes: list[str]) -> tuple[dict, list[dict], list[list[int]]]:
-    """Accuracy, loss, per-class and macro precision/recall/F1 and the confusion matrix of the test split.
-    From the confusion matrix with numpy: the same numbers as scikit-learn's precision_recall_fscore_support
-    (zero_division=0; tests/train/test_metrics.py compares them) without importing sklearn.metrics, which
-    takes seconds, paid again by every trial of a sweep."""
-    y_true, y_pred = np.asarray(result["y_true"], dtype=np.int64), np.asarray(result["y_pred"], dtype=np.int64)
-    if not len(y_true):
-        return {k: None for k in ("test_acc", "test_loss", "test_precision_macro", "test_recall_macro",
-                                  "test_f1_macro")}, [], []
-    k = len(classes)
-    cm = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)   # rows: true class, columns: predicted
-    tp, support, predicted = np.diag(cm).astype(float), cm.sum(axis=1), cm.sum(axis=0)
-    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
-    f1 = np.divide(2 * tp, support + predicted, out=np.zeros(k), where=support + predicted > 0)
-    per_class = [{"class": c, "precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                  "support": int(support[i])} for i, c in enumerate(classes)]
-    summary = {"test_acc": result["acc"], "test_loss": result["loss"], "test_precision_macro": float(precision.mean()),
-               "test_recall_macro": float(recall.mean()), "test_f1_macro": float(f1.mean())}
-    return summary, per_class, cm.tolist()
+    """The training loss: cross-entropy, smoothed, class-weighted by ``class_weighting`` (lib.train.balance)."""
+    weight = balance.loss_weights(cfg.class_weighting, decoded.labels, num_classes)
+    return balance.make_loss(weight, cfg.label_smoothing, mixing)
 
 
 def execute(cfg: Config, env: dict) -> int:
@@ -376,6 +350,7 @@ def _train(cfg: Config, record: RunRecord, tracker, stop: training.StopFlag, res
     record.update(classes=splits.classes, split=splits.as_record(), skipped=splits.skipped,
                   warnings=[*record.notes, *splits.warnings], weights_source=source, data_config=data_cfg,
                   device=str(device), counts={s: len(d.labels) for s, d in decoded.items()},
+                  class_counts={s: balance.class_counts(d.labels, len(splits.classes)) for s, d in decoded.items()},
                   data_cache=f"{sum(d.reused for d in decoded.values())} of {len(decoded)} splits reused "
                              "from the sweep cache" if cache.root else "not shared")
     trainable0, total = models.count_params(model)
@@ -384,6 +359,8 @@ def _train(cfg: Config, record: RunRecord, tracker, stop: training.StopFlag, res
     mixup = training.make_mixup(cfg, len(splits.classes))
     loaders = make_loaders(cfg, data_cfg, decoded, mixup is not None, device)
     loss_fn = make_loss(cfg, decoded["train"], len(splits.classes), mixup is not None).to(device)
+    record.update(balancing={"class_weighting": cfg.class_weighting, "sampler": cfg.sampler,
+                             "loss_weights": None if loss_fn.weight is None else loss_fn.weight.tolist()})
     store = features.Store(decoded, data_cfg, cache, stop)
     fitted = training.fit(cfg, model, loaders, accel, loss_fn, mixup, Hooks(record, tracker), stop, resume, store)
     test = training.evaluate(model, loaders["test"], accel, stop)

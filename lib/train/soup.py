@@ -79,7 +79,7 @@ def greedy_soup(source: str | Path, out_dir: str | Path, data_dir: str | None = 
 
 
 def _write(model, soup, best, runs, kept, steps, val_acc, root, out: Path, seconds: float) -> dict:
-    from lib.train.run import test_metrics
+    from lib.train.metrics import test_metrics
 
     test_decoded, _ = decode_recorded(best, "test", root)
     test = _evaluate(model, eval_batches(test_decoded, best["data_config"]))

@@ -61,6 +61,8 @@ class Tracker:
         self.run.define_metric("*", step_metric="epoch")
         self.run.define_metric("val_acc", summary="max")
         self.run.define_metric("best_val_acc", summary="max")
+        self.run.define_metric("val_balanced_acc", summary="max")
+        self.run.define_metric("best_val_balanced_acc", summary="max")
         self.run.define_metric("val_loss", summary="min")
 
     def sweep_overrides(self) -> dict[str, Any]:

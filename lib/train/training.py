@@ -16,7 +16,8 @@ from torch import nn
 from tqdm import tqdm
 
 from lib.config import Config
-from lib.train import features, strategies
+from lib.train import features, selection, strategies
+from lib.train.metrics import balanced_accuracy, confusion
 from lib.train.optim import Schedule, create_optimizer
 
 
@@ -136,8 +137,7 @@ def train_epoch(model, loader, opt, schedule, loss_fn, mixup, accel: Accel, desc
             x, target = mixup(x, y)
         with accel.autocast():
             logits = forward(x)
-            loss = loss_fn(logits, target) if mixup is None or target.ndim == 2 else \
-                nn.functional.cross_entropy(logits, target)
+            loss = loss_fn(logits, target)   # soft targets when mixed (lib.train.balance.make_loss)
         if not torch.isfinite(loss):
             raise TrainingFailed(f"loss became {loss.item()} at {desc}: lower lr or check the data")
         accel.step(loss, opt)
@@ -173,6 +173,7 @@ def evaluate(model, loader, accel: Accel, stop: "StopFlag | None" = None) -> dic
     y_true = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
     n = len(y_true)
     return {"loss": total_loss / n if n else math.nan, "acc": (y_pred == y_true).float().mean().item() if n else math.nan,
+            "balanced_acc": balanced_accuracy(confusion(y_true.numpy(), y_pred.numpy())),
             "y_true": y_true.numpy(), "y_pred": y_pred.numpy()}
 
 
@@ -240,7 +241,9 @@ class Progress:
     epoch: int = 0
     phase_index: int = 0          # the phase to run next
     phase_epoch: int = 0          # epochs of that phase already done
-    best_val_acc: float = -1.0
+    best_val_acc: float = -1.0    # of the kept weights, whatever the monitor (lib.train.selection)
+    best_val_balanced_acc: float = math.nan
+    best_score: float = -math.inf  # the monitor's score of the kept weights (higher is better)
     best_epoch: int = 0
     best_train_acc: float = math.nan
     bad_epochs: int = 0
@@ -248,7 +251,7 @@ class Progress:
     train_time: float = 0.0
     trainable: int = 0
     stopped_early: bool = False
-    best_weights: str = "raw"     # raw | ema: which weights scored best_val_acc
+    best_weights: str = "raw"     # raw | ema: which weights are kept
 
 
 def _rng_state(loader) -> dict:
@@ -349,6 +352,8 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
     stop = stop or StopFlag()
     plan = strategies.phases(cfg)
     p = Progress(**resume["progress"]) if resume else Progress()
+    if resume and "best_score" not in resume["progress"]:   # a checkpoint from before monitor: it kept val_acc
+        p.best_score = p.best_val_acc
     if resume:
         model.load_state_dict(resume["model"])
         _set_rng_state(resume["rng"], loaders["train"])
@@ -372,14 +377,12 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
                              after_step=ema and (lambda: ema.update(model)))
             va = evaluate(run.net, run.val_loader(loaders), accel, stop)
             va_ema = ema.evaluate(model, run.net, run.val_loader(loaders), accel, stop) if ema else None
-            run.schedule.step_epoch(va["acc"])
+            run.schedule.step_epoch(va[selection.MONITORS[cfg.monitor].key])
             p.images, p.train_time = p.images + tr["images"], p.train_time + tr["seconds"]
-            use_ema = va_ema is not None and va_ema["acc"] > va["acc"]   # the better of the two is kept
-            improved = max(va["acc"], va_ema["acc"] if va_ema else -1) > p.best_val_acc
+            kept = selection.offer(p, cfg.monitor, va, va_ema, tr["acc"])   # the better of raw and EMA, if better
+            improved = kept is not None
             if improved:
-                p.best_val_acc, p.best_epoch, p.best_train_acc = (va_ema if use_ema else va)["acc"], p.epoch, tr["acc"]
-                p.best_weights = "ema" if use_ema else "raw"
-                hooks.best(ema.weights() if use_ema else model.state_dict())
+                hooks.best(ema.weights() if kept == "ema" else model.state_dict())
             done = run.stopper.step(improved)
             p.bad_epochs = run.stopper.bad
             p.stopped_early = done and index == len(plan) - 1
@@ -391,17 +394,20 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
                 hooks.checkpoint(_checkpoint(p, model, run, index, loaders, accel, hooks, ema))
             hooks.epoch({"epoch": p.epoch, "phase": phase.title, "lr": lr, "train_loss": tr["loss"],
                          "train_acc": tr["acc"], "val_loss": va["loss"], "val_acc": va["acc"],
-                         "time_s": round(tr["seconds"], 3), "best_val_acc": p.best_val_acc,
-                         **({"val_acc_ema": va_ema["acc"]} if va_ema else {})})
+                         "val_balanced_acc": va["balanced_acc"], "time_s": round(tr["seconds"], 3),
+                         "best_val_acc": p.best_val_acc, "best_val_balanced_acc": p.best_val_balanced_acc,
+                         **({"val_loss_ema": va_ema["loss"], "val_acc_ema": va_ema["acc"],
+                             "val_balanced_acc_ema": va_ema["balanced_acc"]} if va_ema else {})})
             bar.update(1)
             tqdm.write(f"epoch {p.epoch:>3} {phase.title:<8} lr {lr:.2e}  train loss {tr['loss']:.4f} "
-                       f"acc {tr['acc']:.3f}  val loss {va['loss']:.4f} acc {va['acc']:.3f}", file=sys.stderr)
+                       f"acc {tr['acc']:.3f}  val loss {va['loss']:.4f} acc {va['acc']:.3f} "
+                       f"bal {va['balanced_acc']:.3f}", file=sys.stderr)
             if done:
                 break
         p.phase_epoch = 0
     bar.close()
     model.load_state_dict(hooks.load_best())
-    return {"best_val_acc": p.best_val_acc, "best_epoch": p.best_epoch,
+    return {"best_val_acc": p.best_val_acc, "best_val_balanced_acc": p.best_val_balanced_acc, "best_epoch": p.best_epoch,
             "train_val_gap": p.best_train_acc - p.best_val_acc, "epochs_run": p.epoch,
             "stopped_early": p.stopped_early, "trainable_params": p.trainable,
             "train_time_s": round(p.train_time, 3),

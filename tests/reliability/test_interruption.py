@@ -171,3 +171,26 @@ def test_ema_weights_survive_a_resume(base_args, tmp_path):
         assert a["summary"][key] == b["summary"][key], key
     wa, wb = load_file(runs / "cut" / "model.safetensors"), load_file(runs / "straight" / "model.safetensors")
     assert all(wa[k].equal(wb[k]) for k in wa)
+
+
+def test_a_resumed_run_keeps_the_epoch_its_monitor_picks_as_an_uncut_one(base_args, imbalanced, tmp_path):
+    """monitor=val_balanced_acc with EMA, patience, a class-weighted loss and the balanced sampler on 4:1 data:
+    the kept score, the early-stopping count and the sampler's draws are in the checkpoint, so a run cut
+    after epoch 2 and resumed keeps the same epoch and weights as one never cut."""
+    args = [a for a in base_args if not a.startswith("--data_dir=")] + [
+        f"--data_dir={imbalanced}", "--model=small_cnn", "--strategy=full", "--epochs=5", "--lr=3e-3",
+        "--monitor=val_balanced_acc", "--ema=true", "--ema_decay=0.9", "--patience=3",
+        "--class_weighting=balanced", "--sampler=balanced"]
+    runs = tmp_path / "runs"
+    assert main(args + ["--run_id=straight"]) == 0
+    assert sigterm_after_rows(args + ["--run_id=cut"], runs / "cut", rows=2) == 3
+    assert main(args + ["--run_id=cut"]) == 0
+    cut, straight = rows(runs / "cut"), rows(runs / "straight")
+    assert cut == straight and all("val_balanced_acc_ema" in r for r in cut)
+    a, b = read_json(runs / "cut" / "run.json"), read_json(runs / "straight" / "run.json")
+    assert a["resumed_from_epoch"] >= 2
+    for key in ("best_epoch", "best_weights", "best_val_acc", "best_val_balanced_acc", "stopped_early",
+                "test_balanced_acc", "test_mcc"):
+        assert a["summary"][key] == b["summary"][key], key
+    wa, wb = load_file(runs / "cut" / "model.safetensors"), load_file(runs / "straight" / "model.safetensors")
+    assert all(wa[k].equal(wb[k]) for k in wa)

@@ -241,7 +241,7 @@ def test_imbalance_is_warned_from_five_to_one(counts, warned):
         assert warnings == ["classes with no usable training image: b"]
     elif warned:
         assert warnings == [f"class imbalance {counts[0] / counts[1]:.0f}:1 in train (a={counts[0]}, b={counts[1]}); "
-                            "consider --class_weighting=true"]
+                            "consider --class_weighting=balanced or --sampler=balanced, and --monitor=val_balanced_acc"]
     else:
         assert warnings == []
 
