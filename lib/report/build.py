@@ -185,25 +185,28 @@ def _tables(doc: Doc, s: RunTable, r: Review) -> None:
     metric, fin = s.metric, s.fin
     doc.h(2, "Comparison by model × strategy", "comparison")
     header = ["model", "strategy", "runs", "best run", metric] + (["val acc"] if metric != "best_val_acc" else []) + \
-             ["test acc", "95% CI", "n test", "macro F1", "trainable", "total", "size MB", "train–val gap", "train s"]
+             ["test acc", "95% CI", "n test", "test bal acc", "test MCC", "macro F1", "trainable", "total", "size MB",
+              "train–val gap", "train s"]
     rows = []
     for (m, st), g in fin.groupby(["model", "strategy"], sort=False):
         x = g.iloc[0]
         rows.append([m, st, str(len(g)), str(x["run_id"]), met(x[metric])]
                     + ([pct(x["best_val_acc"])] if metric != "best_val_acc" else [])
                     + [pct(x["test_acc"]), ci(x["test_acc_lo"], x["test_acc_hi"]), num(x["n_test"]),
-                       num(x["test_f1_macro"], "{:.3f}"), count(x["trainable_params"]), count(x["total_params"]),
+                       pct(x["test_balanced_acc"]), num(x["test_mcc"], "{:.3f}"), num(x["test_f1_macro"], "{:.3f}"), count(x["trainable_params"]), count(x["total_params"]),
                        num(x["model_size_mb"], "{:.1f}"), num(x["train_val_gap"], "{:+.3f}"),
                        num(x["train_time_s"], "{:.0f}")])
     doc.table(header, rows, highlight=0,
               note=f"Best run of each cell by {metric}, sorted by it. 95% CI: Wilson score interval of the test "
-                   "accuracy. Gap: train accuracy − val accuracy at the best epoch.")
+                   "accuracy. Bal acc: recall averaged over classes (chance: 1/classes); MCC: Matthews correlation "
+                   "(0: chance or one class predicted). Gap: train accuracy − val accuracy at the best epoch.")
 
     doc.h(2, "All finished runs", "runs")
-    header = ["run", "model", "strategy", *s.shown_hp, metric, "test acc", "95% CI", "macro F1", "gap", "epochs run",
-              "size MB"] + (["latency ms"] if s.latency else [])
+    header = ["run", "model", "strategy", *s.shown_hp, metric, "test acc", "95% CI", "test bal acc", "test MCC",
+              "macro F1", "gap", "epochs run", "size MB"] + (["latency ms"] if s.latency else [])
     rows = [[str(x["run_id"]), x["model"], x["strategy"], *[hp(x[k]) for k in s.shown_hp], met(x[metric]),
-             pct(x["test_acc"]), ci(x["test_acc_lo"], x["test_acc_hi"]), num(x["test_f1_macro"], "{:.3f}"),
+             pct(x["test_acc"]), ci(x["test_acc_lo"], x["test_acc_hi"]), pct(x["test_balanced_acc"]),
+             num(x["test_mcc"], "{:.3f}"), num(x["test_f1_macro"], "{:.3f}"),
              num(x["train_val_gap"], "{:+.3f}"), num(x.get("epochs_run", math.nan)), num(x["model_size_mb"], "{:.1f}")]
             + ([num(x["latency_ms"], "{:.1f}")] if s.latency else []) for _, x in fin.head(MAX_TABLE_ROWS).iterrows()]
     doc.table(header, rows, highlight=0,

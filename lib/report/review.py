@@ -1,8 +1,10 @@
 """What a careful reviewer would say about a sweep: the winner, the runner-up, whether the test set
 can tell them apart, and every warning (failed runs, small test sets, 100% claims, overfitting,
-duplicates between splits, seeds), then a verdict of at most five lines."""
+duplicates between splits, imbalanced classes ranked by plain accuracy, seeds), then a verdict of at
+most five lines."""
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -19,6 +21,8 @@ GAP_OVERFIT = 0.10        # train acc - val acc at the best epoch
 ALPHA = 0.05
 DUPLICATE_RE = re.compile(r"exact cop|duplicate", re.I)
 LEVELS = {"critical": 0, "warning": 1, "info": 2}
+IMBALANCE = 2.0           # largest / smallest class beyond this: plain accuracy rewards the majority class
+PLAIN_ACCURACY = ("best_val_acc", "val_acc", "test_acc")   # selection metrics blind to that
 
 
 @dataclass
@@ -97,6 +101,7 @@ def review(s: RunTable) -> Review:
         perfect = _test_size(s, r, best)
         _overfitting(s, r, best)
         _data(s, r, best)
+        _imbalance(s, r)
         _seeds(s, r, best, runner)
         _soups(s, r)
         r.verdict = _verdict(s, r, best, runner, perfect)
@@ -281,6 +286,50 @@ def _data(s: RunTable, r: Review, best) -> None:
                    f"the winner on {s.metric} is #{rank} on test accuracy (best on test: `{top['run_id']}` at "
                    f"{pct(top['test_acc'])}); do not re-pick the winner on the test set — that would make the test "
                    "score optimistic too")
+
+
+def class_counts(run: dict) -> tuple[list[int], str] | None:
+    """Images per class and the split they were counted in: the record's training split (``class_counts``),
+    else the test split (per-class support, else the test labels: what a W&B run's summary holds)."""
+    train = (run.get("class_counts") or {}).get("train") if isinstance(run.get("class_counts"), dict) else None
+    per_class = run.get("per_class")
+    candidates = [(train, "train"), ([p.get("support") for p in per_class if isinstance(p, dict)]
+                                     if isinstance(per_class, list) else None, "test")]
+    preds = predictions(run)
+    if preds is not None:
+        with contextlib.suppress(TypeError, ValueError, OverflowError):
+            y = np.asarray(preds[0], dtype=np.int64)
+            k = len(run["classes"]) if isinstance(run.get("classes"), list) else 0
+            candidates.append((np.bincount(y[(y >= 0) & (y < 2**20)], minlength=k).tolist(), "test"))
+    for counts, split in candidates:
+        if isinstance(counts, list) and len(counts) >= 2 and all(
+                isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c >= 0 for c in counts):
+            return [int(c) for c in counts], split
+    return None
+
+
+def _imbalance(s: RunTable, r: Review) -> None:
+    """Classes imbalanced beyond IMBALANCE:1 and the runs ranked by plain accuracy, which a model predicting
+    the largest class everywhere scores high on: say what to select on instead."""
+    if s.metric not in PLAIN_ACCURACY:
+        return
+    found = next(filter(None, (class_counts(run) for run in [*(s.by_id[i] for i in s.fin["run_id"]), *s.runs])), None)
+    if found is None:
+        return
+    counts, split = found
+    present = [c for c in counts if c > 0]
+    if len(present) < 2 or max(present) <= IMBALANCE * min(present):
+        return
+    names = next((run["classes"] for run in s.runs if isinstance(run.get("classes"), list)
+                  and len(run["classes"]) == len(counts)), [str(i) for i in range(len(counts))])
+    order = sorted(range(len(counts)), key=lambda i: -counts[i])
+    shown = ", ".join(f"{names[i]}={counts[i]}" for i in order[:6]) + (", …" if len(counts) > 6 else "")
+    r.warn("warning", "imbalance",
+           f"classes are imbalanced {max(present) / min(present):.1f}:1 in {split} ({shown}) and the runs are "
+           f"ranked by plain accuracy `{s.metric}`: predicting `{names[order[0]]}` for every image scores "
+           f"{pct(counts[order[0]] / sum(counts))}; select on `best_val_balanced_acc` (the sweep's metric, or "
+           "`report --metric best_val_balanced_acc`) and train with `monitor=val_balanced_acc` (levers: "
+           "`class_weighting=balanced`, `sampler=balanced`)")
 
 
 def _soups(s: RunTable, r: Review) -> None:

@@ -18,8 +18,8 @@ from lib.runs import as_scalar, runs_frame
 # Config keys that are bookkeeping, not part of the recipe (declared in lib.config): they never define a
 # "configuration". "config" is the --config file a run was given: its keys are in the config themselves.
 NOISE_KEYS = BOOKKEEPING | {"config"}
-NUMERIC = ("test_acc", "test_f1_macro", "trainable_params", "total_params", "model_size_mb", "train_val_gap",
-           "train_time_s", "best_val_acc", "n_test", "n_val")
+NUMERIC = ("test_acc", "test_f1_macro", "test_balanced_acc", "test_mcc", "trainable_params", "total_params",
+           "model_size_mb", "train_val_gap", "train_time_s", "best_val_acc", "best_val_balanced_acc", "n_test", "n_val")
 
 
 @dataclass

@@ -44,7 +44,7 @@ def curve(epochs=4, val_acc=0.9, gap=0.05, rising=False):
 
 
 def write_run(root: Path, run_id: str, *, state="finished", config=None, summary=None, history=None,
-              y_pred=None, split_test=TEST_FILES, y_true=Y_TRUE, warnings=(), error=None, n_val=117):
+              y_pred=None, split_test=TEST_FILES, y_true=Y_TRUE, warnings=(), error=None, n_val=117, extra=None):
     d = root / run_id
     d.mkdir(parents=True)
     rec = {"id": run_id, "name": run_id, "state": state,
@@ -55,6 +55,7 @@ def write_run(root: Path, run_id: str, *, state="finished", config=None, summary
         rec["test_predictions"] = {"y_true": list(y_true), "y_pred": list(y_pred)}
     if error:
         rec["error"] = error
+    rec.update(extra or {})
     (d / "run.json").write_text(json.dumps(rec))
     if history:
         (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
@@ -528,3 +529,47 @@ def test_holm_adjusts_for_the_configurations_the_winner_was_picked_from(tmp_path
     assert res["mcnemar"]["comparisons"] == 3 and res["mcnemar"]["p_holm"] == pytest.approx(3 * 2 / 64)
     verdict = res["verdict"]
     assert "Holm-corrected for 3 comparisons p = 0.0938" in verdict and "Trust: LOW" in verdict
+
+
+# ---------------------------------------------------------------- imbalanced classes
+IMBALANCED = {"train": [400, 100, 100, 100, 100], "val": [80, 20, 20, 20, 20], "test": [25] * 5}
+
+
+def imbalanced_runs(root: Path, counts=IMBALANCED, y_true=Y_TRUE) -> Path:
+    """Two configurations on 4:1 data: `acc` wins on accuracy by leaning on the big class, `bal` on balanced accuracy."""
+    for rid, model, val, bal, k, t_bal, t_mcc in (("acc", "resnet18", 0.86, 0.55, 104, 0.58, 0.31),
+                                                  ("bal", "mobilenetv2_100", 0.80, 0.79, 100, 0.80, 0.62)):
+        write_run(root, rid, config={"model": model, "strategy": "freeze", "lr": 0.01, "monitor": "val_acc"},
+                  summary={**summ(val, k), "best_val_balanced_acc": bal, "test_balanced_acc": t_bal, "test_mcc": t_mcc},
+                  y_pred=wrong(125 - k), y_true=y_true, history=curve(val_acc=val),
+                  extra={"class_counts": counts} if counts else {})
+    return root
+
+
+@pytest.mark.parametrize("metric, winner, flagged", [("best_val_acc", "acc", True), ("val_acc", "acc", True),
+                                                     ("best_val_balanced_acc", "bal", False)])
+def test_imbalanced_classes_ranked_by_plain_accuracy_are_flagged(tmp_path, metric, winner, flagged):
+    res = build_report(imbalanced_runs(tmp_path / "runs"), tmp_path / "out", metric=metric)
+    warned = [w["text"] for w in res["warning_details"] if w["kind"] == "imbalance"]
+    assert res["best_run_id"] == winner and len(warned) == int(flagged)
+    if flagged:
+        assert warned[0].startswith("classes are imbalanced 4.0:1 in train (beagle=400, boxer=100, german_shepherd=100")
+        assert f"plain accuracy `{metric}`: predicting `beagle` for every image scores 50.0%" in warned[0]
+        assert "select on `best_val_balanced_acc`" in warned[0] and "`monitor=val_balanced_acc`" in warned[0]
+    md = (tmp_path / "out" / "report.md").read_text()
+    comparison = md[md.index("## Comparison"):md.index("## All finished runs")]
+    every_run = md[md.index("## All finished runs"):md.index("## Seeds")]
+    for table in (comparison, every_run):
+        assert "| test bal acc | test MCC |" in table and "| 80.0% | 0.620 |" in table and "| 58.0% | 0.310 |" in table
+
+
+def test_imbalance_is_read_from_the_test_labels_when_the_record_has_no_counts(tmp_path):
+    """A run read from W&B has its test labels (test_y_true) but no class counts; balanced data is not flagged."""
+    skewed = [0] * 75 + [1] * 20 + [2] * 10 + [3] * 10 + [4] * 10
+    res = build_report(imbalanced_runs(tmp_path / "skewed", counts=None, y_true=skewed), tmp_path / "out")
+    (text,) = [w["text"] for w in res["warning_details"] if w["kind"] == "imbalance"]
+    assert text.startswith("classes are imbalanced 7.5:1 in test (beagle=75, boxer=20,")
+    res = build_report(imbalanced_runs(tmp_path / "even", counts=None), tmp_path / "out2")
+    assert not [w for w in res["warning_details"] if w["kind"] == "imbalance"]
+    assert not [w for w in build_report(tmp_path / "even", tmp_path / "out3", metric="best_val_acc")["warning_details"]
+                if w["kind"] == "imbalance"]
