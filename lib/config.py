@@ -25,15 +25,18 @@ import yaml
 
 from lib.errors import ConfigError
 
+LR_AUTO = "auto"   # lr: auto: lib.train.lr_find picks the rate; every consumer after it reads a number
+
 
 def _opt(default, help, choices=None, min=None, max=None, min_exclusive=False, allowed=None, bookkeeping=False,
-         formerly=None):
+         formerly=None, words=()):
     """``allowed``: the text of what is allowed, where the range alone does not say it. ``bookkeeping``:
     the key names, places or speeds up a run but is no part of its recipe (the report groups repeated
     seeds of one configuration by every other key). ``formerly``: old values (lower case) and what they
-    now are, so that earlier configs, sweeps and records still read."""
+    now are, so that earlier configs, sweeps and records still read. ``words``: strings a number key also
+    takes, which the run turns into a number before it uses it (``lr: auto``)."""
     meta = dict(help=help, choices=choices, min=min, max=max, min_exclusive=min_exclusive, allowed=allowed,
-                bookkeeping=bookkeeping, formerly=formerly or {})
+                bookkeeping=bookkeeping, formerly=formerly or {}, words=words)
     if isinstance(default, dict):
         return field(default_factory=dict, metadata=meta)
     return field(default=default, metadata=meta)
@@ -73,7 +76,9 @@ class Config:
     unfreeze_every: int = _opt(1, "gradual: epochs between unfreezing one more unit from the top", min=1)
     # --- optimisation ---
     optimizer: str = _opt("adamw", "optimizer", choices=("adam", "adamw", "sgd"))
-    lr: float = _opt(1e-3, "learning rate of the head (and of everything in single-LR setups)", min=0.0, min_exclusive=True)
+    lr: float = _opt(1e-3, "learning rate of the head (and of everything in single-LR setups); auto: a range test "
+                           "picks it before training (docs/lr-auto.md)", min=0.0, min_exclusive=True,
+                     allowed=f"a number > 0 or {LR_AUTO}", words=(LR_AUTO,))
     backbone_lr_mult: float = _opt(0.1, "backbone LR = lr x this; two_phase phase 2 runs at lr x this", min=0.0, max=1e3, min_exclusive=True)
     layer_decay: float = _opt(0.0, "layer-wise LR decay per block towards the input (0 = off; e.g. 0.65)", min=0.0, max=1.0)
     momentum: float = _opt(0.9, "SGD momentum", min=0.0, max=1.0)
@@ -141,7 +146,8 @@ class Config:
         return dataclasses.asdict(self)
 
     def default_run_name(self) -> str:
-        return f"{self.model}-{self.strategy}-lr{self.lr:.0e}".replace("e-0", "e-")
+        lr = self.lr if isinstance(self.lr, str) else f"{self.lr:.0e}".replace("e-0", "e-")
+        return f"{self.model}-{self.strategy}-lr{lr}"
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -208,6 +214,8 @@ def _coerce(key: str, value: Any) -> Any:
         raise unknown_key(key)
     f = FIELDS[key]
     bad = ConfigError(f"{key}={value!r} is not valid: expected {_allowed(f)}")
+    if isinstance(value, str) and value.strip().lower() in f.metadata["words"]:
+        return value.strip().lower()
     if TYPES[key] is dict:
         return _recipe(value)
     if TYPES[key] is bool:
@@ -261,6 +269,8 @@ def _check_range(key: str, value: Any) -> None:
     f = FIELDS[key]
     m = f.metadata
     bad = ConfigError(f"{key}={value!r} is not valid: expected {_allowed(f)}")
+    if value in m["words"]:
+        return
     if m["choices"] and value not in m["choices"]:
         raise bad
     if m["min"] is not None and (value < m["min"] or (m["min_exclusive"] and value == m["min"])):

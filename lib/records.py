@@ -42,6 +42,8 @@ class RunSummary:
     best_weights: str | None = _value("raw or ema: which weights were kept", metric=False)
     amp_dtype: str | None = _value("mixed precision used: bfloat16, float16 or none", metric=False)
     compile_s: float | None = _value("seconds torch.compile took (compile on only)", metric=False)
+    lr_found: float | None = _value("the rate lr: auto picked before training (lr_find.json; None: a fixed lr)",
+                                    metric=False)
     test_acc: float | None = _value("test accuracy of the kept weights")
     test_loss: float | None = _value("test loss")
     test_precision_macro: float | None = _value("test precision, mean over classes")

@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from lib.config import LR_AUTO
 from lib.errors import ReportError, SweepError
 from lib.files import read_json, read_jsonl, tail
 
@@ -204,6 +205,8 @@ def read_wandb(path: str, api=None, history: bool = True) -> tuple[list[dict], d
             extras["test_predictions"] = {"y_true": raw.pop("test_y_true"), "y_pred": raw.pop("test_y_pred")}
         summary = {k: v for k, v in raw.items() if not str(k).startswith("_")
                    and (v is None or isinstance(v, (int, float, str, bool)))}
+        if config.get("lr") == LR_AUTO and isinstance(summary.get("lr_found"), (int, float)):
+            config["lr"] = summary["lr_found"]   # W&B keeps a sweep's parameter as given: the rate used
         rows = []
         if history:   # one request per run: only the report draws curves
             with contextlib.suppress(Exception):   # a run without history is still a run
@@ -220,6 +223,17 @@ def read_wandb(path: str, api=None, history: bool = True) -> tuple[list[dict], d
 
 
 # --------------------------------------------------------------------------- frames
+def given_config(run: dict) -> dict:
+    """The config a run was given, which groups the seeds of one configuration: ``lr`` is ``auto`` where a
+    range test picked it (``summary.lr_found``), though its config and its row show the rate it found:
+    each seed finds its own."""
+    config = dict(run.get("config") or {})
+    found = (run.get("summary") or {}).get("lr_found")
+    if isinstance(found, (int, float)) and not isinstance(found, bool):
+        config["lr"] = LR_AUTO
+    return config
+
+
 def as_scalar(v):
     if isinstance(v, (list, tuple, dict)):
         return json.dumps(v)

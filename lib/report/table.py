@@ -13,7 +13,7 @@ from lib.config import BOOKKEEPING
 from lib.records import metric_value
 from lib.report.page import hp, isnan
 from lib.report.stats import pareto_front, wilson_interval
-from lib.runs import as_scalar, runs_frame
+from lib.runs import as_scalar, given_config, runs_frame
 
 # Config keys that are bookkeeping, not part of the recipe (declared in lib.config): they never define a
 # "configuration". "config" is the --config file a run was given: its keys are in the config themselves.
@@ -80,7 +80,7 @@ def run_table(runs: list[dict], metric: str, goal: str, latency: dict[str, float
     maximize = goal != "minimize"
     df = _frame(runs, metric, maximize, latency)
     recipe_keys = [k for k in _config_keys(runs) if k not in NOISE_KEYS]
-    df["_group"] = [json.dumps({k: as_scalar((r.get("config") or {}).get(k)) for k in recipe_keys}, sort_keys=True,
+    df["_group"] = [json.dumps({k: as_scalar(given_config(r).get(k)) for k in recipe_keys}, sort_keys=True,
                                default=str) for r in runs] if runs else []
     fin = df[(df["state"] == "finished") & df[metric].notna()].copy()
     fin["_size_key"] = fin["model_size_mb"].fillna(np.inf)

@@ -19,7 +19,7 @@ from lib.config import Config
 from lib.errors import ConfigError, DataError, KitError
 from lib.files import atomic_write, run_lock
 from lib.records import RunRecord, RunSummary
-from lib.train import balance, data, features, models, training
+from lib.train import balance, data, features, lr_find, models, training
 from lib.train.cache import SharedCache
 from lib.train.metrics import test_metrics
 
@@ -264,10 +264,11 @@ def check_writable(folder: str, key: str = "runs_dir") -> None:
 
 
 class Hooks:
-    """What the training loop hands back each epoch: the record, W&B and the checkpoint."""
+    """What the training loop hands back each epoch: the record, W&B and the checkpoint. ``extra``: what
+    the checkpoint carries besides the loop's state (the pick of ``lr: auto``, which a resumed run keeps)."""
 
-    def __init__(self, record: RunRecord, tracker):
-        self.record, self.tracker = record, tracker
+    def __init__(self, record: RunRecord, tracker, extra: dict | None = None):
+        self.record, self.tracker, self.extra = record, tracker, extra or {}
 
     def epoch(self, row: dict) -> None:
         self.record.log_epoch(row)
@@ -280,7 +281,7 @@ class Hooks:
         return self.record.load_weights()
 
     def checkpoint(self, state: dict) -> None:
-        atomic_write(self.record.dir / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+        atomic_write(self.record.dir / CHECKPOINT, lambda tmp: torch.save({**state, **self.extra}, tmp))
 
 
 def _online_sweep(env) -> bool:
@@ -362,16 +363,28 @@ def _train(cfg: Config, record: RunRecord, tracker, stop: training.StopFlag, res
     record.update(balancing={"class_weighting": cfg.class_weighting, "sampler": cfg.sampler,
                              "loss_weights": None if loss_fn.weight is None else loss_fn.weight.tolist()})
     store = features.Store(decoded, data_cfg, cache, stop)
-    fitted = training.fit(cfg, model, loaders, accel, loss_fn, mixup, Hooks(record, tracker), stop, resume, store)
+    cfg, found = auto_lr(cfg, record, tracker, (model, loaders, accel, loss_fn, mixup, store, stop), resume)
+    hooks = Hooks(record, tracker, {"lr_find": found} if found else None)
+    fitted = training.fit(cfg, model, loaders, accel, loss_fn, mixup, hooks, stop, resume, store)
     test = training.evaluate(model, loaders["test"], accel, stop)
     test_summary, per_class, cm = test_metrics(test, splits.classes)
     weights_file = record.dir / "model.safetensors"
-    summary = RunSummary(**fitted, **test_summary, total_params=total,
+    summary = RunSummary(**fitted, **test_summary, total_params=total, lr_found=found.get("lr"),
                          model_size_mb=round(weights_file.stat().st_size / 2**20, 3)).to_dict()
     record.update(per_class=per_class, confusion_matrix=cm,
                   test_predictions={"y_true": test["y_true"].tolist(), "y_pred": test["y_pred"].tolist()})
     tracker.finish_run(summary, splits.classes, test["y_true"], test["y_pred"], per_class)
     return summary
+
+
+def auto_lr(cfg: Config, record: RunRecord, tracker, setup: tuple, resume: dict | None) -> tuple[Config, dict]:
+    """``lr: auto`` made a number by the range test (lib.train.lr_find) before training; a resumed run keeps
+    the pick its checkpoint carries. The record's config and W&B then hold the number, ``lr_find`` says how."""
+    cfg, found = lr_find.resolve(cfg, *setup, folder=record.dir, stored=(resume or {}).get("lr_find"))
+    if found:
+        record.update(config=cfg.to_dict(), lr_find=found)
+        tracker.found_lr(cfg.lr)
+    return cfg, found
 
 
 def main(argv: list[str], env=os.environ) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, MutableMapping
 from urllib.parse import urlparse
 
+from lib import config as config_lib
 from lib.config import Config
 
 QUIET_MODES = ("offline", "disabled", "dryrun")
@@ -42,6 +43,14 @@ def in_sweep(env: MutableMapping[str, str]) -> bool:
     return bool(env.get("WANDB_SWEEP_ID"))
 
 
+def sweep_keys(env: MutableMapping[str, str]) -> set[str]:
+    """The config keys a W&B sweep sets for this run (its parameters file, read as lib.config reads it)."""
+    path = env.get("WANDB_SWEEP_PARAM_PATH")
+    if not in_sweep(env) or not path or not Path(path).is_file():
+        return set()
+    return set(config_lib.expand(config_lib.load_yaml(path)))
+
+
 class Tracker:
     """Thin wrapper over one ``wandb`` run: config, per-epoch metrics, summary, artifacts."""
 
@@ -64,6 +73,7 @@ class Tracker:
         self.run.define_metric("val_balanced_acc", summary="max")
         self.run.define_metric("best_val_balanced_acc", summary="max")
         self.run.define_metric("val_loss", summary="min")
+        self.sweep_keys = sweep_keys(os.environ)
 
     def sweep_overrides(self) -> dict[str, Any]:
         """Config values W&B holds: ours, plus a sweep's parameters file (which wins)."""
@@ -73,6 +83,14 @@ class Tracker:
         self.run.config.update(cfg.to_dict(), allow_val_change=True)
         self.run.name = cfg.run_name or cfg.default_run_name()
         self.run.tags = tuple(dict.fromkeys([*self.run.tags, cfg.model, cfg.strategy]))
+
+    def found_lr(self, lr: float) -> None:
+        """The rate ``lr: auto`` picked, as the run's ``lr`` (W&B shows a number, not "auto"). A sweep's own
+        parameter stays as the sweep gave it: W&B locks it (the update is ignored), and its grid search
+        finds the points already run by these values. The summary's ``lr_found`` has the number there."""
+        self.run.summary["lr_found"] = lr
+        if "lr" not in self.sweep_keys:
+            self.run.config.update({"lr": lr}, allow_val_change=True)
 
     def log(self, row: dict[str, Any]) -> None:
         self.run.log({k: v for k, v in row.items() if isinstance(v, (int, float))})

@@ -124,6 +124,18 @@ def make_mixup(cfg: Config, num_classes: int) -> Mixup | None:
                  num_classes=num_classes)
 
 
+def forward_loss(forward, x: torch.Tensor, y: torch.Tensor, loss_fn, mixup, accel: Accel):
+    """One training batch's logits and loss, mixed (mixup/cutmix) as training mixes it: the training loop
+    and the learning-rate range test (lib.train.lr_find) share it."""
+    target = y
+    if mixup is not None and len(x) % 2 == 0:
+        x, target = mixup(x, y)
+    with accel.autocast():
+        logits = forward(x)
+        loss = loss_fn(logits, target)   # soft targets when mixed (lib.train.balance.make_loss)
+    return logits, loss
+
+
 def train_epoch(model, loader, opt, schedule, loss_fn, mixup, accel: Accel, desc: str,
                 stop: "StopFlag | None" = None, after_step=None) -> dict:
     total_loss, correct, seen = 0.0, 0, 0
@@ -132,12 +144,7 @@ def train_epoch(model, loader, opt, schedule, loss_fn, mixup, accel: Accel, desc
     for x, y in tqdm(loader, desc=desc, leave=False, disable=None, unit="batch"):
         step_start = time.perf_counter()
         x, y = accel.to_device(x, y)
-        target = y
-        if mixup is not None and len(x) % 2 == 0:
-            x, target = mixup(x, y)
-        with accel.autocast():
-            logits = forward(x)
-            loss = loss_fn(logits, target)   # soft targets when mixed (lib.train.balance.make_loss)
+        logits, loss = forward_loss(forward, x, y, loss_fn, mixup, accel)
         if not torch.isfinite(loss):
             raise TrainingFailed(f"loss became {loss.item()} at {desc}: lower lr or check the data")
         accel.step(loss, opt)
