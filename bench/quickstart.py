@@ -46,6 +46,7 @@ FIXED_CMD = ("{python} finetune_sweep.py local sweeps/quickstart_fixed.yaml --se
 REPORT_CMD = "{python} finetune_sweep.py report {sweep_dir} --out {sweep_dir}/report"
 PROBE_CMD = "{python} bench/probe.py {data_dir} --image_size 224 --seed 42 --json {sweep_dir}/probe.json"
 ARMS = ("readme", "fixed", "probe")
+BUDGET_REACHED = 3   # finetune_sweep.py local's exit code when --time_budget ended the study
 HEADER = """# Bench results
 
 Measured figures only, newest last: each table is one `bench/quickstart.py` invocation (issue 21's
@@ -89,6 +90,7 @@ class Measured:
     load: str = ""
     scores: dict = field(default_factory=dict)
     note: str = ""
+    budget_reached: bool = False
 
 
 def children_cpu() -> float:
@@ -97,7 +99,8 @@ def children_cpu() -> float:
 
 
 def run_commands(commands: list[str], log: Path) -> Measured:
-    """Run each command in turn (stopping at the first failure), output to ``log``."""
+    """Run each command in turn (stopping at the first failure), output to ``log``. A study's exit 3
+    (``local --time_budget`` reached: its finished trials stand) is not a failure: the report follows."""
     m = Measured(commands)
     log.parent.mkdir(parents=True, exist_ok=True)
     cpu0, t0 = children_cpu(), time.perf_counter()
@@ -105,10 +108,14 @@ def run_commands(commands: list[str], log: Path) -> Measured:
         for cmd in commands:
             out.write(f"$ {cmd}\n")
             out.flush()
-            m.rc = subprocess.run(shlex.split(cmd), check=False, cwd=ROOT, stdout=out,
-                                  stderr=subprocess.STDOUT).returncode
-            if m.rc != 0:
-                m.note = f"exit {m.rc} from `{cmd.split()[2] if len(cmd.split()) > 2 else cmd}` (log: {log})"
+            rc = subprocess.run(shlex.split(cmd), check=False, cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT).returncode
+            if rc == BUDGET_REACHED and "local" in shlex.split(cmd):
+                m.budget_reached = True
+                continue
+            m.rc = rc
+            if rc != 0:
+                m.note = f"exit {rc} from `{cmd}` (log: {log})"
                 break
     m.wall_s, m.cpu_s, m.load = time.perf_counter() - t0, children_cpu() - cpu0, load.text()
     return m
@@ -172,6 +179,7 @@ def run_arm(arm: str, name: str, data_dir: Path, out_root: Path, readme_cmd: str
         m.note = f"C={r['C']}, n={r['n']}, features {r['feature_s']} s"
     elif m.rc == 0:
         m.scores, m.note = study_scores(sweep_dir)
+        m.note += "; time budget reached (exit 3)" if m.budget_reached else ""
     write_json(sweep_dir / "bench.json", {"dataset": name, "arm": arm, **m.__dict__})
     return m
 

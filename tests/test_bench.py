@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import sys
 
 import pytest
 
@@ -67,3 +68,11 @@ def test_fixed_arm_runs_the_kept_quickstart_as_its_header_says(tmp_path):
     assert cmds[1].startswith("py finetune_sweep.py report")
     fixed = (quickstart.ROOT / "sweeps" / "quickstart_fixed.yaml").read_text()
     assert "--confirm_top 2 --repeats 3" in fixed
+
+
+def test_a_study_ended_by_its_time_budget_is_still_reported(tmp_path):
+    py = sys.executable
+    m = quickstart.run_commands([f'{py} -c "import sys; sys.exit(3)" local', f'{py} -c "print(1)"'], tmp_path / "log")
+    assert m.rc == 0 and m.budget_reached and m.wall_s > 0 and m.load
+    m = quickstart.run_commands([f'{py} -c "import sys; sys.exit(2)"', f'{py} -c "print(1)"'], tmp_path / "log")
+    assert m.rc == 2 and "exit 2" in m.note and (tmp_path / "log").read_text().count("$ ") == 3   # stopped there
