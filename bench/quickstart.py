@@ -140,6 +140,29 @@ def recommended_run(sweep_dir: Path) -> tuple[str | None, str]:
     return None, "no report"
 
 
+# Config keys that differ between the seed runs of one configuration without changing it.
+NOT_CONFIG = {"seed", "run_id", "run_name", "runs_dir", "overwrite", "tags", "group"}
+
+
+def balanced(summary: dict):
+    return summary.get("test_balanced_acc", summary.get("test_recall_macro"))
+
+
+def seed_group(sweep_dir: Path, record: dict) -> str:
+    """The recommended configuration over its seeds: mean ± sd of test acc (and balanced acc)."""
+    def key(r):
+        return json.dumps({k: v for k, v in (r.get("config") or {}).items() if k not in NOT_CONFIG}, sort_keys=True)
+    mine = key(record)
+    members = [r for r in (read_json(p) for p in sorted((sweep_dir / "runs").glob("*/run.json")))
+               if key(r) == mine and (r.get("summary") or {}).get("test_acc") is not None]
+    if len(members) < 2:
+        return ""
+    accs = [r["summary"]["test_acc"] for r in members]
+    bals = [balanced(r["summary"]) for r in members if balanced(r["summary"]) is not None]
+    out = f"its {len(members)} seeds: acc {pct(statistics.mean(accs))} ± {pct(statistics.stdev(accs))}"
+    return out + (f", bal. acc {pct(statistics.mean(bals))} ± {pct(statistics.stdev(bals))}" if len(bals) > 1 else "")
+
+
 def study_scores(sweep_dir: Path) -> tuple[dict, str]:
     run_id, where = recommended_run(sweep_dir)
     if run_id is None:
@@ -147,12 +170,17 @@ def study_scores(sweep_dir: Path) -> tuple[dict, str]:
     path = sweep_dir / "runs" / run_id / "run.json"
     if not path.exists():
         return {}, f"{where}: {run_id} has no run.json"
-    summary = read_json(path).get("summary") or {}
-    balanced = summary.get("test_balanced_acc", summary.get("test_recall_macro"))
+    record = read_json(path)
+    summary = record.get("summary") or {}
     runs = len(list((sweep_dir / "runs").glob("*/run.json")))
-    return {"test_acc": summary.get("test_acc"), "test_balanced_acc": balanced,
-            "best_val_acc": summary.get("best_val_acc"), "best_epoch": summary.get("best_epoch"),
-            "epochs_run": summary.get("epochs_run")}, f"{run_id} ({where}; {runs} runs)"
+    scores = {"test_acc": summary.get("test_acc"), "test_balanced_acc": balanced(summary),
+              "best_val_acc": summary.get("best_val_acc"), "best_epoch": summary.get("best_epoch"),
+              "epochs_run": summary.get("epochs_run")}
+    cfg = record.get("config") or {}
+    what = f"{cfg.get('model')} {cfg.get('strategy')} lr {cfg.get('lr')}, best epoch {summary.get('best_epoch')}/" \
+           f"{summary.get('epochs_run')}"
+    seeds = seed_group(sweep_dir, record)
+    return scores, f"{run_id} ({where}; {runs} runs): {what}" + (f"; {seeds}" if seeds else "")
 
 
 def commands_for(arm: str, python: str, data_dir: Path, sweep_dir: Path, sets: str, readme_cmd: str) -> list[str]:

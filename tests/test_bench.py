@@ -47,15 +47,18 @@ def test_missing_package_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
 
 
 def test_study_score_is_the_reports_rank_one_run(tmp_path):
-    for run_id, acc, recall in (("a", 0.90, 0.80), ("b", 0.95, 0.85)):
+    for run_id, acc, recall, lr, seed in (("a", 0.90, 0.80, 0.01, 42), ("b", 0.95, 0.85, 0.1, 42),
+                                          ("c", 0.92, 0.84, 0.01, 43)):
         write_json(tmp_path / "runs" / run_id / "run.json",
-                   {"summary": {"test_acc": acc, "test_recall_macro": recall, "best_val_acc": acc}})
+                   {"config": {"lr": lr, "seed": seed, "run_id": run_id},
+                    "summary": {"test_acc": acc, "test_recall_macro": recall, "best_val_acc": acc}})
     (tmp_path / "report").mkdir()
     with open(tmp_path / "report" / "runs.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerows([["run_id", "rank"], ["b", "2.0"], ["a", "1.0"]])
     scores, where = quickstart.study_scores(tmp_path)
-    assert scores["test_acc"] == 0.90 and scores["test_balanced_acc"] == 0.80 and "a (runs.csv rank 1; 2 runs)" == where
+    assert scores["test_acc"] == 0.90 and scores["test_balanced_acc"] == 0.80 and where.startswith("a (runs.csv rank 1; 3 runs)")
+    assert "its 2 seeds: acc 91.0 ± 1.4, bal. acc 82.0 ± 2.8" in where   # a and c: one configuration
     # report.json, when the report writes one, names the recommended run and wins
     (tmp_path / "report" / "report.json").write_text(json.dumps({"recommended_run_id": "b"}))
     assert quickstart.study_scores(tmp_path)[0]["test_acc"] == 0.95
