@@ -47,13 +47,18 @@ REPORT_CMD = "{python} finetune_sweep.py report {sweep_dir} --out {sweep_dir}/re
 PROBE_CMD = "{python} bench/probe.py {data_dir} --image_size 224 --seed 42 --json {sweep_dir}/probe.json"
 ARMS = ("readme", "fixed", "probe")
 BUDGET_REACHED = 3   # finetune_sweep.py local's exit code when --time_budget ended the study
-HEADER = """# Bench results
+HEADER = """# Measured results
 
-Measured figures only, newest last: each table is one `bench/quickstart.py` invocation (issue 21's
-evidence). Wall and CPU seconds cover the arm's commands (study + report, or the probe); CPU is user+sys
-of the child processes. Load: the 1-minute load average while the arm ran (min / median / max): the
-machine is shared, so compare times within a row's load. Scores: the recommended run's test accuracy
-and balanced accuracy.
+Figures measured on this project's machine (2 CPU cores, shared with other work), with the command that
+made them.
+"""
+SECTION = """
+## Issue 21's evidence: `bench/quickstart.py` (today's quickstart, the LR probe, the README's first command)
+
+Each dated table below is one `bench/quickstart.py` invocation, appended as it ran (newest last). Wall and
+CPU seconds cover an arm's commands (study + report, or the probe); CPU is user+sys of the child
+processes. Load: the 1-minute load average while the arm ran (min / median / max), sampled every 10 s.
+Scores: the recommended run's test accuracy and balanced accuracy.
 """
 
 
@@ -219,10 +224,13 @@ def pct(v) -> str:
 def start_table(results: Path, args_line: str) -> None:
     if not results.exists():
         results.write_text(HEADER)
+    if "## Issue 21's evidence" not in results.read_text():
+        with open(results, "a") as f:
+            f.write(SECTION)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     with open(results, "a") as f:
-        f.write(f"\n## {time.strftime('%Y-%m-%d %H:%M')} · `{args_line}` · commit {commit or '?'} · "
+        f.write(f"\n### {time.strftime('%Y-%m-%d %H:%M')} · `{args_line}` · commit {commit or '?'} · "
                 f"{platform.node()}, {os.cpu_count()} cores\n\n"
                 "| dataset | arm | command | wall s | CPU s | load | test acc % | test bal. acc % | notes |\n"
                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")

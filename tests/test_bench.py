@@ -80,3 +80,17 @@ def test_a_study_ended_by_its_time_budget_is_still_reported(tmp_path):
     assert m.rc == 0 and m.budget_reached and m.wall_s > 0 and m.load
     m = quickstart.run_commands([f'{py} -c "import sys; sys.exit(2)"', f'{py} -c "print(1)"'], tmp_path / "log")
     assert m.rc == 2 and "exit 2" in m.note and (tmp_path / "log").read_text().count("$ ") == 3   # stopped there
+
+
+def test_each_invocation_appends_a_dated_table_under_the_evidence_section(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Measured results\n\n## Another bench\n")
+    for _ in range(2):
+        quickstart.start_table(results, "bench/quickstart.py --arm probe")
+        measured = quickstart.Measured(["py bench/probe.py d"], wall_s=3.0, cpu_s=2.0, load="1.0 / 1.0 / 1.0",
+                                       scores={"test_acc": 0.9, "test_balanced_acc": 0.85})
+        quickstart.append_row(results, "digits", "probe", measured)
+    text = results.read_text()
+    assert text.startswith("# Measured results\n\n## Another bench\n") and text.count("## Issue 21's evidence") == 1
+    assert text.count("### ") == 2 and text.count("| digits (1797 img, 10 cl, 1.05:1) | probe | `py bench/probe.py d` "
+                                                  "| 3 | 2 | 1.0 / 1.0 / 1.0 | 90.0 | 85.0 |") == 2
