@@ -11,8 +11,8 @@
     python finetune_sweep.py soup runs/sweeps/demo --out runs/sweeps/demo/runs/soup   # greedy model soup
     python finetune_sweep.py dashboard runs/sweeps/demo --port 8080                  # the study live in optuna-dashboard
 
-Exit codes: 0 done, 1 stopped by failures, 2 bad sweep file or arguments, 3 time budget spent with work left
-(run the same command again), 130 interrupted.
+Exit codes: 0 done, 1 failed (failures in a row, or no trial of the study completed), 2 bad sweep file or
+arguments, 3 time budget spent with work left (run the same command again), 130 interrupted.
 """
 import argparse
 import sys

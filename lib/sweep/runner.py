@@ -33,13 +33,16 @@ from lib.sweep import spec as sweep_spec
 from lib.sweep import study as sweep_study
 from lib.sweep.options import Options
 from lib.sweep.spec import Sweep
-from lib.sweep.status import status_table
+from lib.sweep.status import cell, status_table, trial_config, varying_keys
 from lib.sweep.trial import Children, TrialProcess, read_record, slug
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Heartbeats are "experimental" in Optuna and "meant for optimize()": we use them with ask/tell on purpose.
 warnings.filterwarnings("ignore", category=ExperimentalWarning)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+EXIT_FAILED = 1   # stopped by failures, or no trial of the study completed
 
 
 class Step(enum.Enum):
@@ -102,7 +105,9 @@ class _Stopping(Exception):
 class Runner:
     """Workers (threads) that each take a trial, run it in a subprocess, and report it."""
 
-    def __init__(self, sweep: Sweep, opts: Options):
+    def __init__(self, sweep: Sweep, opts: Options, started: float | None = None):
+        """``started``: when the command began (time.time()), so a second pass (the confirm runs) goes on
+        counting the elapsed time of the first."""
         self.sweep, self.opts = sweep, opts
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -122,16 +127,22 @@ class Runner:
         self.confirm_waiting = bool(opts.confirm_top) and confirm.grid_left(study) > 0   # confirm after this pass
         self.bar = tqdm(total=total, desc=f"sweep {sweep.name}", unit="trial", disable=None)
         self.bar.update(sum(1 for t in sweep_study.counted(study) if t.state.is_finished()))
-        self.t0 = time.time()
+        self.t0 = started or time.time()
 
     # -- the loop of one worker ------------------------------------------------
-    def work(self, gpu: str | None = None) -> None:
+    def work(self, gpu: str | None = None, done: threading.Event | None = None) -> None:
+        """``done`` is set when this worker has reported its last trial. The runner waits on it, not on
+        Thread.join: on Python 3.11 a Ctrl-C that lands inside join() marks a running thread as stopped,
+        and the runner then printed its table before the interrupted trial had been requeued."""
         try:
             self._work(gpu)
         except Exception as e:  # noqa: BLE001 - a broken worker stops the sweep with its reason
             with self.lock:
                 self.stop_reason = f"stopped: worker error: {type(e).__name__}: {e}"
             self.stop.set()
+        finally:
+            if done is not None:
+                done.set()
 
     def _work(self, gpu: str | None) -> None:
         study = optuna.load_study(study_name=self.sweep.name, storage=_storage(self.opts), sampler=self.sampler,
@@ -253,21 +264,34 @@ class Runner:
                                     f"(last: {(error or '').splitlines()[-1][:200] if error else '?'})")
                 self.stop.set()
             self.bar.update(1)
-            progress = self._postfix(study)
+            trials = sweep_study.counted(study)
+            progress = self._postfix(study, trials)
             self.bar.set_postfix_str(progress)
-            if self.bar.disable:  # not a terminal: one plain line per finished trial
-                shown = f"{value:.4f}" if value is not None else "-"
-                print(f"trial {trial.number} {state.name.lower()} {self.sweep.metric}={shown} | {progress}",
-                      flush=True)
+            if self.bar.disable:  # not a terminal (a log file): one plain line per finished trial
+                print(f"{self._trial_line(trial, state, value, trials)} | {progress}", flush=True)
 
-    def _postfix(self, study: optuna.Study) -> str:
-        trials = sweep_study.counted(study)
+    def _trial_line(self, trial, state: TrialState, value: float | None, trials: list) -> str:
+        """``trial 3 complete best_val_acc=0.8889 [model=resnet18 strategy=freeze lr=0.01]``: the trial by
+        the keys that tell the study's trials apart, as in the status table."""
+        shown = f"{value:.4f}" if value is not None else "-"
+        configs = {t.number: trial_config(t) for t in trials}
+        config, keys = configs.get(trial.number, {}), varying_keys(list(configs.values()))
+        recipe = " ".join(f"{k}={cell(config.get(k))}" for k in keys if k in config)
+        return f"trial {trial.number} {state.name.lower()} {self.sweep.metric}={shown}" + (f" [{recipe}]" if recipe else "")
+
+    def _postfix(self, study: optuna.Study, trials: list) -> str:
+        """``4 of 12 finished (complete 3, failed 1, pruned 0), running 1, best 0.9000, 1m35s``; the time
+        counts from the command's start, across the confirm pass."""
         n = {s: sum(t.state == s for t in trials) for s in TrialState}
+        finished = n[TrialState.COMPLETE] + n[TrialState.FAIL] + n[TrialState.PRUNED]
+        total = f" of {self.bar.total}" if self.bar.total else ""
+        later = " + confirm runs" if self.confirm_waiting else ""
         best = ""
         with contextlib.suppress(ValueError):
-            best = f" best {study.best_value:.4f}"
-        return (f"done {n[TrialState.COMPLETE]} running {n[TrialState.RUNNING]} failed {n[TrialState.FAIL]} "
-                f"pruned {n[TrialState.PRUNED]}{best} {time.time() - self.t0:.0f}s")
+            best = f", best {study.best_value:.4f}"
+        return (f"{finished}{total}{later} finished (complete {n[TrialState.COMPLETE]}, failed {n[TrialState.FAIL]}, "
+                f"pruned {n[TrialState.PRUNED]}), running {n[TrialState.RUNNING]}{best}, "
+                f"{budget.format_duration(time.time() - self.t0)}")
 
     # -- all workers -------------------------------------------------------------
     def run(self) -> int:
@@ -281,8 +305,9 @@ class Runner:
         if main:
             signal.signal(signal.SIGTERM, on_sigterm)
         gpus = self.opts.gpus or [None] * self.opts.workers
-        threads = [threading.Thread(target=self.work, args=(gpu,), name=f"worker-{i}" + (f"-gpu{gpu}" if gpu else ""),
-                                    daemon=True) for i, gpu in enumerate(gpus)]
+        done = [threading.Event() for _ in gpus]
+        threads = [threading.Thread(target=self.work, args=(gpu, d), name=f"worker-{i}" + (f"-gpu{gpu}" if gpu else ""),
+                                    daemon=True) for i, (gpu, d) in enumerate(zip(gpus, done))]
         if self.deadline is not None:
             with self.lock:
                 estimate, source = self._trial_estimate(sweep_study.counted(optuna.load_study(
@@ -294,23 +319,34 @@ class Runner:
                 t.start()
                 if i + 1 < len(threads):
                     time.sleep(0.2)  # let the first ask() land before the next worker asks
-            while any(t.is_alive() for t in threads):
-                for t in threads:
-                    t.join(timeout=0.5)
+            while not all(d.is_set() for d in done):
+                next(d for d in done if not d.is_set()).wait(timeout=0.5)
                 self._check_deadline()
         except (KeyboardInterrupt, _Stopping):
-            return self._interrupted(threads, main)
+            return self._interrupted(done, main)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         self.bar.close()
         if self.stop_reason:
             print(self.stop_reason)
-            return 1
+            return EXIT_FAILED
         if self.budget:
             print(f"{self.budget.split(':')[0]} spent: run the same command again to continue the sweep")
             return budget.EXIT_BUDGET
-        return 0
+        return self._outcome()
+
+    def _outcome(self) -> int:
+        """0, or 1 when the study has failed trials and not one complete: a sweep that produced nothing
+        must not pass for a successful one (in a script, a CI job, a notebook cell)."""
+        trials = sweep_study.counted(optuna.load_study(study_name=self.sweep.name, storage=_storage(self.opts)))
+        n = {s: sum(t.state == s for t in trials) for s in TrialState}
+        if n[TrialState.COMPLETE] or not n[TrialState.FAIL]:
+            return 0
+        pruned = f", {n[TrialState.PRUNED]} pruned" if n[TrialState.PRUNED] else ""
+        print(f"failed: no trial of the study completed ({n[TrialState.FAIL]} failed{pruned}): the errors and "
+              f"the command that retries them are below", flush=True)
+        return EXIT_FAILED
 
     def _check_deadline(self) -> None:
         """At the deadline the workers stop their trials (SIGTERM: they checkpoint, and are requeued under
@@ -322,16 +358,16 @@ class Runner:
         print("time budget spent: running trials get SIGTERM, checkpoint and are requeued", flush=True)
         self.stop.set()
 
-    def _interrupted(self, threads: list[threading.Thread], main: bool) -> int:
+    def _interrupted(self, done: list[threading.Event], main: bool) -> int:
         self.stop.set()
         if main:   # a second Ctrl-C or SIGTERM must not leave the trials orphaned: keep waiting for them
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda _n, _f: print("stopping: waiting for the trials to save their "
                                                         "checkpoints", flush=True))
         self.children.terminate()
-        for t in threads:
-            while t.is_alive():
-                t.join(timeout=0.5)
+        for d in done:   # every worker has requeued its trial: the table below is what status will say
+            while not d.wait(timeout=0.5):
+                pass
         self.bar.close()
         print("interrupted: run the same command again to continue the sweep")
         return 130
@@ -345,6 +381,6 @@ def run_local(sweep_file: str, opts: Options, fixed: dict[str, str] | None = Non
     runner = Runner(sweep, opts)
     code = runner.run()
     if code == 0 and runner.confirm_waiting and runner.rest().count != 0:   # the grid ended here: its top next
-        code = Runner(sweep, runner.rest()).run()
+        code = Runner(sweep, runner.rest(), started=runner.t0).run()
     print(status_table(opts.sweep_dir, opts.storage))
     return code

@@ -23,13 +23,23 @@ def trial_rows(sweep_dir: Path | str, storage_url: str | None = None,
     for t in counted(study):
         duration = (t.datetime_complete - t.datetime_start).total_seconds() \
             if t.datetime_complete and t.datetime_start else None
-        config = t.user_attrs.get("config") or flat(point(t))
-        config = config_lib.recipe_as_keys(config)   # as columns
+        config = trial_config(t)
         rows.append({"trial": t.number, "state": "interrupted" if gone(t, stale, opts.host) else t.state.name.lower(),
                      "run_id": t.user_attrs.get("run_id"), "config": config, "value": t.value,
                      "duration_s": round(duration, 1) if duration else None, "error": t.user_attrs.get("error"),
                      "gpu": t.user_attrs.get("gpu")})
     return rows, meta
+
+
+def trial_config(t) -> dict[str, Any]:
+    """A trial's parameters as config keys, its recipe spread into them: the columns of the table."""
+    return config_lib.recipe_as_keys(t.user_attrs.get("config") or flat(point(t)))
+
+
+def varying_keys(configs: list[dict]) -> list[str]:
+    """The keys whose value differs between trials (as shown): what tells one trial from another."""
+    keys = list(dict.fromkeys(k for c in configs for k in c))
+    return [k for k in keys if len({cell(c.get(k)) for c in configs}) > 1]
 
 
 def trials_frame(sweep_dir: Path, storage_url: str | None = None, study_name: str | None = None):
@@ -44,7 +54,7 @@ def trials_frame(sweep_dir: Path, storage_url: str | None = None, study_name: st
                          for r in rows]), meta
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
     """As written in the sweep: 15 stays 15 (a table column with gaps would print 15.0)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -60,12 +70,11 @@ def status_table(sweep_dir: Path, storage_url: str | None = None, study_name: st
     if not rows:
         return "no trials yet"
     metric = meta["metric"]
-    keys = list(dict.fromkeys(k for r in rows for k in r["config"]))
-    varying = [k for k in keys if len({_cell(r["config"].get(k)) for r in rows}) > 1]
+    varying = varying_keys([r["config"] for r in rows])
     gpu = ["gpu"] if any(r["gpu"] is not None for r in rows) else []
-    table = pd.DataFrame([[str(r["trial"]), r["state"], r["run_id"] or "-", *(_cell(r["config"].get(k)) for k in varying),
-                           f"{r['value']:.4f}" if r["value"] is not None else "-", _cell(r["duration_s"]),
-                           *(_cell(r["gpu"]) for _ in gpu)]
+    table = pd.DataFrame([[str(r["trial"]), r["state"], r["run_id"] or "-", *(cell(r["config"].get(k)) for k in varying),
+                           f"{r['value']:.4f}" if r["value"] is not None else "-", cell(r["duration_s"]),
+                           *(cell(r["gpu"]) for _ in gpu)]
                           for r in rows], columns=["trial", "state", "run_id", *varying, metric, "duration_s", *gpu])
     counts: dict[str, int] = {}
     for r in rows:
@@ -74,7 +83,7 @@ def status_table(sweep_dir: Path, storage_url: str | None = None, study_name: st
     done = [r for r in rows if r["state"] == "complete" and r["value"] is not None]
     if done:
         best = (max if meta["goal"] == "maximize" else min)(done, key=lambda r: r["value"])
-        shown = ", ".join(f"{k}={_cell(best['config'].get(k))}" for k in varying)
+        shown = ", ".join(f"{k}={cell(best['config'].get(k))}" for k in varying)
         lines.append(f"best: trial {best['trial']} ({best['run_id']}) {metric} = {best['value']:.4f}"
                      + (f"  [{shown}]" if shown else ""))
     failed = [r for r in rows if r["state"] == "fail"]

@@ -56,9 +56,10 @@ def check_extension(sweep: Sweep, stored: dict, opts: Options) -> None:
 
 
 def diff(old: Any, new: Any, prefix: str = "", limit: int = 8) -> list[str]:
-    """What changed between two definitions, one line per changed leaf (dotted paths)."""
+    """What changed between two definitions, one line per changed leaf (dotted paths). An empty mapping
+    is no leaf: ``--set`` given nothing before and ``epochs=2`` now is the one change ``--set.epochs``."""
     def leaves(x, p):
-        if isinstance(x, dict) and x:
+        if isinstance(x, dict):
             return {k: v for key, sub in x.items() for k, v in leaves(sub, f"{p}.{key}" if p else str(key)).items()}
         return {p: x}
 

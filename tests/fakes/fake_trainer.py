@@ -29,12 +29,13 @@ record.update(id=os.environ["WANDB_RUN_ID"], state="running", config=cfg, argv=s
               env={k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")})
 
 
-def preempted(_signum, _frame):   # as finetune_resnet.py: SIGTERM -> recorded preempted, exit code 3
+def preempted(_signum, _frame):   # as finetune_resnet.py: SIGTERM or Ctrl-C -> recorded preempted, exit code 3
     record.update(state="preempted")
     sys.exit(3)
 
 
 signal.signal(signal.SIGTERM, preempted)
+signal.signal(signal.SIGINT, preempted)
 epochs, lr, sleep = int(cfg.get("epochs", 3)), float(cfg.get("lr", 0.5)), float(cfg.get("sleep", 0.0))
 best = 0.0
 for epoch in range(1, epochs + 1):
