@@ -18,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from lib.cli import Parser
 from lib.errors import KitError, SweepError
 from lib.sweep import budget, gpus, runner, status, wandb_sweep
 from lib.sweep.options import Options
@@ -78,7 +79,7 @@ def cmd_local(a):
 def cmd_report(a):
     from lib import report
 
-    out = Path(a.out or Path(a.source if Path(a.source).exists() else "reports") / "report")
+    out = Path(a.out) if a.out else default_out(a.source, "report", a.study)
     if _is_database(a.source):   # the runs from the study and its artifact store, wherever they ran
         db = _database(a)
         result = report.build_report(db.runs(), out, metric=a.metric, sweep={**db.meta, "source": db.source})
@@ -97,11 +98,11 @@ def cmd_export(a):
     chosen = db.exportable() if db else None
     from lib.ship import export
 
-    result = export.export_best(db.source if db else a.source, Path(a.out), metric=a.metric,
+    out = Path(a.out) if a.out else default_out(a.source, "export", a.study)
+    result = export.export_best(db.source if db else a.source, out, metric=a.metric,
                                 max_size_mb=a.max_size_mb, max_latency_ms=a.max_latency_ms, quantize=a.quantize,
                                 attributions=a.attributions, data_dir=a.data_dir, api=api, runs=chosen,
                                 fetch=db.fetch if db else None)
-    out = Path(a.out)
     if result.get("wandb_export_run"):
         print(f"logged to W&B as run {result['wandb_export_run']} (job_type=export)")
     print(f"exported run {result['run_id']} -> {out / 'model.onnx'}"
@@ -143,6 +144,19 @@ def cmd_status(a):
     return 0
 
 
+def default_out(source: str, name: str, study: str | None = None) -> Path:
+    """Where report and export write without --out: inside a local SOURCE (SOURCE/report, SOURCE/export);
+    for a W&B sweep path or a database URL, ``<name>s/<the sweep or study>`` here (never a password: a
+    URL gives only its database name, or --study)."""
+    if Path(source).exists():
+        return Path(source) / name
+    if _is_database(source):
+        from urllib.parse import urlsplit
+
+        source = study or urlsplit(source).path.rstrip("/").rsplit("/", 1)[-1] or "study"
+    return Path(f"{name}s") / "".join(c if c.isalnum() or c in "._-" else "-" for c in source).strip(".-")
+
+
 def _is_database(source: str) -> bool:
     return "://" in source
 
@@ -169,8 +183,11 @@ def _add_budget(p):
                         "(local: their median; agent: this value)")
 
 
+_SPELLING = "\nOptions are written --flag_name; --flag-name is the same option.\n"
+
+
 def parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__ + _SPELLING, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("create", help="create the sweep on W&B and print the agent command")
     c.add_argument("sweep_file")
@@ -216,7 +233,7 @@ def parser():
     r = sub.add_parser("report", help="which strategy won, by how much, and can we trust it")
     r.add_argument("source", help="a local sweep dir, a runs dir, a W&B sweep path ENTITY/PROJECT/SWEEP_ID, or the "
                                   "database URL of a study shared by machines")
-    r.add_argument("--out", help="default: SOURCE/report")
+    r.add_argument("--out", help="default: SOURCE/report (a W&B path or database URL: reports/<sweep or study>)")
     r.add_argument("--metric", help="what ranks the runs (default: the sweep's metric, else best_val_acc)")
     r.add_argument("--study", help="with a database URL: the study (default: the database's only one)")
     r.add_argument("--artifacts", metavar="DIR|s3://BUCKET|gs://BUCKET",
@@ -227,12 +244,12 @@ def parser():
     e.add_argument("source", help="a local sweep dir, a runs dir, one run dir, a W&B sweep path "
                                   "ENTITY/PROJECT/SWEEP_ID (weights from the run's model artifact; the export is logged "
                                   "back), or a study's database URL (weights from its artifact store)")
-    e.add_argument("--data-dir", "--data_dir", dest="data_dir",
+    e.add_argument("--data_dir",
                    help="where the run's images are here, if not at its config's data_dir (parity uses its test images)")
-    e.add_argument("--out", required=True)
+    e.add_argument("--out", help="default: SOURCE/export (a W&B path or database URL: exports/<sweep or study>)")
     e.add_argument("--metric", default="best_val_acc")
-    e.add_argument("--max-size-mb", "--max_size_mb", dest="max_size_mb", type=float)
-    e.add_argument("--max-latency-ms", "--max_latency_ms", dest="max_latency_ms", type=float)
+    e.add_argument("--max_size_mb", type=float)
+    e.add_argument("--max_latency_ms", type=float)
     e.add_argument("--quantize", action="store_true", help="also model.int8.onnx (static, calibrated on training images)")
     e.add_argument("--attributions", type=int, default=0, metavar="N", help="Captum IG + Grad-CAM for N test images")
     e.add_argument("--study", help="with a database URL: the study (default: the database's only one)")
@@ -249,7 +266,7 @@ def parser():
     sp = sub.add_parser("soup", help="greedy model soup of the finished runs that share a pretrained start")
     sp.add_argument("source", help="a local sweep dir or runs dir")
     sp.add_argument("--out", required=True, help="the soup's run folder (inside SOURCE/runs so report/export see it)")
-    sp.add_argument("--data-dir", "--data_dir", dest="data_dir", help="where the runs' images are, if moved")
+    sp.add_argument("--data_dir", help="where the runs' images are, if moved")
     sp.set_defaults(fn=cmd_soup)
     s = sub.add_parser("status", help="table of a local sweep's trials and the best so far")
     s.add_argument("sweep_dir", help="a sweep dir, or the database URL of a study shared by machines")

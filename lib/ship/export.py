@@ -166,6 +166,19 @@ def _versions() -> dict:
 # Model card
 # ---------------------------------------------------------------------------------------------
 
+def _nothing_to_export(source, metric: str, max_size_mb: float | None, api, runs) -> str:
+    """Why no run can be exported; under a size limit, the smallest size there is (the limit to ask for)."""
+    limit = f" within {max_size_mb} MB" if max_size_mb is not None else ""
+    line = f"no finished run with {metric} and weights{limit} in {source}"
+    sizes = [(r["summary"]["model_size_mb"], r["id"]) for r in (candidates(source, metric, None, api, runs)
+                                                                 if max_size_mb is not None else [])
+             if isinstance(r["summary"].get("model_size_mb"), (int, float))]
+    if sizes:
+        size, run_id = min(sizes)
+        line += f": the smallest is {size:g} MB (run {run_id}; --max_size_mb {size:g} or more exports it)"
+    return line
+
+
 def export_best(source, out_dir, *, metric: str = "best_val_acc", max_size_mb: float | None = None,
                 max_latency_ms: float | None = None, quantize: bool = False, attributions: int = 0,
                 data_dir=None, api=None, runs: list[dict] | None = None, fetch=None) -> dict:
@@ -179,10 +192,9 @@ def export_best(source, out_dir, *, metric: str = "best_val_acc", max_size_mb: f
     from_wandb = is_sweep_path(source)
     if from_wandb and api is None:
         api = public_api()
-    runs = candidates(source, metric, max_size_mb, api, runs)
+    given, runs = runs, candidates(source, metric, max_size_mb, api, runs)
     if not runs:
-        limit = f" within {max_size_mb} MB" if max_size_mb is not None else ""
-        raise ExportError(f"no finished run with {metric} and weights{limit} in {source}")
+        raise ExportError(_nothing_to_export(source, metric, max_size_mb, api, given))
     out = Path(out_dir)
     for run in runs:
         if from_wandb:

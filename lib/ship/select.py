@@ -37,7 +37,7 @@ def check_request(source, out_dir, max_size_mb, max_latency_ms, attributions, ru
         raise ExportError(f"no such folder: {source} (and not a W&B sweep path ENTITY/PROJECT/SWEEP_ID)")
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ExportError(f"--out {out_dir} is a file, not a folder")
-    for name, value in (("--max-size-mb", max_size_mb), ("--max-latency-ms", max_latency_ms)):
+    for name, value in (("--max_size_mb", max_size_mb), ("--max_latency_ms", max_latency_ms)):
         if value is not None and not value > 0:
             raise ExportError(f"{name} {value}: expected a number > 0")
     if attributions < 0:

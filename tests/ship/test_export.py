@@ -457,13 +457,17 @@ def test_predict_bad_requests_are_one_line(exported, tmp_path, capsys, case, mes
     assert stdout == ""
 
 
-@pytest.mark.parametrize("args, message", ids=["missing", "empty", "out is a file", "attributions -1", "size 0"],
+@pytest.mark.parametrize("args, message", ids=["missing", "empty", "out is a file", "attributions -1", "size 0",
+                                                "size below every run"],
                          argvalues=[
     (["MISSING", "--out", "OUT"], r"no such folder: .*missing_sweep"),
     (["EMPTY", "--out", "OUT"], r"no finished run with best_val_acc and weights in .*empty"),
     (["RUN", "--out", "A_FILE"], r"--out .* is a file, not a folder"),
     (["RUN", "--out", "OUT", "--attributions", "-1"], r"--attributions -1: expected 0"),
-    (["RUN", "--out", "OUT", "--max-size-mb", "0"], r"--max-size-mb 0.0: expected a number > 0"),
+    (["RUN", "--out", "OUT", "--max-size-mb", "0"], r"--max_size_mb 0.0: expected a number > 0"),
+    (["RUN", "--out", "OUT", "--max_size_mb", "0.001"],   # names the smallest size there is, and its run
+     r"no finished run with best_val_acc and weights within 0.001 MB in .*exp1: the smallest is [0-9.]+ MB "
+     r"\(run exp1; --max_size_mb [0-9.]+ or more exports it\)"),
 ])
 def test_export_bad_requests_are_one_line(trained, tmp_path, capsys, args, message):
     (tmp_path / "empty").mkdir()
@@ -473,3 +477,13 @@ def test_export_bad_requests_are_one_line(trained, tmp_path, capsys, args, messa
     code, stdout, err = cli(["export", *[where.get(a, a) for a in args]], capsys)
     assert code == 2 and len(err) == 1 and re.match("error: " + message, err[0]), err
     assert not (tmp_path / "out").exists()
+
+
+def test_export_without_out_writes_into_the_source_and_says_where(trained, tmp_path, capsys):
+    """As `report SOURCE` writes SOURCE/report, `export SOURCE` writes SOURCE/export (it used to need --out)."""
+    source = tmp_path / "sweep" / "runs" / "exp1"
+    shutil.copytree(trained, source)
+    code, stdout, err = cli(["export", tmp_path / "sweep"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "sweep" / "export" / "model.onnx").is_file()
+    assert f"exported run exp1 -> {tmp_path / 'sweep' / 'export' / 'model.onnx'}" in stdout
