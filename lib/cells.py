@@ -7,13 +7,13 @@ imports this without torch or pandas.
 """
 from __future__ import annotations
 
-import html
 import re
 
 # What makes Excel, LibreOffice and Google Sheets read a cell as a formula (OWASP, "CSV injection").
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|nan)", re.I)
 _LINE_BREAKS = re.compile(r"[\r\n\u2028\u2029]+")
+_ENTITY = re.compile(r"&(?=#?\w+;)")   # what Markdown would read as a character reference
 
 
 def csv_cell(value):
@@ -27,8 +27,12 @@ def csv_cell(value):
 
 def md_text(value) -> str:
     """Inline Markdown text: one line (a line break would end the table row or start a new block)
-    and no HTML (Markdown renders raw tags)."""
-    return html.escape(_LINE_BREAKS.sub(" ", str(value)), quote=False)
+    and no HTML (Markdown renders raw tags), escaped the Markdown way so the file reads as written:
+    ``<`` as ``\\<`` (never a tag), ``&`` before an entity name as ``\\&``, a leading ``>`` (a quote)
+    as ``\\>``, and a backslash doubled first, so that none can undo the others. ``>`` elsewhere stays
+    ``>``: HTML's ``&gt;`` showed as such in the file and inside code spans."""
+    text = _LINE_BREAKS.sub(" ", str(value)).replace("\\", "\\\\").replace("<", "\\<")
+    return re.sub(r"^(\s*)>", r"\1\\>", _ENTITY.sub(r"\\&", text))
 
 
 def md_cell(value) -> str:

@@ -42,6 +42,14 @@ def _opt(default, help, choices=None, min=None, max=None, min_exclusive=False, a
     return field(default=default, metadata=meta)
 
 
+# Implemented in lib.train.strategies. The keys only some of them read (every other key: all of them), checked
+# by tests/train/test_strategies.py: freeze trains the classifier alone, so the backbone's keys are nothing to it.
+STRATEGIES = ("freeze", "partial", "full", "two_phase", "surgical", "bitfit", "norm_only", "gradual")
+STRATEGY_KEYS = {"unfreeze_blocks": ("partial", "two_phase"), "unfreeze_unit": ("partial", "two_phase", "surgical", "gradual"),
+                 "phase1_epochs": ("two_phase",), "surgical_unit": ("surgical",), "unfreeze_every": ("gradual",),
+                 **dict.fromkeys(("train_bn", "backbone_lr_mult", "layer_decay"), tuple(s for s in STRATEGIES if s != "freeze"))}
+
+
 @dataclass(frozen=True)   # checked once, then read everywhere: a run changes it by dataclasses.replace
 class Config:
     # --- data ---
@@ -65,8 +73,7 @@ class Config:
     # --- strategy ---
     strategy: str = _opt("freeze", "which parameters train (README: Strategies). Default freeze: on a few hundred "
                                    "images a trained head on fixed pretrained features is the safe, fast baseline "
-                                   "the others must beat", choices=("freeze", "partial", "full", "two_phase",
-                                                                    "surgical", "bitfit", "norm_only", "gradual"))
+                                   "the others must beat", choices=STRATEGIES)
     unfreeze_blocks: int = _opt(2, "partial/two_phase: how many last units train besides the head (<= 0 in two_phase: all)")
     unfreeze_unit: str = _opt("stage", "what unfreeze_blocks counts: timm's coarse stages or fine blocks", choices=("stage", "block"))
     train_bn: bool = _opt(True, "BatchNorm in trainable parts updates its running statistics (frozen parts never do)")
@@ -154,6 +161,12 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # Not part of a run's recipe (with W&B's own bookkeeping in its config): see _opt's bookkeeping.
 BOOKKEEPING = frozenset({name for name, f in FIELDS.items() if f.metadata["bookkeeping"]} | {"wandb_version"})
 RECIPE_KEYS = tuple(name for name in FIELDS if name not in BOOKKEEPING)   # in the order of the config
+
+
+def strategy_uses(strategy: str, key: str) -> bool:
+    """Whether a run of ``strategy`` reads ``key`` (a freeze run's backbone_lr_mult is no part of its recipe);
+    a strategy the kit does not train itself (a model soup) is taken to read every key."""
+    return key not in STRATEGY_KEYS or strategy not in STRATEGIES or strategy in STRATEGY_KEYS[key]
 # Annotations are strings under `from __future__ import annotations`; resolve them once.
 TYPES = {name: {"str": str, "int": int, "float": float, "bool": bool, "dict": dict}[f.type]
          for name, f in FIELDS.items()}

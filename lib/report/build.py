@@ -167,6 +167,7 @@ def build_report(source_runs, out_dir, metric: str | None = None, latency: dict 
             "warnings": [w["text"] for w in r.warnings], "warning_details": r.warnings, "mcnemar": r.mcnemar, "soups": r.soups,
             "seed_groups": [{k: v for k, v in g.items() if k != "_group"} for g in r.seed_groups],
             "pareto_size": pareto, "importance": r.importance, "metric": metric, "goal": goal,
+            "other_data": s.other_data or [],
             "n_runs": len(s.df), "n_finished": len(s.fin), "paths": paths, "plots": plots, **paths}
 
 
@@ -186,7 +187,7 @@ def _tables(doc: Doc, s: RunTable, r: Review) -> None:
     doc.h(2, "Comparison by model × strategy", "comparison")
     header = ["model", "strategy", "runs", "best run", metric] + (["val acc"] if metric != "best_val_acc" else []) + \
              ["test acc", "95% CI", "n test", "test bal acc", "test MCC", "macro F1", "trainable", "total", "size MB",
-              "train–val gap", "train s"]
+              "train–val gap", "train s", "wall s"]
     rows = []
     for (m, st), g in fin.groupby(["model", "strategy"], sort=False):
         x = g.iloc[0]
@@ -195,22 +196,26 @@ def _tables(doc: Doc, s: RunTable, r: Review) -> None:
                     + [pct(x["test_acc"]), ci(x["test_acc_lo"], x["test_acc_hi"]), num(x["n_test"]),
                        pct(x["test_balanced_acc"]), num(x["test_mcc"], "{:.3f}"), num(x["test_f1_macro"], "{:.3f}"), count(x["trainable_params"]), count(x["total_params"]),
                        num(x["model_size_mb"], "{:.1f}"), num(x["train_val_gap"], "{:+.3f}"),
-                       num(x["train_time_s"], "{:.0f}")])
+                       num(x["train_time_s"], "{:.3g}"), num(x["wall_time_s"], "{:.3g}")])
     doc.table(header, rows, highlight=0,
               note=f"Best run of each cell by {metric}, sorted by it. 95% CI: Wilson score interval of the test "
                    "accuracy. Bal acc: recall averaged over classes (chance: 1/classes); MCC: Matthews correlation "
-                   "(0: chance or one class predicted). Gap: train accuracy − val accuracy at the best epoch.")
+                   "(0: chance or one class predicted). Gap: train accuracy − val accuracy at the best epoch. Train s: "
+                   "seconds in the training epochs (decoding, frozen features computed once, and testing not "
+                   "counted: a cached freeze run may train in under a second); wall s: the whole run.")
 
     doc.h(2, "All finished runs", "runs")
     header = ["run", "model", "strategy", *s.shown_hp, metric, "test acc", "95% CI", "test bal acc", "test MCC",
               "macro F1", "gap", "epochs run", "size MB"] + (["latency ms"] if s.latency else [])
-    rows = [[str(x["run_id"]), x["model"], x["strategy"], *[hp(x[k]) for k in s.shown_hp], met(x[metric]),
+    rows = [[str(x["run_id"]), x["model"], x["strategy"], *[hp(x[k]) if s.reads(x, k) else "–" for k in s.shown_hp],
+             met(x[metric]),
              pct(x["test_acc"]), ci(x["test_acc_lo"], x["test_acc_hi"]), pct(x["test_balanced_acc"]),
              num(x["test_mcc"], "{:.3f}"), num(x["test_f1_macro"], "{:.3f}"),
              num(x["train_val_gap"], "{:+.3f}"), num(x.get("epochs_run", math.nan)), num(x["model_size_mb"], "{:.1f}")]
             + ([num(x["latency_ms"], "{:.1f}")] if s.latency else []) for _, x in fin.head(MAX_TABLE_ROWS).iterrows()]
     doc.table(header, rows, highlight=0,
-              note=None if len(fin) <= MAX_TABLE_ROWS else f"first {MAX_TABLE_ROWS} of {len(fin)}; all in runs.csv")
+              note=("–: the run's strategy does not read the key (or the run is a soup)."
+                    + ("" if len(fin) <= MAX_TABLE_ROWS else f" First {MAX_TABLE_ROWS} of {len(fin)}; all in runs.csv.")))
 
     doc.h(2, "Seeds: runs that differ only in seed", "seeds")
     if not r.seed_groups:
@@ -255,9 +260,12 @@ def _best_section(doc: Doc, s: RunTable, r: Review, cmc, files: dict) -> None:
     if pcs:
         rows = [[str(p.get("class")), num(p.get("precision"), "{:.3f}"), num(p.get("recall"), "{:.3f}"),
                  num(p.get("f1"), "{:.3f}"), num(p.get("support"))] for p in pcs]
+        unmeasured = [str(p.get("class")) for p in pcs if p.get("support") == 0]
         doc.table(["class", "precision", "recall", "F1", "support"], rows,
                   note="Per-class metrics on the test set; with few images per class, each error moves recall "
-                       "by 1/support.")
+                       "by 1/support." + (f" Support 0 ({', '.join(unmeasured)}): no test image of the class, so its "
+                                          "0s are a convention (scikit-learn's zero_division=0), not a measurement."
+                                          if unmeasured else ""))
     if cmc is None and not pcs:
         doc.p("This run recorded no test predictions, confusion matrix or per-class metrics.")
 
@@ -285,7 +293,8 @@ def _params_section(doc: Doc, s: RunTable, r: Review, files: dict) -> None:
     if not s.varying:
         doc.p("No parameter varies across the finished runs.")
         return
-    png = params_plot(s.fin, s.varying, s.metric)
+    swept = s.swept()
+    png = params_plot(swept, s.varying, s.metric)
     if png:
         _image(doc, files, "params.png", png, f"{s.metric} against each parameter that varies across runs")
     if r.importance:
@@ -295,7 +304,9 @@ def _params_section(doc: Doc, s: RunTable, r: Review, files: dict) -> None:
     doc.p("Importance is descriptive, one parameter at a time over the finished runs: |Spearman rank "
           "correlation| between a numeric parameter and the metric; for a categorical one, eta² = the share "
           "of the metric's variance that lies between its levels (SS_between / SS_total). Both ignore "
-          "interactions, and eta² is inflated when levels have one run each.", cls="note")
+          "interactions, and eta² is inflated when levels have one run each. A parameter counts only in the runs "
+          "whose strategy reads it (freeze trains no backbone: its backbone_lr_mult is no level of anything), and "
+          "a model soup is a candidate, not a level.", cls="note")
 
 
 def _failed_section(doc: Doc, s: RunTable) -> None:
@@ -316,7 +327,10 @@ def _methods_section(doc: Doc, s: RunTable) -> None:
         "(scipy.stats.binomtest) of b out of b+c at 1/2, where b and c count the images exactly one of the two gets right.",
         f"The winner is the finished run with the best `{s.metric}` ({s.goal}); ties go to the smaller model. The runner-up "
         "is the best run of a different configuration (not just another seed).",
-        f"Seed aggregation groups runs by every config key except {', '.join(sorted(NOISE_KEYS))}.",
+        f"Seed aggregation groups runs by every config key except {', '.join(sorted(NOISE_KEYS))}, and except the "
+        "keys a run's strategy does not read (lib.config declares which: a freeze run has no backbone_lr_mult).",
+        "Runs trained on different data (another data_dir or class list) are not ranked together: the dataset "
+        "with the most finished runs is ranked, the others are named in a critical warning.",
         "Pareto front: runs no other run beats on both the metric and the cost (size, latency).",
         f"Overfitting flag: train accuracy − val accuracy at the best epoch > {GAP_OVERFIT:.2f}; "
         "also noted when val loss rises > 10% from its minimum while train loss keeps falling.",

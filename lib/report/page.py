@@ -46,6 +46,19 @@ def count(v) -> str:
     return f"{v / 1e6:.2f}M" if v >= 1e6 else (f"{v / 1e3:.1f}k" if v >= 1e3 else f"{v:.0f}")
 
 
+def seconds(v) -> str:
+    """A duration as read: 0.4 s (a cached freeze run's epochs), 9.0 s, 348 s."""
+    return "–" if isnan(v) else (f"{float(v):.1f} s" if float(v) < 10 else f"{float(v):.0f} s")
+
+
+def time_text(row) -> str:
+    """What a run's time counted: its training epochs (train_time_s: decoding, frozen features and testing
+    not counted), and the whole run's wall clock where the record has it."""
+    train, wall = row.get("train_time_s"), row.get("wall_time_s")
+    text = "training time not recorded" if isnan(train) else f"{seconds(train)} in its training epochs"
+    return text + ("" if isnan(wall) else f", {seconds(wall)} wall clock for the whole run")
+
+
 def hp(value) -> str:
     if isinstance(value, (float, np.floating)):
         return f"{float(value):.3g}"

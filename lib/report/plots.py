@@ -137,6 +137,14 @@ def confusion_plot(cm: np.ndarray, classes: list[str], title: str) -> bytes:
 
 @plain_text
 def tradeoff_plot(fin: pd.DataFrame, metric: str, maximize: bool, has_latency: bool) -> bytes | None:
+    fig = tradeoff_figure(fin, metric, maximize, has_latency)
+    return None if fig is None else _png(fig)
+
+
+def tradeoff_figure(fin: pd.DataFrame, metric: str, maximize: bool, has_latency: bool):
+    """The metric against model size (and latency), the Pareto front drawn; each point labelled."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     panels = [("model_size_mb", "model size (MB)", "pareto_size")]
     if has_latency:
         panels.append(("latency_ms", "CPU latency (ms)", "pareto_latency"))
@@ -144,7 +152,9 @@ def tradeoff_plot(fin: pd.DataFrame, metric: str, maximize: bool, has_latency: b
     if not panels or fin[metric].notna().sum() == 0:
         return None
     fig = _figure(6 * len(panels), 4.6)
+    FigureCanvasAgg(fig)   # a renderer, to measure the labels
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    labels = []
     for ax, (col, label, front_col) in zip(axes, panels):
         sub = fin[fin[col].notna() & fin[metric].notna()]
         on = sub[sub[front_col].astype(bool)]
@@ -155,8 +165,7 @@ def tradeoff_plot(fin: pd.DataFrame, metric: str, maximize: bool, has_latency: b
         ax.step(front[col], front[metric], where="post", color="#d62728", lw=1, alpha=0.6)
         for (x, y), g in sub.groupby([sub[col].round(6), sub[metric].round(6)]):
             names = list(dict.fromkeys(g["_label_short"]))
-            ax.annotate(", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else ""), (x, y),
-                        fontsize=6.5, xytext=(3, 3), textcoords="offset points")
+            labels.append((ax, x, y, ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")))
         if (sub[col] > 0).all() and sub[col].max() / max(sub[col].min(), 1e-12) > 20:
             ax.set_xscale("log")
         ax.set_xlabel(label)
@@ -165,7 +174,37 @@ def tradeoff_plot(fin: pd.DataFrame, metric: str, maximize: bool, has_latency: b
         ax.legend(fontsize=7, loc="lower right" if maximize else "upper right")
     fig.suptitle(f"{metric} vs cost ({'higher' if maximize else 'lower'} is better; front = not beaten on both axes)",
                  fontsize=10)
-    return _png(fig)
+    _place_labels(fig, labels)
+    return fig
+
+
+def _place_labels(fig, labels: list, fontsize: float = 6.5) -> None:
+    """Each label next to its point: above-right if that overlaps no label placed before it and stays in
+    its axes, else the nearest free place a line up or down, right or left of the point (with a leader
+    line). Runs of one size at close scores used to print their labels over each other. The layout is fixed
+    first, and the labels take no part in it, so what is measured here is what is drawn."""
+    from matplotlib.text import Text
+
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer()
+    step = fontsize * 1.25
+    tries = [(side, 3 + k * step) for k in (0, 1, -1, 2, -2, 3, -3, 4, -4, 5, -5) for side in (1, -1)]
+    placed = []
+    for ax, x, y, text in sorted(labels, key=lambda item: tuple(item[0].transData.transform((item[1], item[2])))[::-1]):
+        room = ax.bbox.expanded(1.0, 1.0)
+        for n, (side, dy) in enumerate([*tries, tries[0]]):
+            moved = (side, dy) != tries[0]
+            note = ax.annotate(text, (x, y), xytext=(3 * side, dy), textcoords="offset points", fontsize=fontsize,
+                               ha="left" if side > 0 else "right", va="bottom",
+                               arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "#888"} if moved else None)
+            note.set_in_layout(False)
+            note.update_positions(renderer)
+            box = Text.get_window_extent(note, renderer)   # the text alone, not its leader line
+            fits = room.x0 <= box.x0 and box.x1 <= room.x1 and room.y0 <= box.y0 and box.y1 <= room.y1
+            if n == len(tries) or (fits and not any(box.overlaps(other) for other in placed)):
+                break   # the last: nowhere free, back where it belongs
+            note.remove()
+        placed.append(box)
 
 
 @plain_text

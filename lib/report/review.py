@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from lib.report.page import ci, count, isnan, met, num, pct
+from lib.config import strategy_uses
+from lib.report import datasets
+from lib.report.page import ci, count, isnan, met, num, pct, time_text
 from lib.report.stats import holm, importance, mcnemar, wilson_interval
 from lib.report.table import RunTable
 
@@ -102,10 +104,12 @@ def review(s: RunTable) -> Review:
         _overfitting(s, r, best)
         _data(s, r, best)
         _imbalance(s, r)
+        for warning in (*datasets.other_data(s.data, s.other_data), *datasets.unmeasured_classes(s.by_id, s.fin)):
+            r.warn(*warning)
         _seeds(s, r, best, runner)
         _soups(s, r)
         r.verdict = _verdict(s, r, best, runner, perfect)
-        r.importance = importance(s.fin, list(s.varying), s.metric)
+        r.importance = importance(s.swept(), list(s.varying), s.metric)
     r.warnings.sort(key=lambda w: LEVELS.get(w["level"], 3))
     return r
 
@@ -141,7 +145,8 @@ def _seed_groups(s: RunTable) -> list[dict]:
     for key, g in s.fin.groupby("_group", sort=False):
         if len(g) < 2:
             continue
-        rec = {"config": {k: g.iloc[0][k] for k in s.varying if k in g}, "n": len(g),
+        rec = {"config": {k: g.iloc[0][k] for k in s.varying if k in g and strategy_uses(g.iloc[0]["strategy"], k)},
+               "n": len(g),
                "seeds": g["seed"].tolist() if "seed" in g else [], "run_ids": g["run_id"].tolist(), "_group": key}
         for col in (s.metric, "test_acc", "test_f1_macro"):
             vals = g[col].astype(float).dropna()
@@ -381,7 +386,10 @@ def _verdict(s: RunTable, r: Review, best, runner, perfect: pd.DataFrame) -> lis
     lines.append(_trust_line(s, r, best, runner))
     if len(perfect):
         n0 = perfect["n_test"].iloc[0]
-        lines.append(f"100% test accuracy on n={int(n0)} only shows ≥ {100 * wilson_interval(n0, n0)[0]:.1f}% "
+        ids = perfect.loc[perfect["n_test"] == n0, "run_id"].tolist()
+        who = ", ".join(f"`{i}`" for i in ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+        lines.append(f"{'Run' if len(ids) == 1 else 'Runs'} {who} {'scores' if len(ids) == 1 else 'score'} 100% test "
+                     f"accuracy on n={int(n0)}, which only shows ≥ {100 * wilson_interval(n0, n0)[0]:.1f}% "
                      "at 95% confidence.")
     return lines[:5]
 
@@ -423,8 +431,7 @@ def _trust_line(s: RunTable, r: Review, best, runner) -> str:
                                                      inf(x["train_time_s"])))
         tail = (f"; treat as a tie and prefer the cheaper `{cheaper['run_id']}` ({cheaper['model']}/"
                 f"{cheaper['strategy']}: {num(cheaper['model_size_mb'], '{:.1f}')} MB, "
-                f"{count(cheaper['trainable_params'])} trainable parameters, "
-                f"{num(cheaper['train_time_s'], '{:.0f}')} s of training)")
+                f"{count(cheaper['trainable_params'])} trainable parameters, {time_text(cheaper)})")
     elif against:
         trust = "MODERATE — trust with the caveats"
     else:

@@ -474,7 +474,12 @@ def test_names_from_records_are_data_not_markup(tmp_path):
     assert "-0.02" in cells                                                      # numbers stay numbers
 
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "<img" not in md and "<script" not in md and "<b>" not in md
+    from markdown_it import MarkdownIt
+
+    shown = MarkdownIt("commonmark").enable("table").render(md)            # as a Markdown viewer renders it
+    assert "<script" not in shown and "<b>" not in shown
+    assert all(re.fullmatch(r'<img src="\w+\.png" alt="[^"<>]*" />', tag) for tag in re.findall(r"<img[^>]*>", shown))
+    assert "&lt;img src=x onerror=alert(1)&gt;" in shown                    # the class name, as text
     for block in re.findall(r"(?:^\|.*\|$\n?)+", md, flags=re.M):                 # every table keeps its columns
         widths = {len(re.split(r"(?<!\\)\|", line)) for line in block.strip().splitlines()}
         assert len(widths) == 1, block

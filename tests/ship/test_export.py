@@ -378,13 +378,16 @@ def test_model_card_keeps_names_as_text(exported):
               "per_class": [{**p, "class": n} for p, n in zip(record["per_class"], names)],
               "config": {**record["config"], "augment": "none | <b>x</b>"}}
     card = model_card(result, record)
-    outside_code = re.sub(r"(`+).*?\1", "", card)          # in a code span, HTML is shown, not rendered
-    assert "<script" not in outside_code and "<b>" not in outside_code and "\n# injected" not in card
+    from markdown_it import MarkdownIt
+
+    page = MarkdownIt("commonmark").enable("table").render(card)   # as a Markdown viewer shows it
+    assert "<script" not in page and "<b>" not in page and "\n# injected" not in card
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page   # the name, as text
     assert "`<script>alert(1)</script>`" in card
     for block in re.findall(r"(?:^\|.*\|$\n?)+", card, flags=re.M):     # every table keeps its columns
         widths = {len(re.split(r"(?<!\\)\|", line)) for line in block.strip().splitlines()}
         assert len(widths) == 1, block
-    assert "| a\\|b |" in card and "| &lt;script&gt;alert(1)&lt;/script&gt; |" in card and "| two lines |" in card
+    assert "| a\\|b |" in card and "| \\<script>alert(1)\\</script> |" in card and "| two lines |" in card
     assert "``back`tick``" in card
 
 

@@ -214,3 +214,40 @@ def test_gradual_unfreezes_one_unit_from_the_top_each_stage():
     strategies.apply(model, sets[2])
     lrs = {g["lr"] for g in create_optimizer(model, cfg, plan[2]).param_groups}
     assert sorted(lrs) == pytest.approx([1e-3, 1e-2])       # discriminative: backbone x0.1, head at lr
+
+
+# One value per strategy-specific key, other than its default: what a run would change it to.
+OTHER_VALUE = {"unfreeze_blocks": 1, "unfreeze_unit": "block", "train_bn": False, "phase1_epochs": 3,
+               "surgical_unit": "first", "unfreeze_every": 3, "backbone_lr_mult": 0.5, "layer_decay": 0.65}
+
+
+def what_trains(model, cfg) -> list:
+    """Per phase: its plan, the parameters that train and at which learning rate, the modules held in eval."""
+    from lib.train.optim import param_groups
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    modules = {id(m): n for n, m in model.named_modules()}
+    out = []
+    for phase in strategies.phases(cfg):
+        strategies.apply(model, strategies.trainable_names(model, cfg, phase))
+        lrs = sorted((names[id(p)], g["lr"]) for g in param_groups(model, cfg, phase) for p in g["params"])
+        held = sorted(modules[id(m)] for m in strategies.frozen_modules(model, cfg.train_bn))
+        out.append((phase, lrs, held))
+    return out
+
+
+@pytest.mark.parametrize("strategy", config.STRATEGIES)
+def test_the_keys_a_strategy_reads_are_the_ones_declared(strategy):
+    """lib.config declares which strategies read each strategy-specific key (the report credits a run only
+    with those): changing a key its strategy does not read changes nothing that trains, and changing one
+    it reads changes something."""
+    assert set(OTHER_VALUE) == set(config.STRATEGY_KEYS)
+    model = fresh("resnet50")
+    base = config.build({"strategy": strategy, "epochs": 6})
+    before = what_trains(model, base)
+    for key, value in OTHER_VALUE.items():
+        changed = what_trains(model, config.build({"strategy": strategy, "epochs": 6, key: value}))
+        if config.strategy_uses(strategy, key):
+            assert changed != before, f"{strategy} is declared to read {key}, but {key}={value!r} changed nothing"
+        else:
+            assert changed == before, f"{strategy} is declared not to read {key}, but {key}={value!r} changed it"
