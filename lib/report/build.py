@@ -15,15 +15,24 @@ from lib.cells import csv_cell
 from lib.errors import ReportError
 from lib.files import atomic_write, read_json
 from lib.records import EPOCH_METRICS, RUN_METRICS
+from lib.report.expected import MIN_TRIALS, expected_best, more_trials, pooled_std, trial_values
 from lib.report.page import CSS, Doc, ci, count, hp, isnan, met, num, pct
-from lib.report.plots import MAX_CURVE_RUNS, confusion_plot, curves_plot, overlay_plot, params_plot, tradeoff_plot
+from lib.report.plots import (
+    MAX_CURVE_RUNS,
+    confusion_plot,
+    curves_plot,
+    expected_best_plot,
+    overlay_plot,
+    params_plot,
+    tradeoff_plot,
+)
 from lib.report.review import GAP_OVERFIT, LEVELS, Review, predictions, review, state_text
 from lib.report.table import NOISE_KEYS, RunTable, run_table
 from lib.runs import is_sweep_path, load_local, read_wandb
 
 MAX_TABLE_ROWS = 100
 MAX_CLASSES = 1000        # a confusion matrix from labels alone (no class names recorded) stops here
-PLOT_FILES = ("curves.png", "curves_all.png", "confusion_matrix.png", "tradeoff.png", "params.png")
+PLOT_FILES = ("curves.png", "curves_all.png", "confusion_matrix.png", "tradeoff.png", "params.png", "expected_best.png")
 
 
 def _labels(values) -> np.ndarray:
@@ -150,9 +159,11 @@ def build_report(source_runs, out_dir, metric: str | None = None, latency: dict 
     doc.h(1, title or "Fine-tuning sweep report")
     doc.p(f"Source: `{source}` · {len(s.df)} run(s): {state_text(s.df)} · selection metric: `{metric}` ({goal}) · "
           f"generated {time.strftime('%Y-%m-%d %H:%M')}", cls="meta")
-    _verdict_section(doc, r)
+    curve, more = _expected(s, r)
+    _verdict_section(doc, r, more)
     if not s.fin.empty:
         _tables(doc, s, r)
+        _expected_section(doc, s, curve, more, files)
     _curves_section(doc, s, files)
     if not s.fin.empty:
         _best_section(doc, s, r, cmc, files)
@@ -168,12 +179,15 @@ def build_report(source_runs, out_dir, metric: str | None = None, latency: dict 
             "seed_groups": [{k: v for k, v in g.items() if k != "_group"} for g in r.seed_groups],
             "pareto_size": pareto, "importance": r.importance, "metric": metric, "goal": goal,
             "other_data": s.other_data or [],
-            "n_runs": len(s.df), "n_finished": len(s.fin), "paths": paths, "plots": plots, **paths}
+            "n_runs": len(s.df), "n_finished": len(s.fin), "expected_best": curve, "more_trials": more,
+            "paths": paths, "plots": plots, **paths}
 
 
-def _verdict_section(doc: Doc, r: Review) -> None:
+def _verdict_section(doc: Doc, r: Review, more: dict | None) -> None:
     doc.h(2, "Verdict", "verdict")
     doc.verdict(r.verdict)
+    if more:
+        doc.p(more["text"] + " (see What more trials would buy)")
     doc.h(2, f"What a careful reviewer would say ({len(r.warnings)})", "warnings")
     if r.warnings:
         doc.bullets([(w["level"], w["text"]) for w in r.warnings], cls="warnings")
@@ -230,6 +244,34 @@ def _tables(doc: Doc, s: RunTable, r: Review) -> None:
             for g in r.seed_groups]
     doc.table(header, rows, note="Grouped by every config key except seed and bookkeeping keys "
                                  f"({', '.join(sorted(NOISE_KEYS - {'seed'}))}); std is the sample std (ddof=1).")
+
+
+def _expected(s: RunTable, r: Review) -> tuple[list[dict], dict | None]:
+    """The expected best of n trials for n = 1..N (lib.report.expected) and whether it has flattened."""
+    if s.fin.empty:
+        return [], None
+    curve = expected_best(trial_values(s.fin, s.metric), s.maximize)
+    seed_std = pooled_std([(g["n"], g[f"{s.metric}_std"]) for g in r.seed_groups])
+    return curve, more_trials(curve, s.metric, s.maximize, seed_std)
+
+
+def _expected_section(doc: Doc, s: RunTable, curve: list[dict], more: dict, files: dict) -> None:
+    doc.h(2, "What more trials would buy", "expected")
+    doc.p(more["text"])
+    png = expected_best_plot(curve, s.metric, s.maximize, (more["from_n"], more["to_n"]) if more["flat"] is not None
+                             else None) if len(curve) >= MIN_TRIALS else None
+    if png:
+        _image(doc, files, "expected_best.png", png, f"expected best {s.metric} of n trials, ± std, n = 1..{len(curve)}")
+    picks = sorted({1, 2, 3, 5, len(curve) // 2, len(curve)} & set(range(1, len(curve) + 1)))
+    doc.table(["trials n", f"expected best {s.metric}", "std"],
+              [[str(n), met(curve[n - 1]["value"]), met(curve[n - 1]["std"])] for n in picks],
+              note="All of n = 1..N in the result's `expected_best`.")
+    doc.p(f"The expected best of n trials and its std are those of the best `{s.metric}` over every set of n of the "
+          f"study's {len(curve)} finished runs (Dodge et al. 2019, with the unbiased estimator of Tang et al. 2020: "
+          "drawn without replacement). Each finished run is one trial, seeds included; model soups are not trials. "
+          "Configurations re-run with more seeds because they led, and adaptive samplers (TPE, hyperband), make the "
+          "curve lean optimistic. Flattened: the gain from N/2 to N trials is below the larger of the pooled "
+          "seed-to-seed std and half a point (1% of the value for a score outside [0, 1]).", cls="note")
 
 
 def _curves_section(doc: Doc, s: RunTable, files: dict) -> None:

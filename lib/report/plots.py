@@ -248,3 +248,42 @@ def params_plot(fin: pd.DataFrame, keys: list[str], metric: str) -> bytes | None
     return _png(fig)
 
 
+
+
+LOG_X_TRIALS = 30         # beyond this many trials the expected-best curve gets a log n axis
+
+
+@plain_text
+def expected_best_plot(curve: list[dict], metric: str, maximize: bool, mark: tuple[int, int] | None = None) -> bytes | None:
+    """The expected best of n trials (± its std) against n; ``mark``: the two n the flatness rule compares."""
+    if len(curve) < 2:
+        return None
+    n = np.array([c["n"] for c in curve], dtype=float)
+    mean = np.array([c["value"] for c in curve], dtype=float)
+    std = np.array([c["std"] for c in curve], dtype=float)
+    fig = _figure(6.5, 3.8)
+    ax = fig.subplots()
+    ax.fill_between(n, mean - std, mean + std, color="#2f6fdf", alpha=0.18, lw=0, label="± std over draws of n")
+    ax.plot(n, mean, color="#2f6fdf", marker="." if len(n) <= LOG_X_TRIALS else None, label="expected best")
+    if mark:
+        for x in mark:
+            ax.plot([x], [mean[x - 1]], "o", color="#d62728", ms=6, zorder=3)
+        ax.annotate(f"{mark[0]} → {mark[1]} trials", (mark[1], mean[mark[1] - 1]), xytext=(-6, -14),
+                    textcoords="offset points", ha="right", fontsize=8, color="#d62728")
+    if len(n) > LOG_X_TRIALS:
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        ax.set_xscale("log")   # plain tick labels: mathtext is off (plain_text), so no 10^k
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trials n (drawn from the study without replacement)")
+    ax.set_ylabel(f"expected {'max' if maximize else 'min'} of {metric}", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right" if maximize else "upper right")
+    ax.set_title(f"what more trials would buy: expected best {metric} of n trials", fontsize=10)
+    return _png(fig)

@@ -14,6 +14,7 @@ from scipy import stats
 
 from lib import report
 from lib.report import build_report, load_local, load_wandb, mcnemar, runs_frame, wilson_interval
+from lib.report.expected import expected_best
 from lib.train.run import main
 from tests.fakes.wandb_api import FakeApi, FakeRun
 
@@ -165,6 +166,9 @@ def test_real_runs_are_read(base_args, tmp_path):
                  "params.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0, name
     assert len(pd.read_csv(tmp_path / "report" / "runs.csv")) == 2
+    vals = sorted(r["summary"]["best_val_acc"] for r in runs)       # two real trials: a curve, no slope
+    assert [(c["n"], c["value"]) for c in res["expected_best"]] == [(1, pytest.approx(sum(vals) / 2)), (2, vals[1])]
+    assert res["more_trials"]["flat"] is None and "Too few trials (2)" in res["more_trials"]["text"]
     assert load_local(tmp_path / "runs" / "real1")[0]["id"] == "real1"   # one run folder works too
 
 
@@ -226,11 +230,28 @@ def test_guide_report_files(guide_report):
         assert heading in md, heading
     page = (out / "report.html").read_text()
     images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) == 4                                      # curves, confusion, tradeoff, params: all inline
+    assert len(images) == 5                     # curves, expected best, confusion, tradeoff, params: all inline
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
     assert "src=\"http" not in page and "<link" not in page      # self-contained
-    assert set(res["plots"]) == {"curves", "confusion_matrix", "tradeoff", "params"}
+    assert set(res["plots"]) == {"curves", "expected_best", "confusion_matrix", "tradeoff", "params"}
     assert all(Path(p).read_bytes()[:4] == b"\x89PNG" for p in res["plots"].values())
+
+
+def test_guide_report_says_what_more_trials_would_buy(guide_report):
+    """Seven finished runs (the failed two are no trials): the expected best of n of them, and one line under
+    the verdict on whether the curve has flattened."""
+    res, out = guide_report
+    vals = [0.9915, 0.9915, 0.9829, 0.9829, 0.9744, 0.9316, 0.60]
+    assert res["expected_best"] == expected_best(vals) and len(res["expected_best"]) == 7
+    assert res["more_trials"]["flat"] is True and res["more_trials"]["gain"] == pytest.approx(0.9915 - 0.9888)
+    line = ("More trials would buy little: the expected best `best_val_acc` rises 0.3 points from 3 to 7 trials, "
+            "less than half a point.")
+    assert res["more_trials"]["text"] == line
+    md = (out / "report.md").read_text()
+    verdict, rest = md.split("## What a careful reviewer would say")
+    assert "## Verdict" in verdict and line in verdict             # next to the verdict
+    assert "## What more trials would buy" in rest and "![expected best best_val_acc of n trials" in rest
+    assert (out / "expected_best.png").read_bytes()[:4] == b"\x89PNG"
 
 
 # ---------------------------------------------------------------- seeds, edge cases
@@ -252,6 +273,9 @@ def test_seed_aggregation(tmp_path):
     assert "smaller than its own seed-to-seed std" in text
     assert "different test images" in text and res["mcnemar"] is None   # different splits: no paired test
     assert "0.8200 ± 0.0200" in (tmp_path / "out" / "report.md").read_text()
+    # the floor of "has it flattened" is the seed-to-seed std when it is above half a point
+    assert res["more_trials"]["floor"] == pytest.approx(0.02) and res["more_trials"]["flat"] is True
+    assert "less than the seed-to-seed std (2.0 points)" in res["more_trials"]["text"]
 
 
 def test_a_winning_seed_is_paired_with_the_runner_ups_run_on_its_split(tmp_path):
@@ -334,6 +358,7 @@ def test_load_wandb_with_a_fake_api(tmp_path):
     assert res["best_run_id"] == "w1" and "resnet50 / freeze" in res["verdict"]
     assert any("`w3`" in w for w in res["warnings"])
     assert any("McNemar test not possible" in w for w in res["warnings"])
+    assert res["expected_best"] == expected_best([0.91, 0.88])   # W&B's runs are the same dicts: the same curve
 
 
 # ---------------------------------------------------------------- the page in a real browser
@@ -352,7 +377,7 @@ def test_html_renders_in_headless_chromium(guide_report, tmp_path):
                    capture_output=True, timeout=90, check=False)
     assert shot.exists() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
     dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=90).stdout
-    assert len(re.findall(r'<img src="data:image/png;base64,', dom)) == 4
+    assert len(re.findall(r'<img src="data:image/png;base64,', dom)) == 5
     assert dom.count("<table>") >= 5 and "Verdict" in dom and "resnet50" in dom and "CRITICAL" in dom
     from PIL import Image
 
