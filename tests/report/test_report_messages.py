@@ -10,6 +10,7 @@ import pytest
 from markdown_it import MarkdownIt
 
 from lib.report import build_report, load_local
+from lib.report.expected import expected_best
 from lib.report.plots import tradeoff_figure
 from lib.report.table import run_table
 from tests.report.test_report import (CLASSES, TEST_FILES, Y_TRUE, curve, guide_report, guide_sweep,  # noqa: F401
@@ -51,6 +52,7 @@ def test_a_soup_is_a_candidate_not_a_level(tmp_path):
     strategy = next(x for x in res["importance"] if x["key"] == "strategy")
     assert strategy["direction"] == "best level: freeze" and strategy["levels"] == 2 and strategy["n"] == 5
     assert res["soups"] and res["soups"][0]["best_single"] == "f1"         # still compared with its best ingredient
+    assert res["expected_best"] == expected_best([0.95, 0.94, 0.93, 0.90, 0.88])   # a soup is no trial of the study
 
 
 def test_runs_of_different_data_are_not_ranked_together(tmp_path):
@@ -65,6 +67,7 @@ def test_runs_of_different_data_are_not_ranked_together(tmp_path):
                   split_test=[f"c{i}" for i in range(30)], extra={"classes": cats})
     res = build_report(root, tmp_path / "out")
     assert res["best_run_id"] == "dogs1" and res["runner_up_id"] == "dogs2"    # cats1 (0.99) is not a rival
+    assert res["expected_best"] == expected_best([0.90, 0.85, 0.80])          # nor a trial of this study
     (warning,) = [w for w in res["warning_details"] if w["kind"] == "other_data"]
     assert warning["level"] == "critical" and res["warning_details"][0] == warning
     assert "trained on 2 different datasets" in warning["text"]
