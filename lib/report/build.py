@@ -15,7 +15,7 @@ from lib.cells import csv_cell
 from lib.errors import ReportError
 from lib.files import atomic_write, read_json
 from lib.records import EPOCH_METRICS, RUN_METRICS
-from lib.report.expected import MIN_TRIALS, expected_best, more_trials, pooled_std, trial_values
+from lib.report.expected import MIN_TRIALS, study_curve
 from lib.report.page import CSS, Doc, ci, count, hp, isnan, met, num, pct
 from lib.report.plots import (
     MAX_CURVE_RUNS,
@@ -159,7 +159,7 @@ def build_report(source_runs, out_dir, metric: str | None = None, latency: dict 
     doc.h(1, title or "Fine-tuning sweep report")
     doc.p(f"Source: `{source}` · {len(s.df)} run(s): {state_text(s.df)} · selection metric: `{metric}` ({goal}) · "
           f"generated {time.strftime('%Y-%m-%d %H:%M')}", cls="meta")
-    curve, more = _expected(s, r)
+    curve, more = study_curve(s, r)
     _verdict_section(doc, r, more)
     if not s.fin.empty:
         _tables(doc, s, r)
@@ -187,7 +187,7 @@ def _verdict_section(doc: Doc, r: Review, more: dict | None) -> None:
     doc.h(2, "Verdict", "verdict")
     doc.verdict(r.verdict)
     if more:
-        doc.p(more["text"] + " (see What more trials would buy)")
+        doc.p(more["text"])
     doc.h(2, f"What a careful reviewer would say ({len(r.warnings)})", "warnings")
     if r.warnings:
         doc.bullets([(w["level"], w["text"]) for w in r.warnings], cls="warnings")
@@ -244,15 +244,6 @@ def _tables(doc: Doc, s: RunTable, r: Review) -> None:
             for g in r.seed_groups]
     doc.table(header, rows, note="Grouped by every config key except seed and bookkeeping keys "
                                  f"({', '.join(sorted(NOISE_KEYS - {'seed'}))}); std is the sample std (ddof=1).")
-
-
-def _expected(s: RunTable, r: Review) -> tuple[list[dict], dict | None]:
-    """The expected best of n trials for n = 1..N (lib.report.expected) and whether it has flattened."""
-    if s.fin.empty:
-        return [], None
-    curve = expected_best(trial_values(s.fin, s.metric), s.maximize)
-    seed_std = pooled_std([(g["n"], g[f"{s.metric}_std"]) for g in r.seed_groups])
-    return curve, more_trials(curve, s.metric, s.maximize, seed_std)
 
 
 def _expected_section(doc: Doc, s: RunTable, curve: list[dict], more: dict, files: dict) -> None:

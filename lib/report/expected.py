@@ -115,5 +115,15 @@ def more_trials(curve: list[dict], metric: str, maximize: bool, seed_std: float 
     return {"flat": flat, "gain": gain, "floor": floor, "from_n": half["n"], "to_n": full["n"], "text": text}
 
 
+def study_curve(table, review) -> tuple[list[dict], dict | None]:
+    """A report's ``expected_best`` and ``more_trials`` from its RunTable and Review: the ranked finished
+    runs but soups, and the seed groups' pooled std as the floor; ([], None) when no run finished."""
+    if table.fin.empty:
+        return [], None
+    curve = expected_best(trial_values(table.fin, table.metric), table.maximize)
+    seed_std = pooled_std([(g["n"], g[f"{table.metric}_std"]) for g in review.seed_groups])
+    return curve, more_trials(curve, table.metric, table.maximize, seed_std)
+
+
 def _amount(x: float, points: bool) -> str:
     return f"{100 * x:.1f} points" if points else f"{x:.4g}"
