@@ -118,10 +118,13 @@ def cmd_predict(a):
 
     predict.check_request(a.paths, a.top, a.csv)   # typos fail here, before the model is loaded
     results = predict.predict(a.model, a.paths, top_k=a.top)
-    print(predict.format_table(results))
+    for line in predict.skipped(results):          # why each image was left out, where errors go
+        print(line, file=sys.stderr)
+    predict.check_classified(results)              # nothing classified: bad input, exit 2, nothing written
+    print(predict.format_table([r for r in results if "error" not in r]))
     if a.csv:
-        predict.write_csv(results, a.csv)
-    return 0 if all("error" not in r for r in results) else 1
+        predict.write_csv(results, a.csv)          # every image, its error column included
+    return 0 if all("error" not in r for r in results) else 1   # 1: partial, the skipped ones on stderr
 
 
 def cmd_soup(a):

@@ -8,6 +8,7 @@ imports this without torch or pandas.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # What makes Excel, LibreOffice and Google Sheets read a cell as a formula (OWASP, "CSV injection").
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -47,3 +48,28 @@ def md_code(value) -> str:
     ticks = "`" * (max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
     return f"{ticks}{pad}{text}{pad}{ticks}"
+
+
+def display_width(text) -> int:
+    """Columns a terminal gives ``text``: East Asian wide and fullwidth characters (CJK, most emoji) take
+    two, combining marks (a decomposed é's accent) and format characters none; an emoji joined to the one
+    before it (ZWJ sequences: one family glyph) adds nothing, and the emoji variation selector widens a
+    narrow symbol (❤️) to two. What keeps a plain-text table aligned on file names from anywhere (``len``
+    counts code points)."""
+    width, joined, last = 0, False, 0
+    for ch in str(text):
+        if ch == "\ufe0f":   # VS16: the symbol before it is drawn as a (wide) emoji
+            width, last = width + (last == 1), 2
+            continue
+        if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
+            joined = ch == "\u200d"
+            continue
+        wide = unicodedata.east_asian_width(ch) in ("W", "F")
+        last = 0 if joined and wide else 2 if wide else 1
+        width, joined = width + last, False
+    return width
+
+
+def pad(text, width: int) -> str:
+    """``text`` followed by spaces up to ``width`` display columns (``str.ljust`` by display width)."""
+    return str(text) + " " * max(0, width - display_width(text))

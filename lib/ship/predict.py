@@ -13,11 +13,12 @@ import csv
 import io
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from lib.cells import csv_cell
+from lib.cells import csv_cell, display_width, pad
 from lib.errors import PredictError
 from lib.files import atomic_write
 from lib.images import IMAGE_EXTENSIONS, fit_square, load_rgb
@@ -191,18 +192,51 @@ def format_table(results: list[dict]) -> str:
             rows.append([r["path"], f"error: {r['error']}"] + [""] * (k - 1))
         else:
             rows.append([r["path"]] + [f"{c} {p:.3f}" for c, p in r["top"]] + [""] * (k - len(r["top"])))
-    widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
+    # Widths in terminal columns, not characters: a CJK or emoji file name takes two per character.
+    widths = [max(display_width(row[i]) for row in [header] + rows) for i in range(len(header))]
     # an error spans the probability columns: do not widen them for it
     for i in range(1, len(header)):
-        widths[i] = max([len(header[i])] + [len(row[i]) for row in rows if not row[1].startswith("error: ")])
+        widths[i] = max([len(header[i])] + [display_width(row[i]) for row in rows
+                                            if not row[1].startswith("error: ")])
 
     def line(cells):
-        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+        return "  ".join(pad(c, w) for c, w in zip(cells, widths)).rstrip()
 
     out = [line(header), line(["-" * w for w in widths])]
     for row in rows:
-        out.append(line(row) if not row[1].startswith("error: ") else f"{row[0].ljust(widths[0])}  {row[1]}")
+        out.append(line(row) if not row[1].startswith("error: ") else f"{pad(row[0], widths[0])}  {row[1]}")
     return "\n".join(out)
+
+
+def skipped(results: list[dict], most: int = 20) -> list[str]:
+    """Lines for stderr: each image that could not be classified and why (the first ``most``), then how
+    many more and for which reasons. None for a single image: :func:`check_classified`'s line names it."""
+    bad = [r for r in results if "error" in r]
+    if len(results) == 1:
+        return []
+    lines = [f"skipped {r['path']}: {r['error']}" for r in bad[:most]]
+    if len(bad) > most:
+        reasons = Counter(_kind(r["error"]) for r in bad[most:])
+        lines.append(f"skipped {len(bad) - most} more: " + ", ".join(f"{n} {why}" for why, n in reasons.most_common()))
+    return lines
+
+
+def _kind(error: str) -> str:
+    """The kind of an image error without its details: ``corrupt or truncated: <what PIL said>``."""
+    return error.split(" (")[0].split(":")[0]
+
+
+def check_classified(results: list[dict]) -> None:
+    """PredictError (bad input, exit 2) when not one image could be classified: a text file, a folder of
+    unreadable files. Some classified and some not is a partial result, not an error."""
+    bad = [r for r in results if "error" in r]
+    if not results or len(bad) < len(results):
+        return
+    if len(bad) == 1:
+        raise PredictError(f"nothing could be classified: {bad[0]['path']}: {bad[0]['error']}")
+    reasons = Counter(_kind(r["error"]) for r in bad).most_common()
+    why = ", ".join(f"{n} {reason}" for reason, n in reasons[:3]) + (", ..." if len(reasons) > 3 else "")
+    raise PredictError(f"nothing could be classified: all {len(bad)} files were skipped ({why})")
 
 
 def write_csv(results: list[dict], path) -> Path:

@@ -247,3 +247,74 @@ def test_softmax_is_stable_for_large_logits():
     np.testing.assert_allclose(got[0], [0.5, 0.5, 0.0], atol=1e-12)
     e = np.exp([1.0, 2.0, 3.0])
     np.testing.assert_allclose(got[1], e / e.sum())
+
+
+# --- the command line: what could not be classified is said on stderr, and the exit code says how much ------
+def predict_cli(capsys, *args) -> tuple[int, str, list[str]]:
+    """`finetune_sweep.py predict` as a user runs it: exit code, stdout, stderr lines."""
+    import finetune_sweep
+
+    code = finetune_sweep.main(["predict", *map(str, args)])
+    out = capsys.readouterr()
+    return code, out.out, out.err.strip().splitlines()
+
+
+def test_a_text_file_is_bad_input_said_on_stderr(exported, tmp_path, capsys):
+    _, out = exported
+    (tmp_path / "notes.txt").write_text("not an image")
+    code, stdout, err = predict_cli(capsys, out, tmp_path / "notes.txt", "--csv", tmp_path / "p.csv")
+    assert (code, stdout) == (2, "")
+    assert err == [f"error: nothing could be classified: {tmp_path / 'notes.txt'}: not a readable image"]
+    assert not (tmp_path / "p.csv").exists()                             # bad input: nothing written
+
+
+def test_a_folder_of_unreadable_images_is_bad_input_with_each_reason(exported, tmp_path, capsys):
+    _, out = exported
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.png").write_text("a text file named .png")
+    (folder / "b.jpg").write_text("a text file named .jpg")
+    (folder / "c.png").write_bytes(b"")
+    code, stdout, err = predict_cli(capsys, out, folder)
+    assert (code, stdout) == (2, "")
+    assert err[:3] == [f"skipped {folder / 'a.png'}: not a readable image",
+                       f"skipped {folder / 'b.jpg'}: not a readable image", f"skipped {folder / 'c.png'}: empty file"]
+    assert err[3:] == [("error: nothing could be classified: all 3 files were skipped "
+                       "(2 not a readable image, 1 empty file)")]
+
+
+def test_good_and_bad_files_classify_the_good_list_the_bad_and_exit_1(exported, images, tmp_path, capsys):
+    _, out = exported
+    (tmp_path / "notes.txt").write_text("x")
+    code, stdout, err = predict_cli(capsys, out, images[0], tmp_path / "notes.txt", images[1],
+                                    "--csv", tmp_path / "p.csv")
+    assert code == 1
+    assert err == [f"skipped {tmp_path / 'notes.txt'}: not a readable image"]
+    rows = stdout.strip().splitlines()[2:]
+    assert [r.split()[0] for r in rows] == [str(images[0]), str(images[1])]   # the table: what was classified
+    assert "not a readable image" in (tmp_path / "p.csv").read_text()          # the CSV: every file
+    code, stdout, err = predict_cli(capsys, out, images[0])
+    assert code == 0 and err == []
+
+
+def test_unicode_file_names_keep_the_table_aligned(exported, images, tmp_path, capsys):
+    """CJK and emoji take two terminal columns, a decomposed accent none: the columns still line up."""
+    import re
+    import unicodedata
+
+    from lib.cells import display_width
+
+    _, out = exported
+    names = ["猫の写真.png", "😀 smile.png", unicodedata.normalize("NFD", "café crème.png"), "plain.png"]
+    for name, src in zip(names, images):
+        shutil.copy(src, tmp_path / name)
+    code, stdout, _ = predict_cli(capsys, out, *[tmp_path / n for n in names])
+    assert code == 0
+    lines = stdout.rstrip("\n").splitlines()
+    header = lines[0]
+    starts = [display_width(header[:header.index(c)]) for c in ("top1", "top2", "top3")]
+    for line in lines[2:]:
+        cells = re.split(r" {2,}", line)
+        assert len(cells) == 4, line
+        at = [display_width(line[:line.index(c)]) for c in cells[1:]]
+        assert at == starts, (line, at, starts)
