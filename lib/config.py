@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import json
 import math
 import os
@@ -24,6 +23,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from lib.errors import ConfigError
+from lib.spelling import closest
 
 LR_AUTO = "auto"   # lr: auto: lib.train.lr_find picks the rate; every consumer after it reads a number
 
@@ -173,6 +173,7 @@ TYPES = {name: {"str": str, "int": int, "float": float, "bool": bool, "dict": di
 _TRUE, _FALSE = {"true", "1", "yes", "y", "on"}, {"false", "0", "no", "n", "off"}
 MIN_IMAGE_SIZE = 16        # small_cnn's total stride; lib.train.run.checked asks more of deeper models
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_FLAG = re.compile(r"^--[A-Za-z_][\w-]*(=|$)")   # --key or --key=value: an argument that names a key
 # W&B's own bookkeeping in wandb.config, its config.yaml and the agent's params file (besides `_*`).
 _WANDB_KEYS = {"wandb_version"}
 # What other trainers call our keys: an unknown key that is (close to) one of these is pointed here.
@@ -205,11 +206,12 @@ def _allowed(f) -> str:
 
 
 def suggest(key: str) -> str | None:
-    """The config key a person most likely meant: an alias (learning_rate -> lr) or a close spelling."""
+    """The config key a person most likely meant: an alias (learning_rate -> lr) or a close spelling
+    of a key or of an alias (lerning_rate -> lr). Every "did you mean" about a config key is this one."""
     k = str(key).strip().lstrip("-").lower().replace("-", "_")
     if k in ALIASES:
         return ALIASES[k]
-    close = difflib.get_close_matches(k, [*FIELDS, *ALIASES], n=1, cutoff=0.6)
+    close = closest(k, [*FIELDS, *ALIASES], first=FIELDS)
     return ALIASES.get(close[0], close[0]) if close else None
 
 
@@ -378,8 +380,11 @@ def parse_args(argv: Iterable[str]) -> tuple[str | None, dict[str, Any]]:
             is_bool_value = known and TYPES[key] is bool and nxt is not None \
                 and nxt.strip().lower() in _TRUE | _FALSE
             if takes_value or is_bool_value:
-                if nxt is None:
-                    raise ConfigError(f"--{key} needs a value")
+                # `--lr --runs_dir X`: the next word is the next key, not this one's value (a value that
+                # really starts with -- can still be given as --key=value).
+                if nxt is None or _FLAG.match(nxt):
+                    raise ConfigError(f"--{key} needs a value" + (f" (the next argument is {nxt.split('=')[0]})"
+                                                                  if nxt else ""))
                 value, i = nxt, i + 1
             else:
                 value = "true"  # a bare boolean flag, as ${args_no_boolean_flags} passes it
@@ -421,10 +426,27 @@ def load_yaml(path: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"config file {path!r} is not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path!r} must be a mapping of key: value")
     return data
+
+
+def yaml_problem(e: Exception) -> str:
+    """What is wrong in a YAML file and where, on one line: ``line 5, column 9: expected ',' or ']', but
+    got ':' (while parsing a flow sequence started at line 4, column 13)``. PyYAML's marks count from 0,
+    editors from 1."""
+    if isinstance(e, UnicodeDecodeError):
+        return f"byte {e.start}: not UTF-8 text"
+
+    def at(mark) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+    problem, mark = getattr(e, "problem", None), getattr(e, "problem_mark", None)
+    context, context_mark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if not problem or mark is None:
+        return " ".join(str(e).split())
+    where = f" started at {at(context_mark)}" if context_mark is not None else ""
+    return f"{at(mark)}: {problem}" + (f" ({context}{where})" if context else "")
 
 
 def wants_help(argv: Iterable[str]) -> bool:
@@ -492,6 +514,7 @@ def help_text() -> str:
              "A nested sweep group (--optim=\"{'lr': 0.01}\") only organises: its leaves are the keys below.",
              "Exit codes: 0 finished, 1 failed, 2 bad config or data, 3 preempted, 4 pruned.",
              "", "Config keys:"]
+    defaults = Config().to_dict()   # a default made by a factory (recipe's {}) is not in f.default
     for name, f in FIELDS.items():
-        lines.append(f"  --{name:<18} {f.metadata['help']} [default: {f.default!r}; {_allowed(f)}]")
+        lines.append(f"  --{name:<18} {f.metadata['help']} [default: {defaults[name]!r}; {_allowed(f)}]")
     return "\n".join(lines)

@@ -355,3 +355,62 @@ def test_a_bad_recipe_is_one_line(recipe, needle):
     with pytest.raises(ConfigError, match=None) as e:
         config.build({"recipe": recipe})
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+# --- what a new user meets in the first hour (issue 22) -----------------------------------------------
+
+def test_help_shows_every_default_as_a_value():
+    """recipe's default comes from a factory: --help printed <dataclasses._MISSING_TYPE object at 0x...>."""
+    proc = subprocess.run([sys.executable, "finetune_resnet.py", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "MISSING" not in proc.stdout
+    recipe = next(line for line in proc.stdout.splitlines() if line.lstrip().startswith("--recipe "))
+    assert "[default: {};" in recipe
+
+
+@pytest.mark.parametrize("argv, key, nxt", [(["--lr", "--runs_dir", "X"], "lr", "--runs_dir"),
+                                            (["--model", "--lr=0.1"], "model", "--lr"),
+                                            (["--config", "--epochs", "3"], "config", "--epochs"),
+                                            (["--epochs"], "epochs", None)])
+def test_a_key_followed_by_another_flag_needs_a_value(argv, key, nxt):
+    """`--lr --runs_dir X` said "unexpected argument 'X'": the key that lacks its value is named."""
+    proc = subprocess.run([sys.executable, "finetune_resnet.py", *argv], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    said = f"error: --{key} needs a value" + (f" (the next argument is {nxt})" if nxt else "")
+    assert proc.stderr.strip().splitlines() == [said]
+    _, out = config.parse_args(["--lr", "-0.5", "--tags", "a"])      # a negative number is a value, not a flag
+    assert out == {"lr": "-0.5", "tags": "a"}
+
+
+@pytest.mark.parametrize("typo, first", [("resnet5", ["resnet50", "resnet18"]), ("resnt18", ["resnet18"]),
+                                         ("ResNet50", ["resnet50"]), ("mobilenetv3", ["mobilenetv3_large_100"]),
+                                         ("efficientnet_b", ["efficientnet_b0"])])
+def test_a_misspelled_model_suggests_the_closest_common_names_first(typo, first):
+    """`--model resnet5` suggested cspresnet50 ... lambda_resnet50ts: now by edit distance, common families first."""
+    with pytest.raises(ConfigError) as e:
+        resolve_config([f"--model={typo}"], env={})
+    text = str(e.value)
+    hint = text.split("did you mean ")[1].rstrip("?").replace(" or ", ", ").split(", ")
+    assert hint[:len(first)] == first and "\n" not in text
+
+
+@pytest.mark.parametrize("key, meant", [("lerning_rate", "lr"), ("lrr", "lr"), ("weigth_decay", "weight_decay"),
+                                        ("ema_decy", "ema_decay"), ("colour", None), ("x", None)])
+def test_one_suggestion_for_every_misspelled_key(key, meant):
+    assert config.suggest(key) == meant
+
+
+def test_a_model_whose_weights_cannot_be_had_leaves_nothing_behind(tmp_path, animals):
+    """The default model (resnet50) offline, with nothing in the hub cache: refused before a run folder, a
+    lock, a run.json or a W&B offline run exists (it used to leave all four, after W&B had started)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "HF_HOME": str(tmp_path / "hf"),
+           "WANDB_DIR": str(tmp_path / "wandb-dir")}
+    runs = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "finetune_resnet.py", f"--data_dir={animals}", f"--runs_dir={runs}",
+                           f"--cache_dir={tmp_path / 'cache'}", "--device=cpu"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no network to download pretrained weights for resnet50")
+    assert "--weights=none" in lines[0] and "mobilenetv2_100" in lines[0]
+    assert not runs.exists() and not (tmp_path / "wandb-dir").exists()
+    assert not list(tmp_path.rglob("*.wandb")) and not list(tmp_path.rglob(".lock"))

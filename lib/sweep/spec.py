@@ -38,6 +38,7 @@ with warnings.catch_warnings():  # sweeps warns about its pydantic-1 config keys
 from lib import config as config_lib
 from lib.errors import SweepError
 from lib.records import EPOCH_METRICS, RUN_METRICS
+from lib.sweep import wandb_schema
 
 METHODS = ("grid", "random", "bayes")
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
@@ -118,8 +119,8 @@ def load(path: str, fixed: dict[str, str] | None = None, repeats: int = 1) -> Sw
         raise SweepError(f"sweep file {path!r} not found")
     try:
         raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise SweepError(f"sweep file {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise SweepError(f"sweep file {path!r} is not valid YAML: {config_lib.yaml_problem(e)}") from None
     if not isinstance(raw, dict):
         raise SweepError(f"sweep file {path!r} must be a mapping (program, method, metric, parameters)")
     fixed = dict(fixed or {})
@@ -182,7 +183,15 @@ def parse(raw: dict, path: Path, fixed: dict[str, str]) -> Sweep:
 def _check_schema(raw: dict, path: Path) -> None:
     """W&B's own schema check. Its deprecation notices (``log_uniform`` takes exponents) are warnings on
     W&B, which runs such sweeps: here too."""
-    violations = [" ".join(v.split()) for v in schema_violations_from_proposed_config(raw)]
+    readable = wandb_schema.parameter_problems(raw["parameters"]) if "parameters" in raw else []
+    try:
+        violations = [" ".join(v.split()) for v in schema_violations_from_proposed_config(raw)]
+    except (ValueError, AttributeError, TypeError):   # sweeps assumes every parameter is a mapping
+        violations = []
+    if readable:   # jsonschema's "not valid under any of the given schemas" for the same parameters
+        vague = {f"{spec!r} is not valid under any of the given schemas" for spec in _parameter_specs(raw["parameters"])}
+        violations = readable + [v for v in violations if v not in vague
+                                 and not v.startswith("invalid hyperparameter configuration:")]
     notices = [v for v in violations if any(v.endswith(m) for m in PARAM_DEPRECATION_MAP.values())]
     for notice in notices:
         print(f"warning: {path.name}: {notice}", file=sys.stderr)
@@ -191,6 +200,14 @@ def _check_schema(raw: dict, path: Path) -> None:
         hint = ", ".join(_numbers_read_as_text(raw))
         hint = f" (YAML reads {hint} as text: write 1.0e-5, not 1e-5)" if hint else ""
         raise SweepError(f"{path.name}: not a valid W&B sweep: " + "; ".join(errors) + hint)
+
+
+def _parameter_specs(parameters) -> list:
+    """Every parameter's settings, nested groups' included (what jsonschema quotes in its messages)."""
+    if not isinstance(parameters, dict):
+        return []
+    return [spec for spec in parameters.values()
+            for spec in [spec, *_parameter_specs(spec.get("parameters") if isinstance(spec, dict) else None)]]
 
 
 def _numbers_read_as_text(x) -> list[str]:
@@ -236,10 +253,17 @@ def _with_fixed(params: list[HyperParameter], fixed: dict[str, Any], path: Path)
     return out + [HyperParameter(k, {"value": v}) for k, v in fixed.items() if k not in leaves]
 
 
+def _not_a_key(path: Path, what: str, key: str) -> SweepError:
+    """One line: ``what`` is not a config key, with the key it most likely meant (lib.config.suggest)."""
+    hint = config_lib.suggest(key)
+    return SweepError(f"{path.name}: {what} is not a config key of finetune_resnet.py"
+                      + (f": did you mean {hint!r}?" if hint else "") + " (finetune_resnet.py --help lists every key)")
+
+
 def _check_keys(values: dict, path: Path, where: str) -> dict:
     unknown = [k for k in values if k not in config_lib.FIELDS]
     if unknown:
-        raise SweepError(f"{path.name}: {where} {unknown[0]!r} is not a config key of finetune_resnet.py")
+        raise _not_a_key(path, f"{where} {unknown[0]!r}", unknown[0])
     return values
 
 
@@ -249,8 +273,7 @@ def _check_params(params: list[HyperParameter], path: Path, ours: bool) -> None:
     for p in params:
         key = leaf_name(p.name)
         if key not in config_lib.FIELDS:
-            raise SweepError(f"{path.name}: parameter {shown(p.name)!r} is not a config key of finetune_resnet.py "
-                             f"(see finetune_resnet.py --help)")
+            raise _not_a_key(path, f"parameter {shown(p.name)!r}", key)
         samples = p.config.get("values", [p.config["value"]] if "value" in p.config else
                                [p.ppf(q) for q in (0.01, 0.5, 0.99)])
         for value in samples:
@@ -375,28 +398,36 @@ def value_of(param: HyperParameter, u: float) -> Any:
 
 # --- the machine the study runs on ------------------------------------------------------------------
 def check_here(sweep: Sweep) -> None:
-    """Before the first offline trial: what every trial of the study needs from this machine. Every
-    ``data_dir`` it can take exists (relative paths from here, where the trials run), every model is
-    known to timm and has its ``weights`` obtainable here, offline included (lib.train.weights.availability)."""
+    """Before the first offline trial: what every trial of the study needs from this machine, by the
+    trainer's own checks (a study that cannot run says so once, not once per failed trial). Every
+    ``data_dir`` it can take exists (relative paths from here, where the trials run) and holds what a run
+    accepts (lib.train.data.discover: two class folders of images; files listed, nothing decoded); every
+    model is known to timm and has its ``weights`` obtainable here, offline included
+    (lib.train.models.weights_unavailable)."""
     if not sweep.ours:
         return
-    for row in _combinations(sweep, ("data_dir",)):
+    from lib.errors import DataError
+    from lib.train import data, models  # torch and timm: the trials need them anyway
+
+    for row in _combinations(sweep, ("data_dir", "val_fraction", "test_fraction", "seed")):
         if not Path(row["data_dir"]).expanduser().is_dir():
             raise SweepError(f"{sweep.path.name}: data_dir={row['data_dir']!r} does not exist here "
                              f"({Path.cwd()}): point the study at your images with --set data_dir=/path/to/images")
-    rows = _combinations(sweep, ("model", "weights", "cache_dir"))
-    if all(r["weights"] == "none" for r in rows):
-        return
-    from lib.train import models, weights  # torch and timm: only when a model needs checking
-
-    for row in rows:
-        model, source = row["model"], row["weights"]
-        if source == "pretrained" and model in models.FROM_SCRATCH:
-            continue
-        reason = weights.availability(model, source, row["cache_dir"])
+        try:
+            data.discover(str(Path(row["data_dir"]).expanduser()), row["val_fraction"], row["test_fraction"],
+                          row["seed"])
+        except DataError as e:
+            raise SweepError(f"{sweep.path.name}: no trial can start: {e}; point the study at your images "
+                             "with --set data_dir=/path/to/images") from None
+    for row in _combinations(sweep, ("model", "weights", "cache_dir")):
+        cfg = config_lib.build(row, base=_lenient_base())
+        problem = models.unknown_model(cfg.model)
+        if problem:
+            raise SweepError(f"{sweep.path.name}: {problem}")
+        reason = models.weights_unavailable(cfg)
         if reason:
-            raise SweepError(f"{sweep.path.name}: trials with model={model!r}, weights={source!r} cannot start: "
-                             f"{reason} (for every trial: --set weights=...)")
+            raise SweepError(f"{sweep.path.name}: trials with model={cfg.model!r}, weights={cfg.weights!r} cannot "
+                             f"start: {reason} (for every trial: --set weights=...)")
 
 
 def _combinations(sweep: Sweep, keys: tuple[str, ...]) -> list[dict[str, Any]]:

@@ -16,6 +16,8 @@ from timm.models import get_pretrained_cfg, load_state_dict, register_model
 from torch import nn
 
 from lib.config import Config, ConfigError
+from lib.errors import WeightsError
+from lib.spelling import closest
 from lib.train import strategies
 from lib.train import weights as weights_lib
 
@@ -86,20 +88,73 @@ def small_cnn(pretrained: bool = False, **kwargs) -> SmallCNN:
     return model
 
 
+# The families people reach for first: a typo's suggestions list them before rarer names as close.
+COMMON_MODELS = ("resnet50", "resnet18", "resnet34", "resnet101", "mobilenetv2_100", "mobilenetv3_large_100",
+                 "mobilenetv3_small_100", "efficientnet_b0", "efficientnet_b1", "tf_efficientnet_lite0",
+                 "convnext_tiny", "convnext_small", "vit_small_patch16_224", "vit_base_patch16_224",
+                 "regnety_016", "densenet121", "small_cnn")
+
+
+def similar_models(name: str, n: int = 5) -> list[str]:
+    """timm model names a person most likely meant by ``name``: the common ones that start with it (a
+    family typed alone: ``mobilenetv3``), then the closest (lib.config.closest: fewest edits, the common
+    families first); else names that contain its first word, the common ones first."""
+    known = timm.list_models()
+    word = name.strip().lower()
+    family = [m for m in COMMON_MODELS if m.startswith(word) and m in known]
+    close = list(dict.fromkeys(family + closest(word, known, n=n, first=COMMON_MODELS)))[:n]
+    if close:
+        return close
+    word = word.split("_")[0]
+    rank = {m: i for i, m in enumerate(COMMON_MODELS)}
+    holding = [m for m in known if word and word in m]
+    return sorted(holding, key=lambda m: (rank.get(m, len(rank)), len(m), m))[:n]
+
+
+def unknown_model(name: str) -> str | None:
+    """None for a model timm (or this kit: small_cnn) knows, else the one line that says so."""
+    if timm.is_model(name):
+        return None
+    close = similar_models(name)
+    hint = f"; did you mean {', '.join(close[:-1])} or {close[-1]}?" if len(close) > 1 else \
+        f"; did you mean {close[0]}?" if close else ""
+    return f"model={name!r} is not valid: expected a timm model name (timm.list_models()) or small_cnn{hint}"
+
+
 def check_name(cfg: Config) -> None:
-    """Reject an unknown model name before any work (one line, with close matches)."""
-    if timm.is_model(cfg.model):
-        return
-    close = timm.list_models(f"*{cfg.model.split('_')[0]}*")[:8]
-    hint = f"; similar: {', '.join(close)}" if close else ""
-    raise ConfigError(f"model={cfg.model!r} is not valid: expected a timm model name "
-                      f"(timm.list_models()) or small_cnn{hint}")
+    """Reject an unknown model name before any work (one line, with the closest names)."""
+    problem = unknown_model(cfg.model)
+    if problem:
+        raise ConfigError(problem)
 
 
 def check_weights(cfg: Config) -> None:
     if cfg.weights not in ("pretrained", "none") and not Path(cfg.weights).is_file():
         raise ConfigError(f"weights={cfg.weights!r} is not valid: expected pretrained, none, "
                           "or the path of an existing .safetensors/.pth file")
+
+
+def initial_weights(cfg: Config) -> str:
+    """``weights`` as :func:`create` uses it: a model with no pretrained weights anywhere starts from scratch."""
+    return "none" if cfg.model in FROM_SCRATCH and cfg.weights == "pretrained" else cfg.weights
+
+
+def weights_dir(cfg: Config) -> Path:
+    """Where converted pip-shipped weights are kept (lib.train.weights.pip_weights_file)."""
+    return Path(cfg.cache_dir) / "weights"
+
+
+def weights_unavailable(cfg: Config) -> str | None:
+    """Why the run's initial weights cannot be had on this machine, or None. Local sources first, the hub
+    last and within a few seconds (lib.train.weights.availability): checked before a run folder or a
+    study's first trial exists, not found out after W&B has started."""
+    return weights_lib.availability(cfg.model, initial_weights(cfg), weights_dir(cfg))
+
+
+def check_available(cfg: Config) -> None:
+    problem = weights_unavailable(cfg)
+    if problem:
+        raise WeightsError(problem)
 
 
 @functools.lru_cache(maxsize=16)
@@ -137,7 +192,7 @@ def check_fits(cfg: Config) -> None:
 
 def create(cfg: Config, num_classes: int, cache_dir: Path) -> tuple[nn.Module, dict, dict]:
     """Model with a fresh ``num_classes`` head, its weights source, and its preprocessing config."""
-    weights = "none" if cfg.model in FROM_SCRATCH and cfg.weights == "pretrained" else cfg.weights
+    weights = initial_weights(cfg)
     kwargs = {"drop_rate": cfg.dropout}
     if cfg.drop_path > 0:
         kwargs["drop_path_rate"] = cfg.drop_path

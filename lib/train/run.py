@@ -70,7 +70,15 @@ def check_data(cfg: Config) -> None:
     data.discover(cfg.data_dir, cfg.val_fraction, cfg.test_fraction, cfg.seed)
 
 
+def check_can_start(cfg: Config) -> None:
+    """What the machine must provide, checked before a run folder, a lock or a W&B run exists: the data,
+    and the initial weights (offline: the hub is not retried for minutes; lib.train.weights.availability)."""
+    check_data(cfg)
+    models.check_available(cfg)
+
+
 DATA_KEYS = ("data_dir", "val_fraction", "test_fraction", "seed")
+WEIGHTS_KEYS = ("model", "weights", "cache_dir")
 
 
 def apply_sweep(cfg: Config, tracker) -> Config:
@@ -85,6 +93,8 @@ def apply_sweep(cfg: Config, tracker) -> Config:
     checked(new)
     if any(getattr(new, k) != getattr(cfg, k) for k in DATA_KEYS):
         check_data(new)
+    if any(getattr(new, k) != getattr(cfg, k) for k in WEIGHTS_KEYS):
+        models.check_available(new)
     return new
 
 
@@ -344,7 +354,7 @@ def _train(cfg: Config, record: RunRecord, tracker, stop: training.StopFlag, res
     # one (decoding, feature extraction, evaluation), not only between training batches.
     splits = data.discover(cfg.data_dir, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     stop.check()
-    model, source, data_cfg = models.create(cfg, len(splits.classes), Path(cfg.cache_dir) / "weights")
+    model, source, data_cfg = models.create(cfg, len(splits.classes), models.weights_dir(cfg))
     stop.check()
     cache = shared_cache(cfg)
     decoded = load_data(cfg, splits, data_cfg, record, cache, stop)
@@ -395,7 +405,7 @@ def main(argv: list[str], env=os.environ) -> int:
         return EXIT_OK
     try:
         cfg = resolve_config(argv, env)
-        check_data(cfg)                    # before any run folder exists
+        check_can_start(cfg)               # before any run folder exists
         tracking.prepare_environment(env)  # before wandb is imported anywhere
         return execute(cfg, env)
     except KitError as e:

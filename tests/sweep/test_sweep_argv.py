@@ -298,3 +298,86 @@ def test_some_invalid_draws_are_a_warning_not_an_error(tmp_path, capsys):
                          "epochs": {"distribution": "int_uniform", "min": 2, "max": 6}}, method="random")
     sweep_spec.load(f)
     assert "sampled draws are not valid runs" in capsys.readouterr().err
+
+
+# --- what a new user meets in the first hour (issue 22) -------------------------------------------------------
+def _one_class(root: Path, animals) -> Path:
+    folder = root / "only_class"
+    folder.mkdir(parents=True)
+    for src in sorted(next(p for p in sorted(Path(animals).iterdir()) if p.is_dir()).glob("*.png"))[:5]:
+        (folder / src.name).write_bytes(src.read_bytes())
+    return root
+
+
+@pytest.mark.parametrize("case, needle", [("one class", ("has 1 class folder(s) with images: a classifier needs at "
+                                                        "least two")),
+                                          ("empty", "has 0 class folder(s) with images"),
+                                          ("no images", "has 0 class folder(s) with images")])
+def test_a_data_dir_the_trainer_would_refuse_is_refused_before_the_first_trial(tmp_path, capsys, animals, case,
+                                                                               needle):
+    """By the trainer's own check (lib.train.data.discover): one line, exit 2, no sweep dir, no trial."""
+    data = {"one class": lambda: _one_class(tmp_path / "one", animals),
+            "empty": lambda: (tmp_path / "empty").mkdir() or tmp_path / "empty",
+            "no images": lambda: ((tmp_path / "txt" / "a").mkdir(parents=True),
+                                  (tmp_path / "txt" / "a" / "x.txt").write_text("x"), tmp_path / "txt")[-1]}[case]()
+    f = study(tmp_path, {"model": {"value": "small_cnn"}, "lr": {"values": [0.01, 0.1]}})
+    code, err = cli(capsys, "local", f, "--sweep_dir", tmp_path / "out", "--set", f"data_dir={data}")
+    assert (code, len(err)) == (2, 1), err
+    assert err[0].startswith("error: s.yaml: no trial can start: ") and needle in err[0]
+    assert "--set data_dir=" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_misspelled_model_or_key_in_a_study_gets_the_trainers_suggestions(tmp_path, capsys, animals):
+    """`--set model=resnet5` said only "see timm.list_models()"; `--set lerning_rate=` and a parameter `lrr`
+    had no suggestion although `--lerning_rate` did: one suggestion function everywhere."""
+    f = study(tmp_path, {"data_dir": {"value": str(animals)}, "lr": {"values": [0.01]}})
+    code, err = cli(capsys, "local", f, "--sweep_dir", tmp_path / "out", "--set", "model=resnet5")
+    assert (code, len(err)) == (2, 1) and "model='resnet5' is not valid" in err[0]
+    assert "did you mean resnet50, resnet18, " in err[0]
+    code, err = cli(capsys, "local", f, "--sweep_dir", tmp_path / "out", "--set", "lerning_rate=1e-3")
+    assert (code, len(err)) == (2, 1) and "--set 'lerning_rate' is not a config key" in err[0]
+    assert "did you mean 'lr'?" in err[0]
+    f = study(tmp_path, {"data_dir": {"value": str(animals)}, "lrr": {"values": [0.01]}}, name="p.yaml")
+    code, err = cli(capsys, "local", f, "--sweep_dir", tmp_path / "out")
+    assert (code, len(err)) == (2, 1) and "parameter 'lrr' is not a config key" in err[0]
+    assert "did you mean 'lr'?" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_broken_yaml_names_its_line_and_column(tmp_path, capsys):
+    f = tmp_path / "broken.yaml"
+    f.write_text("program: finetune_resnet.py\nmethod: grid\nparameters:\n  lr:\n    values: [0.1, 0.2\n"
+                 "  epochs: {value: 1}\n")
+    code, err = cli(capsys, "local", f, "--sweep_dir", tmp_path / "out")
+    assert (code, len(err)) == (2, 1)
+    assert err[0] == ("error: sweep file '" + str(f) + "' is not valid YAML: line 6, column 9: expected ',' or ']', "
+                      "but got ':' (while parsing a flow sequence started at line 5, column 13)")
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text("lr: 0.1\nepochs: [3\n")
+    with pytest.raises(run_lib.ConfigError, match=r"is not valid YAML: line 3, column 1: "):
+        run_lib.resolve_config([f"--config={run_file}"], env={})
+
+
+@pytest.mark.parametrize("parameter, said", [
+    ({"values": 5}, "parameters.lr.values must be a list (got 5)"),
+    ({"values": []}, "parameters.lr.values must list at least one value (got [])"),
+    ({"value": 1, "values": [1]}, "parameters.lr: categorical does not take value (it takes distribution, values)"),
+    ({"valuse": [1]}, "parameters.lr: unknown setting 'valuse': did you mean 'values'?"),
+    ({"min": 0.1}, "parameters.lr: uniform needs max"),
+    ({"min": "a", "max": 1.0}, "parameters.lr.min must be a number for uniform (got 'a')"),
+    ({"distribution": "int_uniform", "min": 0.5, "max": 3}, "parameters.lr.min must be an integer for int_uniform"),
+    ({"distribution": "log_uniform_values", "min": 0, "max": 1},
+     "parameters.lr.min must be > 0 for log_uniform_values (got 0)"),
+    ({"distribution": "zipf"}, "parameters.lr.distribution 'zipf' is not one W&B knows: expected one of beta, "),
+    (5, "parameters.lr must be a mapping such as `value: X`"),
+    ({"parameters": {"lr": {"values": 5}}}, "parameters.lr.parameters.lr.values must be a list (got 5)"),
+])
+def test_wandb_schema_violations_are_said_as_what_to_fix(tmp_path, capsys, parameter, said):
+    """`values: 5` gave jsonschema's "{'values': 5} is not valid under any of the given schemas"."""
+    f = study(tmp_path, {"lr": parameter}, method="random")
+    code, err = cli(capsys, "local", f, "--sweep_dir", tmp_path / "out")
+    assert (code, len(err)) == (2, 1), err
+    assert err[0].startswith("error: s.yaml: not a valid W&B sweep: " + said), err[0]
+    assert "not valid under any of the given schemas" not in err[0] and "invalid hyperparameter" not in err[0]
+    assert not (tmp_path / "out").exists()
