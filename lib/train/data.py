@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
@@ -39,6 +40,7 @@ class Splits:
     items: dict[str, list[tuple[str, int]]]      # split -> [(path relative to data_dir, label)]
     skipped: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    sizes: dict = field(default_factory=dict)      # source_sizes: how large the images are before resizing
 
     def as_record(self) -> dict:
         return {s: [p for p, _ in self.items[s]] for s in SPLITS}
@@ -297,6 +299,35 @@ def loader(decoded: Decoded, transform, batch_size: int, num_workers: int, seed:
 def resize_side(data_cfg: dict) -> int:
     """Side at which images are stored: timm's eval resize (input / crop_pct)."""
     return int(round(data_cfg["input_size"][-1] / data_cfg["crop_pct"]))
+
+
+def source_sizes(root: Path, paths: list[str], data_cfg: dict, most: int = 256) -> dict:
+    """How large the images are before the model's resize: the median shorter side of up to ``most`` of
+    them (evenly spread), read from their headers (nothing decoded), beside the model's input side."""
+    step = max(1, len(paths) // most)
+    sides = []
+    for rel in paths[::step][:most]:
+        try:
+            with Image.open(root / rel) as img:
+                sides.append(min(img.size))
+        except (OSError, ValueError):   # decoded fine a moment ago: a file changed since, not our concern here
+            continue
+    return {"median_source_side": int(np.median(sides)) if sides else None, "sampled": len(sides),
+            "input_side": int(data_cfg["input_size"][-1]), "resize_side": resize_side(data_cfg)}
+
+
+def upscale_warning(sizes: dict, model: str, image_size: int, smallest: int) -> str | None:
+    """Images smaller than the model's input are stretched to it: said, with how to keep them small
+    (``--image_size``, at least ``smallest``: the model's stride), when the size is the model's default.
+    An explicit ``image_size`` is the user's choice: recorded (``image_sizes``), not warned about."""
+    median, side = sizes["median_source_side"], sizes["input_side"]
+    if median is None or median >= side or image_size:
+        return None
+    keep = max(median, smallest)
+    return (f"images are upscaled: their median shorter side is {median} px and {model}'s input is {side} px "
+            f"(resized to {sizes['resize_side']} px, then centre-cropped); --image_size {keep} keeps them near "
+            f"their own size ({'the smallest ' + model + ' takes; ' if keep > median else ''}faster per image; "
+            "whether it costs accuracy is for a study to say)")
 
 
 def data_warnings(classes: list[str], decoded: dict[str, Decoded]) -> list[str]:

@@ -15,7 +15,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_model
 from timm.models import get_pretrained_cfg, load_state_dict, register_model
 from torch import nn
 
-from lib.config import Config, ConfigError
+from lib.config import MIN_IMAGE_SIZE, Config, ConfigError
 from lib.errors import WeightsError
 from lib.spelling import closest
 from lib.train import strategies
@@ -168,6 +168,17 @@ def skeleton(model_name: str, image_size: int) -> nn.Module | None:
         return None
 
 
+def total_stride(model: nn.Module | None) -> int | None:
+    """How much smaller than the input the model's last feature map is (None: the model does not say)."""
+    info = getattr(model, "feature_info", None)
+    return info[-1].get("reduction") if isinstance(info, list) and info and isinstance(info[-1], dict) else None
+
+
+def min_input_side(model_name: str) -> int:
+    """The smallest ``image_size`` the model takes: its total stride, at least the config's minimum."""
+    return max(MIN_IMAGE_SIZE, total_stride(skeleton(model_name, 0)) or 0)
+
+
 def check_fits(cfg: Config) -> None:
     """``image_size`` and ``unfreeze_blocks`` against the model itself, before any work: an input
     smaller than the total stride leaves no feature map; more units than the model has silently
@@ -175,8 +186,7 @@ def check_fits(cfg: Config) -> None:
     model = skeleton(cfg.model, cfg.image_size)
     if model is None:
         return
-    info = getattr(model, "feature_info", None)
-    stride = info[-1].get("reduction") if isinstance(info, list) and info and isinstance(info[-1], dict) else None
+    stride = total_stride(model)
     if cfg.image_size and stride and cfg.image_size < stride:
         raise ConfigError(f"image_size={cfg.image_size} is too small for {cfg.model}: its last feature map is "
                           f"1/{stride} of the input; expected 0 (its own size) or at least {stride}")

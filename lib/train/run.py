@@ -118,6 +118,9 @@ def load_data(cfg: Config, splits: data.Splits, data_cfg: dict, record: RunRecor
                             f"({len(splits.skipped)} file(s) skipped{why})")
     splits.warnings += data.data_warnings(splits.classes, decoded)
     splits.items = {s: [(p, int(l)) for p, l in zip(d.paths, d.labels)] for s, d in decoded.items()}
+    splits.sizes = data.source_sizes(Path(cfg.data_dir), decoded["train"].paths, data_cfg)
+    upscaled = data.upscale_warning(splits.sizes, cfg.model, cfg.image_size, models.min_input_side(cfg.model))
+    splits.warnings += [upscaled] if upscaled else []
     for w in splits.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if splits.skipped:
@@ -360,6 +363,7 @@ def _train(cfg: Config, record: RunRecord, tracker, stop: training.StopFlag, res
     decoded = load_data(cfg, splits, data_cfg, record, cache, stop)
     record.update(classes=splits.classes, split=splits.as_record(), skipped=splits.skipped,
                   warnings=[*record.notes, *splits.warnings], weights_source=source, data_config=data_cfg,
+                  image_sizes=splits.sizes,
                   device=str(device), counts={s: len(d.labels) for s, d in decoded.items()},
                   class_counts={s: balance.class_counts(d.labels, len(splits.classes)) for s, d in decoded.items()},
                   data_cache=f"{sum(d.reused for d in decoded.values())} of {len(decoded)} splits reused "

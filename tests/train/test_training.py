@@ -122,3 +122,28 @@ def test_ema_is_evaluated_next_to_the_raw_weights_and_the_better_is_kept(base_ar
     kind = "ema" if best["val_acc_ema"] > best["val_acc"] else "raw"
     assert rec["summary"]["best_weights"] == kind
     assert rec["summary"]["best_val_acc"] == pytest.approx(max(best["val_acc"], best["val_acc_ema"]))
+
+
+def test_small_images_upscaled_to_the_models_size_are_said_once(animals, tmp_path, cache_dir, capsys):
+    """48 px images stretched to small_cnn's 224 px were silent: one warning in the log and the record, the
+    sizes in run.json (image_sizes), and how to keep them small. An explicit --image_size is a choice: recorded,
+    not warned about."""
+    from PIL import Image
+
+    small = tmp_path / "small48"
+    for cls in sorted(p for p in Path(animals).iterdir() if p.is_dir())[:2]:
+        (small / cls.name).mkdir(parents=True)
+        for src in sorted(cls.glob("*.png"))[:12]:
+            Image.open(src).resize((48, 40)).save(small / cls.name / src.name)   # shorter side 40
+    args = [f"--data_dir={small}", f"--runs_dir={tmp_path / 'runs'}", f"--cache_dir={cache_dir}", "--device=cpu",
+            "--model=small_cnn", "--epochs=1", "--augment=none", "--batch_size=8", "--val_fraction=0.25",
+            "--test_fraction=0.25"]
+    rec, _, _ = run(args, ["--run_id=upscaled"])
+    said = [w for w in rec["warnings"] if w.startswith("images are upscaled")]
+    assert said == [("images are upscaled: their median shorter side is 40 px and small_cnn's input is 224 px "
+                    "(resized to 256 px, then centre-cropped); --image_size 40 keeps them near their own size "
+                    "(faster per image; whether it costs accuracy is for a study to say)")]
+    assert capsys.readouterr().err.count("images are upscaled") == 1
+    assert rec["image_sizes"] == {"median_source_side": 40, "sampled": 12, "input_side": 224, "resize_side": 256}
+    rec, _, _ = run(args, ["--run_id=kept", "--image_size=40"])
+    assert not [w for w in rec["warnings"] if "upscaled" in w] and rec["image_sizes"]["input_side"] == 40
