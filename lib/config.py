@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from lib import errors
 from lib.errors import ConfigError
 from lib.spelling import closest
 
@@ -426,27 +427,10 @@ def load_yaml(path: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {path!r} is not valid YAML: {yaml_problem(e)}") from None
+        raise ConfigError(f"config file {path!r} is not valid YAML: {errors.yaml_problem(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path!r} must be a mapping of key: value")
     return data
-
-
-def yaml_problem(e: Exception) -> str:
-    """What is wrong in a YAML file and where, on one line: ``line 5, column 9: expected ',' or ']', but
-    got ':' (while parsing a flow sequence started at line 4, column 13)``. PyYAML's marks count from 0,
-    editors from 1."""
-    if isinstance(e, UnicodeDecodeError):
-        return f"byte {e.start}: not UTF-8 text"
-
-    def at(mark) -> str:
-        return f"line {mark.line + 1}, column {mark.column + 1}"
-    problem, mark = getattr(e, "problem", None), getattr(e, "problem_mark", None)
-    context, context_mark = getattr(e, "context", None), getattr(e, "context_mark", None)
-    if not problem or mark is None:
-        return " ".join(str(e).split())
-    where = f" started at {at(context_mark)}" if context_mark is not None else ""
-    return f"{at(mark)}: {problem}" + (f" ({context}{where})" if context else "")
 
 
 def wants_help(argv: Iterable[str]) -> bool:

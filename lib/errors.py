@@ -61,3 +61,20 @@ def one_line(e: BaseException) -> str:
     """An exception from another library as ``Type: first line`` (at most 300 characters of it)."""
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:300] if text else ''}"
+
+
+def yaml_problem(e: Exception) -> str:
+    """What is wrong in a YAML file and where, on one line: ``line 5, column 9: expected ',' or ']', but
+    got ':' (while parsing a flow sequence started at line 4, column 13)``. PyYAML's marks count from 0,
+    editors from 1."""
+    if isinstance(e, UnicodeDecodeError):
+        return f"byte {e.start}: not UTF-8 text"
+
+    def at(mark) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+    problem, mark = getattr(e, "problem", None), getattr(e, "problem_mark", None)
+    context, context_mark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if not problem or mark is None:
+        return " ".join(str(e).split())
+    where = f" started at {at(context_mark)}" if context_mark is not None else ""
+    return f"{at(mark)}: {problem}" + (f" ({context}{where})" if context else "")

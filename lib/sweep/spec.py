@@ -36,6 +36,7 @@ with warnings.catch_warnings():  # sweeps warns about its pydantic-1 config keys
     from sweeps.params import PARAM_DEPRECATION_MAP, HyperParameter, HyperParameterSet
 
 from lib import config as config_lib
+from lib import errors
 from lib.errors import SweepError
 from lib.records import EPOCH_METRICS, RUN_METRICS
 from lib.sweep import wandb_schema
@@ -120,7 +121,7 @@ def load(path: str, fixed: dict[str, str] | None = None, repeats: int = 1) -> Sw
     try:
         raw = yaml.safe_load(p.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise SweepError(f"sweep file {path!r} is not valid YAML: {config_lib.yaml_problem(e)}") from None
+        raise SweepError(f"sweep file {path!r} is not valid YAML: {errors.yaml_problem(e)}") from None
     if not isinstance(raw, dict):
         raise SweepError(f"sweep file {path!r} must be a mapping (program, method, metric, parameters)")
     fixed = dict(fixed or {})
