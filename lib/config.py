@@ -61,7 +61,9 @@ class Config:
                               "16 and the model's total stride", min=0, max=4096,
                               allowed="0 (the model's size) or an integer in [16, 4096]")
     min_image_side: int = _opt(32, "images with a shorter side are skipped (and listed)", min=1)
-    augment: str = _opt("light", "training augmentation", choices=("none", "light", "strong"))
+    augment: str = _opt("auto", "training augmentation; auto: none for freeze (its head then trains on stored "
+                                "features: as accurate, many times faster; docs/defaults.md), light for every "
+                                "other strategy", choices=("auto", "none", "light", "strong"))
     batch_size: int = _opt(32, "images per step", min=1, max=65536)
     num_workers: int = _opt(0, "DataLoader worker processes (0: decode in the main process)", min=0, max=128, bookkeeping=True)
     # --- a recipe: several keys at once (a W&B grid cannot tie them: no conditional parameters) ---
@@ -153,11 +155,19 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def augmentation(self) -> str:
+        """``augment`` as the run applies it: ``auto`` is AUTO_AUGMENT's choice for the strategy."""
+        return AUTO_AUGMENT.get(self.strategy, "light") if self.augment == "auto" else self.augment
+
     def default_run_name(self) -> str:
         lr = self.lr if isinstance(self.lr, str) else f"{self.lr:.0e}".replace("e-0", "e-")
         return f"{self.model}-{self.strategy}-lr{lr}"
 
 
+# What augment=auto is for a strategy (else light). freeze trains a head on a frozen backbone: without
+# augmentation its features are computed once and stored (lib.train.features), which measured as accurate
+# as light augmentation recomputed every epoch, and 10-30x faster (docs/defaults.md, bench/freeze_default.py).
+AUTO_AUGMENT = {"freeze": "none"}
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # Not part of a run's recipe (with W&B's own bookkeeping in its config): see _opt's bookkeeping.
 BOOKKEEPING = frozenset({name for name, f in FIELDS.items() if f.metadata["bookkeeping"]} | {"wandb_version"})

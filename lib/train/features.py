@@ -140,8 +140,8 @@ def why_not(cfg: Config, phase_name: str) -> str | None:
         return "feature_cache=false"
     if cfg.mixup > 0 or cfg.cutmix > 0:
         return "mixup/cutmix mix pixels"
-    if cfg.augment != "none" and cfg.augment_views == 0:
-        return f"augment={cfg.augment}: every epoch sees new pixels (augment_views=K caches K views)"
+    if cfg.augmentation() != "none" and cfg.augment_views == 0:
+        return f"augment={cfg.augmentation()}: every epoch sees new pixels (augment_views=K caches K views)"
     return None
 
 
@@ -191,7 +191,8 @@ def prepare(cut: Cut, cfg: Config, loaders: dict, store: Store, accel, epochs: i
             sample: torch.Tensor) -> Cached | str:
     """Outputs of the frozen front for val and each training view (from the shared cache when
     another run made them), or why not (over the memory budget). ``sample``: one input image."""
-    n_views = 1 if cfg.augment == "none" else min(cfg.augment_views, epochs)
+    augment = cfg.augmentation()
+    n_views = 1 if augment == "none" else min(cfg.augment_views, epochs)
     with torch.no_grad(), accel.autocast():
         per_image = cut.front(sample).numel() * 4
     decoded, cache = store.decoded, store.cache
@@ -216,12 +217,12 @@ def prepare(cut: Cut, cfg: Config, loaders: dict, store: Store, accel, epochs: i
                     torch.manual_seed(cfg.seed * 1000 + view)   # view v: the same pixels in every run
                 return {"x": extract(cut.front, ordered, accel, f"{cut.name} {split}", store.stop)}, {}
         entry = cache.get("features", {**key, "data": decoded[split].key, "split": split,
-                                       "view": None if view is None else [cfg.augment, view, cfg.seed]}, build)
+                                       "view": None if view is None else [augment, view, cfg.seed]}, build)
         reused.append(entry.reused)
         return TensorDataset(torch.from_numpy(entry.arrays["x"]), decoded[split].labels)
 
     train = loaders["train"]
-    views = [None] if cfg.augment == "none" else list(range(n_views))
+    views = [None] if augment == "none" else list(range(n_views))
     train_sets = [stored("train", v, train) for v in views]   # its transform augments, if on
     # Training shares the image loader's sampler and generator, so it draws the same batches as the plain
     # loop (shuffled, or class-balanced: lib.train.balance); the sampler only needs the length, the same.
@@ -229,6 +230,6 @@ def prepare(cut: Cut, cfg: Config, loaders: dict, store: Store, accel, epochs: i
                             drop_last=train.drop_last) for s in train_sets]
     val = DataLoader(stored("val", None, loaders["val"]), batch_size=cfg.batch_size,
                      generator=torch.Generator())
-    exact = "exact" if cfg.augment == "none" else f"{n_views} augmented view(s), reused cyclically"
+    exact = "exact" if augment == "none" else f"{n_views} augmented view(s), reused cyclically"
     source = f"{sum(reused)} of {len(reused)} reused from the sweep cache" if cache.root else "not shared"
     return Cached(cut.net, out_train, val, f"on: {cut.name}, {exact}, {source}")

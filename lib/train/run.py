@@ -133,9 +133,11 @@ def make_loaders(cfg: Config, data_cfg: dict, decoded: dict, mixing: bool, devic
     augmentation included; elsewhere deterministic transforms run per batch and augmentation per image."""
     gpu = device.type == "cuda" and cfg.num_workers == 0
 
+    augment = cfg.augmentation()
+
     def one(split, train):
-        batched = not train or cfg.augment == "none" or (cfg.augment == "light" and gpu)
-        return data.loader(decoded[split], data.transforms(data_cfg, cfg.augment, train, on_device=gpu),
+        batched = not train or augment == "none" or (augment == "light" and gpu)
+        return data.loader(decoded[split], data.transforms(data_cfg, augment, train, on_device=gpu),
                            cfg.batch_size, cfg.num_workers, cfg.seed, train=train, drop_last=train and mixing,
                            pin_memory=device.type == "cuda", batched=batched, device=device if gpu else None,
                            sampler=cfg.sampler)
@@ -363,7 +365,7 @@ def _train(cfg: Config, record: RunRecord, tracker, stop: training.StopFlag, res
     decoded = load_data(cfg, splits, data_cfg, record, cache, stop)
     record.update(classes=splits.classes, split=splits.as_record(), skipped=splits.skipped,
                   warnings=[*record.notes, *splits.warnings], weights_source=source, data_config=data_cfg,
-                  image_sizes=splits.sizes,
+                  image_sizes=splits.sizes, augmentation=cfg.augmentation(),   # augment=auto as applied
                   device=str(device), counts={s: len(d.labels) for s, d in decoded.items()},
                   class_counts={s: balance.class_counts(d.labels, len(splits.classes)) for s, d in decoded.items()},
                   data_cache=f"{sum(d.reused for d in decoded.values())} of {len(decoded)} splits reused "

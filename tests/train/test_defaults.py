@@ -41,7 +41,7 @@ def features(record: dict, root: Path, split: str):
 def test_freeze_with_defaults_is_as_good_as_a_linear_probe(names, tmp_path, cache_dir):
     from sklearn.linear_model import LogisticRegression
 
-    root = subset(tmp_path / "data", names, per_class=80)
+    root = subset(tmp_path / "data", names, per_class=120)
     args = [f"--data_dir={root}", f"--runs_dir={tmp_path / 'runs'}", f"--cache_dir={cache_dir}",
             "--model=mobilenetv2_100", "--image_size=64", "--min_image_side=16", "--device=cpu", "--run_id=d"]
     assert main(args) == 0                      # strategy, optimizer, lr, epochs, augment: the defaults
@@ -53,3 +53,24 @@ def test_freeze_with_defaults_is_as_good_as_a_linear_probe(names, tmp_path, cach
     majority = np.bincount(test_y).max() / len(test_y)
     assert probe_acc > majority + 0.15          # the features do carry the classes
     assert kit_acc >= probe_acc - 0.05, (kit_acc, probe_acc)
+
+
+def test_the_default_freeze_is_the_fast_path(tmp_path, cache_dir):
+    """--help calls freeze "the safe, fast baseline", yet its default augment=light kept the frozen features
+    from being stored (feature_cache: freeze: off). augment=auto is none for freeze (docs/defaults.md has
+    the evidence) and light for a strategy that trains the backbone."""
+    from lib import config
+
+    root = subset(tmp_path / "data", ("bear", "zebra"), per_class=20)
+    args = [f"--data_dir={root}", f"--runs_dir={tmp_path / 'runs'}", f"--cache_dir={cache_dir}",
+            "--model=mobilenetv2_100", "--image_size=32", "--min_image_side=16", "--device=cpu", "--epochs=2"]
+    assert main([*args, "--run_id=f"]) == 0                      # strategy and augment: the defaults
+    record = read_json(tmp_path / "runs" / "f" / "run.json")
+    assert (record["config"]["strategy"], record["config"]["augment"], record["augmentation"]) == \
+        ("freeze", "auto", "none")
+    assert record["summary"]["feature_cache"].startswith("freeze: on: pre-logits, exact")
+    assert main([*args, "--run_id=p", "--strategy=partial", "--unfreeze_blocks=1"]) == 0
+    assert read_json(tmp_path / "runs" / "p" / "run.json")["augmentation"] == "light"
+    assert (config.Config().augmentation(), config.Config(strategy="full").augmentation(),
+            config.Config(augment="light").augmentation()) == ("none", "light", "light")
+    assert "freeze" in config.AUTO_AUGMENT and "fast baseline" in config.help_text()
