@@ -24,6 +24,7 @@ import yaml
 
 from lib import errors
 from lib.errors import ConfigError
+from lib.recipes import AUTO_AUGMENT, STRATEGIES
 from lib.spelling import closest
 
 LR_AUTO = "auto"   # lr: auto: lib.train.lr_find picks the rate; every consumer after it reads a number
@@ -41,14 +42,6 @@ def _opt(default, help, choices=None, min=None, max=None, min_exclusive=False, a
     if isinstance(default, dict):
         return field(default_factory=dict, metadata=meta)
     return field(default=default, metadata=meta)
-
-
-# Implemented in lib.train.strategies. The keys only some of them read (every other key: all of them), checked
-# by tests/train/test_strategies.py: freeze trains the classifier alone, so the backbone's keys are nothing to it.
-STRATEGIES = ("freeze", "partial", "full", "two_phase", "surgical", "bitfit", "norm_only", "gradual")
-STRATEGY_KEYS = {"unfreeze_blocks": ("partial", "two_phase"), "unfreeze_unit": ("partial", "two_phase", "surgical", "gradual"),
-                 "phase1_epochs": ("two_phase",), "surgical_unit": ("surgical",), "unfreeze_every": ("gradual",),
-                 **dict.fromkeys(("train_bn", "backbone_lr_mult", "layer_decay"), tuple(s for s in STRATEGIES if s != "freeze"))}
 
 
 @dataclass(frozen=True)   # checked once, then read everywhere: a run changes it by dataclasses.replace
@@ -164,20 +157,12 @@ class Config:
         return f"{self.model}-{self.strategy}-lr{lr}"
 
 
-# What augment=auto is for a strategy (else light). freeze trains a head on a frozen backbone: without
-# augmentation its features are computed once and stored (lib.train.features), which measured as accurate
-# as light augmentation recomputed every epoch, and 10-30x faster (docs/defaults.md, bench/freeze_default.py).
-AUTO_AUGMENT = {"freeze": "none"}
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # Not part of a run's recipe (with W&B's own bookkeeping in its config): see _opt's bookkeeping.
 BOOKKEEPING = frozenset({name for name, f in FIELDS.items() if f.metadata["bookkeeping"]} | {"wandb_version"})
 RECIPE_KEYS = tuple(name for name in FIELDS if name not in BOOKKEEPING)   # in the order of the config
 
 
-def strategy_uses(strategy: str, key: str) -> bool:
-    """Whether a run of ``strategy`` reads ``key`` (a freeze run's backbone_lr_mult is no part of its recipe);
-    a strategy the kit does not train itself (a model soup) is taken to read every key."""
-    return key not in STRATEGY_KEYS or strategy not in STRATEGIES or strategy in STRATEGY_KEYS[key]
 # Annotations are strings under `from __future__ import annotations`; resolve them once.
 TYPES = {name: {"str": str, "int": int, "float": float, "bool": bool, "dict": dict}[f.type]
          for name, f in FIELDS.items()}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from lib.config import strategy_uses
+from lib.recipes import strategy_uses
 from lib.report import datasets
 from lib.report.page import ci, count, isnan, met, num, pct, time_text
 from lib.report.stats import holm, importance, mcnemar, wilson_interval

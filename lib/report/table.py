@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from lib.config import BOOKKEEPING, strategy_uses
+from lib.config import BOOKKEEPING
+from lib.recipes import strategy_uses
 from lib.records import metric_value
 from lib.report import datasets
 from lib.report.page import hp, isnan

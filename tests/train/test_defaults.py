@@ -59,7 +59,7 @@ def test_the_default_freeze_is_the_fast_path(tmp_path, cache_dir):
     """--help calls freeze "the safe, fast baseline", yet its default augment=light kept the frozen features
     from being stored (feature_cache: freeze: off). augment=auto is none for freeze (docs/defaults.md has
     the evidence) and light for a strategy that trains the backbone."""
-    from lib import config
+    from lib import config, recipes
 
     root = subset(tmp_path / "data", ("bear", "zebra"), per_class=20)
     args = [f"--data_dir={root}", f"--runs_dir={tmp_path / 'runs'}", f"--cache_dir={cache_dir}",
@@ -73,4 +73,4 @@ def test_the_default_freeze_is_the_fast_path(tmp_path, cache_dir):
     assert read_json(tmp_path / "runs" / "p" / "run.json")["augmentation"] == "light"
     assert (config.Config().augmentation(), config.Config(strategy="full").augmentation(),
             config.Config(augment="light").augmentation()) == ("none", "light", "light")
-    assert "freeze" in config.AUTO_AUGMENT and "fast baseline" in config.help_text()
+    assert "freeze" in recipes.AUTO_AUGMENT and "fast baseline" in config.help_text()

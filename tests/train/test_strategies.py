@@ -4,7 +4,7 @@ import pytest
 import timm
 import torch
 
-from lib import config
+from lib import config, recipes
 from lib.train import strategies
 from lib.train.optim import create_optimizer
 
@@ -236,18 +236,18 @@ def what_trains(model, cfg) -> list:
     return out
 
 
-@pytest.mark.parametrize("strategy", config.STRATEGIES)
+@pytest.mark.parametrize("strategy", recipes.STRATEGIES)
 def test_the_keys_a_strategy_reads_are_the_ones_declared(strategy):
     """lib.config declares which strategies read each strategy-specific key (the report credits a run only
     with those): changing a key its strategy does not read changes nothing that trains, and changing one
     it reads changes something."""
-    assert set(OTHER_VALUE) == set(config.STRATEGY_KEYS)
+    assert set(OTHER_VALUE) == set(recipes.STRATEGY_KEYS)
     model = fresh("resnet50")
     base = config.build({"strategy": strategy, "epochs": 6})
     before = what_trains(model, base)
     for key, value in OTHER_VALUE.items():
         changed = what_trains(model, config.build({"strategy": strategy, "epochs": 6, key: value}))
-        if config.strategy_uses(strategy, key):
+        if recipes.strategy_uses(strategy, key):
             assert changed != before, f"{strategy} is declared to read {key}, but {key}={value!r} changed nothing"
         else:
             assert changed == before, f"{strategy} is declared not to read {key}, but {key}={value!r} changed it"
