@@ -41,7 +41,7 @@ def features(record: dict, root: Path, split: str):
 def test_freeze_with_defaults_is_as_good_as_a_linear_probe(names, tmp_path, cache_dir):
     from sklearn.linear_model import LogisticRegression
 
-    root = subset(tmp_path / "data", names, per_class=120)
+    root = subset(tmp_path / "data", names, per_class=200)
     args = [f"--data_dir={root}", f"--runs_dir={tmp_path / 'runs'}", f"--cache_dir={cache_dir}",
             "--model=mobilenetv2_100", "--image_size=64", "--min_image_side=16", "--device=cpu", "--run_id=d"]
     assert main(args) == 0                      # strategy, optimizer, lr, epochs, augment: the defaults
