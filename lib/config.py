@@ -125,6 +125,10 @@ class Config:
     shared_cache_dir: str = _opt("", "where the runs of a study share decoded images and frozen outputs "
                                      "('' = <runs_dir>/.cache; none = do not share)", bookkeeping=True)
     # --- run ---
+    time_limit_s: float = _opt(0.0, "training stops at the first batch after the run has lasted this many seconds "
+                                    "(at least one epoch done; 0 = no limit); the best weights so far are tested and "
+                                    "the run finishes (a time-budgeted study sets it so its runs end in time)",
+                               min=0.0, bookkeeping=True)
     checkpoint_epochs: int = _opt(1, "write the resumable checkpoint (model, optimizer, RNG) every N epochs and "
                                      "at the end of each phase (0 = phase ends only); a resumed run redoes the rest", min=0, bookkeeping=True)
     seed: int = _opt(42, "seed of the split, the initialisation and the data order", min=0, max=2**32 - 1, bookkeeping=True)

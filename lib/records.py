@@ -14,6 +14,7 @@ from typing import Any
 from lib.files import atomic_write, json_default, read_json, write_json
 
 STATES = ("running", "finished", "failed", "preempted", "pruned")
+IMBALANCED_RATIO = 2.0   # largest / smallest class beyond this: plain accuracy rewards the majority class
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "best_val_acc",
                  "best_val_balanced_acc")   # each metrics.jsonl row (best_*: of the weights kept so far)
 

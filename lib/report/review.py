@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from lib.recipes import strategy_uses
+from lib.records import IMBALANCED_RATIO
 from lib.report import datasets
 from lib.report.page import ci, count, isnan, met, num, pct, time_text
 from lib.report.stats import holm, importance, mcnemar, wilson_interval
@@ -23,7 +24,6 @@ GAP_OVERFIT = 0.10        # train acc - val acc at the best epoch
 ALPHA = 0.05
 DUPLICATE_RE = re.compile(r"exact cop|duplicate", re.I)
 LEVELS = {"critical": 0, "warning": 1, "info": 2}
-IMBALANCE = 2.0           # largest / smallest class beyond this: plain accuracy rewards the majority class
 PLAIN_ACCURACY = ("best_val_acc", "val_acc", "test_acc")   # selection metrics blind to that
 
 
@@ -314,7 +314,7 @@ def class_counts(run: dict) -> tuple[list[int], str] | None:
 
 
 def _imbalance(s: RunTable, r: Review) -> None:
-    """Classes imbalanced beyond IMBALANCE:1 and the runs ranked by plain accuracy, which a model predicting
+    """Classes imbalanced beyond IMBALANCED_RATIO:1 and the runs ranked by plain accuracy, which a model predicting
     the largest class everywhere scores high on: say what to select on instead."""
     if s.metric not in PLAIN_ACCURACY:
         return
@@ -323,7 +323,7 @@ def _imbalance(s: RunTable, r: Review) -> None:
         return
     counts, split = found
     present = [c for c in counts if c > 0]
-    if len(present) < 2 or max(present) <= IMBALANCE * min(present):
+    if len(present) < 2 or max(present) <= IMBALANCED_RATIO * min(present):
         return
     names = next((run["classes"] for run in s.runs if isinstance(run.get("classes"), list)
                   and len(run["classes"]) == len(counts)), [str(i) for i in range(len(counts))])

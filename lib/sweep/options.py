@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ class Options:
     time_budget_s: float | None = None     # no trial starts past it that would not end in time; SIGTERM at it
     trial_estimate_s: float | None = None  # how long a trial takes, until the study has finished one
     artifacts: str | None = None      # artifact store for every trial's files (default: the study's own, if any)
+    started: float = field(default_factory=time.monotonic)   # the time budget counts from here: the command's start
 
     def __post_init__(self):
         if self.gpus:   # one worker per GPU

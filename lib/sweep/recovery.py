@@ -74,8 +74,9 @@ def resubmit(study: optuna.Study, t, why: str, **attrs) -> None:
     p = point(t)
     user_attrs = {"run_id": t.user_attrs.get("run_id"), "retry_of": t.number, "requeued_because": why,
                   "queued": t.user_attrs.get("queued", False), **attrs}
-    if "confirm" in t.user_attrs:   # a confirm trial keeps its seed (a --set seed must not win over it)
-        user_attrs["confirm"] = t.user_attrs["confirm"]
+    for key in ("confirm", "plan"):   # a confirm or planned trial keeps its seed and its place in the plan
+        if key in t.user_attrs:
+            user_attrs[key] = t.user_attrs[key]
     if "point" in t.user_attrs:
         user_attrs["point"] = p
     if t.user_attrs.get("config"):

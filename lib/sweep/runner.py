@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from lib.errors import SweepError
 from lib.files import locked, read_json, write_json
-from lib.sweep import artifacts, budget, confirm, recovery, samplers, storage
+from lib.sweep import artifacts, budget, confirm, planner, recovery, samplers, storage
 from lib.sweep import spec as sweep_spec
 from lib.sweep import study as sweep_study
 from lib.sweep.options import Options
@@ -73,7 +73,7 @@ def open_study(sweep: Sweep, opts: Options) -> optuna.Study:
         if changed or "sweep" not in study.user_attrs:
             study.set_user_attr("sweep", new)
             (opts.sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(sweep.raw, sort_keys=False))
-        if sweep.method == "grid":
+        if sweep.method == "grid" and not planner.planning(study, sweep, opts):   # a plan enqueues its own
             sweep_study.enqueue_grid(study, sweep, extending=changed)
             if opts.confirm_top:
                 confirm.enqueue_confirm(study, sweep, opts)
@@ -116,10 +116,14 @@ class Runner:
         self.stop_reason: str | None = None
         self.children = Children()
         # the budget counts from the command's start; "budget" says why the runner stopped early, if it did
-        self.deadline = time.monotonic() + opts.time_budget_s if opts.time_budget_s else None
         self.budget: str | None = None
         self.sampler = samplers.sampler(sweep, opts.seed)   # one per process: its draws are per trial, not per thread
         study = open_study(sweep, opts)
+        self.planner = planner.Planner(sweep, opts, study) if planner.planning(study, sweep, opts) else None
+        if self.planner is not None and not opts.time_budget_s:   # a planned study keeps its budget
+            opts = self.opts = replace(opts, time_budget_s=self.planner.state["made_for_s"])
+            print(f"time budget: {budget.format_duration(opts.time_budget_s)}, the plan's own", flush=True)
+        self.deadline = opts.started + opts.time_budget_s if opts.time_budget_s else None
         self.store = artifacts.attach(study, opts.artifacts)
         self.versions = study.user_attrs.get("versions", {})
         total = study.user_attrs.get("grid_size", 0) + study.user_attrs.get("confirm_size", 0) \
@@ -169,6 +173,11 @@ class Runner:
             trials = sweep_study.counted(study)
             if self.sweep.method == "grid":
                 can_start = any(t.state == TrialState.WAITING for t in trials)
+                if not can_start and self.planner is not None:   # the plan's next trial, sized to the time left
+                    step = self.planner.next_trial(study, self._left())
+                    if step != "start":
+                        return Step.WAIT if step == "wait" else Step.DONE
+                    can_start = True
             else:
                 started = sum(t.state != TrialState.WAITING for t in trials)
                 can_start = not self.sweep.run_cap or started < self.sweep.run_cap
@@ -196,7 +205,7 @@ class Runner:
 
     def _no_time_for_a_trial(self, trials: list) -> bool:
         """Past the deadline, or less time left than one trial takes: start nothing (called under the lock)."""
-        if self.deadline is None:
+        if self.deadline is None or self.planner is not None:   # a plan sizes its trials itself
             return False
         left = self.deadline - time.monotonic()
         estimate, source = self._trial_estimate(trials)
@@ -221,6 +230,8 @@ class Runner:
         except Exception as e:  # noqa: BLE001 - a bad draw is a failed trial, not a dead worker
             return self._finish(study, process, TrialState.FAIL, None, f"parameters: {e}")
         trial.set_user_attr("config", params)
+        if self.planner is not None:
+            params = {**params, **self.planner.limits(trial, self._left())}
         if gpu is not None:
             trial.set_user_attr("gpu", gpu)
         state, value, error = process.run(params, gpu, self.stop, self.children)
@@ -232,11 +243,14 @@ class Runner:
             return
         self._finish(study, process, state, value, error)
 
+    def _left(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - time.monotonic()
+
     def rest(self) -> Options:
         """What this invocation has left for another pass: trials (--count) and time (--time_budget)."""
         count = None if self.opts.count is None else self.opts.count - self.started
         left = None if self.deadline is None else max(0.001, self.deadline - time.monotonic())
-        return replace(self.opts, count=count, time_budget_s=left)
+        return replace(self.opts, count=count, time_budget_s=left, started=time.monotonic())
 
     def _new_run_id(self, number: int) -> str:
         """``<sweep>-<trial number>``; never the id of a finished run (a folder left by a deleted study)."""
@@ -256,6 +270,9 @@ class Runner:
             state, error = TrialState.FAIL, f"metric {self.sweep.metric} missing from the run"
         process.write_trial_file(state, error)
         process.upload(self.store, state)
+        if self.planner is not None:   # what the run measured re-prices the rest of the plan
+            with self.lock:
+                self.planner.after(study, trial, process.run_dir, time.time() - trial.datetime_start.timestamp())
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
         with self.lock:
             self.failures_in_a_row = self.failures_in_a_row + 1 if state == TrialState.FAIL else 0
@@ -308,7 +325,9 @@ class Runner:
         done = [threading.Event() for _ in gpus]
         threads = [threading.Thread(target=self.work, args=(gpu, d), name=f"worker-{i}" + (f"-gpu{gpu}" if gpu else ""),
                                     daemon=True) for i, (gpu, d) in enumerate(zip(gpus, done))]
-        if self.deadline is not None:
+        if self.planner is not None:
+            self._start_plan()
+        elif self.deadline is not None:
             with self.lock:
                 estimate, source = self._trial_estimate(sweep_study.counted(optuna.load_study(
                     study_name=self.sweep.name, storage=_storage(self.opts))))
@@ -328,6 +347,8 @@ class Runner:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         self.bar.close()
+        if self.planner is not None:
+            self.planner.end(optuna.load_study(study_name=self.sweep.name, storage=_storage(self.opts)))
         if self.stop_reason:
             print(self.stop_reason)
             return EXIT_FAILED
@@ -347,6 +368,12 @@ class Runner:
         print(f"failed: no trial of the study completed ({n[TrialState.FAIL]} failed{pruned}): the errors and "
               f"the command that retries them are below", flush=True)
         return EXIT_FAILED
+
+    def _start_plan(self) -> None:
+        """The plan, made (or taken up) before the first trial, and said."""
+        study = optuna.load_study(study_name=self.sweep.name, storage=_storage(self.opts))
+        for line in self.planner.start(study, self.opts.time_budget_s, self._left()):
+            print(line, flush=True)
 
     def _check_deadline(self) -> None:
         """At the deadline the workers stop their trials (SIGTERM: they checkpoint, and are requeued under

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 import shlex
+import time
 from pathlib import Path
 from typing import Any
 
 from lib import config as config_lib
-from lib.sweep import storage
+from lib.sweep import plan, storage
 from lib.sweep.recovery import gone
 from lib.sweep.study import counted, flat, point
 
@@ -28,6 +29,7 @@ def trial_rows(sweep_dir: Path | str, storage_url: str | None = None,
                      "run_id": t.user_attrs.get("run_id"), "config": config, "value": t.value,
                      "duration_s": round(duration, 1) if duration else None, "error": t.user_attrs.get("error"),
                      "gpu": t.user_attrs.get("gpu")})
+    meta = {**meta, "plan": study.user_attrs.get("plan")}
     return rows, meta
 
 
@@ -67,8 +69,9 @@ def status_table(sweep_dir: Path, storage_url: str | None = None, study_name: st
     import pandas as pd
 
     rows, meta = trial_rows(sweep_dir, storage_url, study_name)
+    planned = plan.status_lines(meta["plan"], time.time()) if meta.get("plan") else []   # plan, time left
     if not rows:
-        return "no trials yet"
+        return "\n".join(["no trials yet", *planned])
     metric = meta["metric"]
     varying = varying_keys([r["config"] for r in rows])
     gpu = ["gpu"] if any(r["gpu"] is not None for r in rows) else []
@@ -92,6 +95,7 @@ def status_table(sweep_dir: Path, storage_url: str | None = None, study_name: st
     if counts.get("interrupted"):
         lines.append(f"interrupted: {counts['interrupted']} trial(s) lost their runner: `local` (the command "
                      f"below without --retry_failed) requeues and resumes them")
+    lines += planned
     if failed or counts.get("interrupted"):
         lines.append(("to retry the failed trials once their cause is fixed: " if failed else "")
                      + _local_command(sweep_dir, meta, storage_url, retry=bool(failed)))

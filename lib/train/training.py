@@ -137,7 +137,7 @@ def forward_loss(forward, x: torch.Tensor, y: torch.Tensor, loss_fn, mixup, acce
 
 
 def train_epoch(model, loader, opt, schedule, loss_fn, mixup, accel: Accel, desc: str,
-                stop: "StopFlag | None" = None, after_step=None) -> dict:
+                stop: "StopFlag | None" = None, after_step=None, may_time_out: bool = False) -> dict:
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
     forward, compiling = accel.train_forward(model)
@@ -159,6 +159,8 @@ def train_epoch(model, loader, opt, schedule, loss_fn, mixup, accel: Accel, desc
         seen += len(y)
         if stop:
             stop.check()
+            if may_time_out and stop.time_up():
+                raise TimeUp()
     return {"loss": total_loss / max(seen, 1), "acc": correct / max(seen, 1), "images": seen,
             "seconds": time.perf_counter() - start}
 
@@ -198,15 +200,24 @@ class Interrupted(Exception):
     """SIGTERM/SIGINT arrived: the run stops at the next batch or image; the last checkpoint resumes it."""
 
 
+class TimeUp(Exception):
+    """The run's ``time_limit_s`` passed during an epoch: that epoch is dropped, the best weights stand."""
+
+
 @dataclass
 class StopFlag:
     """Set by the signal handler; checked after every batch of training, evaluation and feature
-    extraction, every decoded image, and between the stages of a run."""
+    extraction, every decoded image, and between the stages of a run. ``deadline`` (time.monotonic):
+    the run's ``time_limit_s``, checked after every training batch once an epoch has kept weights."""
     signal: str | None = None
+    deadline: float | None = None
 
     def check(self) -> None:
         if self.signal:
             raise Interrupted(self.signal)
+
+    def time_up(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
 
 class Ema:
@@ -369,6 +380,7 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
     ema = Ema(model, cfg.ema_decay, (resume or {}).get("ema")) if cfg.ema else None
     bar = tqdm(total=cfg.epochs, initial=p.epoch, desc="epochs", disable=None, unit="epoch")
     cache_modes: list[str] = []
+    timed_out = False
     for index in range(p.phase_index, len(plan)):
         phase = plan[index]
         run = _start_phase(cfg, model, phase, index, loaders, store, accel, p, resume)
@@ -379,9 +391,16 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
             strategies.set_train_mode(model, run.held)
             run.net.training = True   # not train(): that would undo the held modules
             lr = max(g["lr"] for g in run.opt.param_groups)
-            tr = train_epoch(run.net, run.train_loader(loaders, phase_epoch), run.opt, run.schedule, loss_fn, mixup,
-                             accel, desc=f"epoch {p.epoch}/{cfg.epochs} {phase.title}", stop=stop,
-                             after_step=ema and (lambda: ema.update(model)))
+            try:   # once an epoch has kept weights, the run's time limit may end training here
+                tr = train_epoch(run.net, run.train_loader(loaders, phase_epoch), run.opt, run.schedule, loss_fn,
+                                 mixup, accel, desc=f"epoch {p.epoch}/{cfg.epochs} {phase.title}", stop=stop,
+                                 after_step=ema and (lambda: ema.update(model)), may_time_out=p.best_epoch > 0)
+            except TimeUp:
+                p.epoch -= 1
+                p.stopped_early = timed_out = True
+                tqdm.write(f"time limit ({cfg.time_limit_s:g} s) reached in epoch {p.epoch + 1}: training stops, "
+                           f"the best weights (epoch {p.best_epoch}) are tested", file=sys.stderr)
+                break
             va = evaluate(run.net, run.val_loader(loaders), accel, stop)
             va_ema = ema.evaluate(model, run.net, run.val_loader(loaders), accel, stop) if ema else None
             run.schedule.step_epoch(va[selection.MONITORS[cfg.monitor].key])
@@ -412,6 +431,8 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
             if done:
                 break
         p.phase_epoch = 0
+        if timed_out:
+            break
     bar.close()
     model.load_state_dict(hooks.load_best())
     return {"best_val_acc": p.best_val_acc, "best_val_balanced_acc": p.best_val_balanced_acc, "best_epoch": p.best_epoch,

@@ -147,3 +147,13 @@ def test_small_images_upscaled_to_the_models_size_are_said_once(animals, tmp_pat
     assert rec["image_sizes"] == {"median_source_side": 40, "sampled": 12, "input_side": 224, "resize_side": 256}
     rec, _, _ = run(args, ["--run_id=kept", "--image_size=40"])
     assert not [w for w in rec["warnings"] if "upscaled" in w] and rec["image_sizes"]["input_side"] == 40
+
+
+def test_a_time_limit_ends_training_and_the_best_weights_are_tested(base_args):
+    """time_limit_s (a time-budgeted study sets it): once an epoch has kept weights, the run stops training
+    when its time is up, tests the weights it kept and finishes, instead of being killed at the deadline."""
+    rec, metrics, _ = run(base_args, ["--model=mobilenetv2_100", "--strategy=freeze", "--epochs=6",
+                                      "--time_limit_s=1"])   # counted from the process's start: already up
+    s = rec["summary"]
+    assert rec["state"] == "finished" and len(metrics) == 1 == s["epochs_run"] == s["best_epoch"]
+    assert s["stopped_early"] and s["test_acc"] is not None

@@ -1,0 +1,274 @@
+"""The plan of a time-budgeted study (lib.sweep.plan, lib.sweep.planner) on measured-cost inputs: it fits
+the budget, gives the most promising recipe more budget, and stops before the deadline. The FLOPs below
+are the quickstart's 8 recipes as lib.train.throughput counts them at 128 px; the rates are of the same
+order as the study's own runs measured on this 2-core machine."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from lib.sweep import plan as rules
+from lib.sweep import spec as sweep_spec
+from lib.sweep.options import Options
+from lib.sweep.planner import ATTR, Planner
+
+ROOT = Path(__file__).resolve().parents[2]
+MOBILENET = {"freeze": (0.19559, 5.1e-06), "surgical": (0.16746, 0.02813), "partial": (0.13705, 0.05854)}
+LITE0 = {"freeze": (0.25072, 5.1e-06), "surgical": (0.21840, 0.03232), "partial": (0.15887, 0.09185)}
+RECIPES = ("freeze", "freeze", "surgical", "partial")   # the quickstart's: freeze at two learning rates
+FLOPS = [rules.Flops(128, *table[name], full=sum(table[name])) for table in (MOBILENET, LITE0) for name in RECIPES]
+KEYS = [f"{m}-{name}" for m in ("mobilenetv2_100", "tf_efficientnet_lite0") for name in RECIPES]
+FACTS = rules.Facts(train=1400, val=300, test=300, classes=2, counts=[1500, 500], side=28)
+TARGET = rules.target_size(FACTS.side)
+
+
+def measured() -> rules.Rates:
+    return rules.Rates(fwd=0.045, step=0.2, per_step=0.01, startup=15.0)
+
+
+def total(fc: rules.Forecast, rates: rules.Rates) -> float:
+    return fc.seconds
+
+
+# --- the rules ------------------------------------------------------------------------------------------
+def test_image_size_follows_the_data():
+    assert rules.target_size(8)[0] == rules.target_size(28)[0] == 128          # small images: BiT's 128 px
+    assert rules.target_size(150)[0] == 160                                      # their own size, on the ladder
+    assert rules.target_size(300)[0] == rules.target_size(1000)[0] == 224        # up to the model's
+    assert rules.target_size(300, model_size=192)[0] == 192
+
+
+@pytest.mark.parametrize("budget_s", [300, 600, 1200, 3600])
+def test_the_forecast_fits_the_budget(budget_s):
+    fc = rules.forecast(FLOPS, KEYS, FACTS, measured(), budget_s, TARGET, {})
+    assert fc.seconds <= budget_s
+    assert fc.size <= TARGET[0] and fc.size >= min(rules.SIZES)
+    epochs = [e for _, e in fc.rungs]
+    assert epochs == sorted(epochs) and len(set(epochs)) == len(epochs)   # each rung longer than the last
+    counts = [n for n, _ in fc.rungs]
+    assert counts == sorted(counts, reverse=True) and counts[-1] >= 1
+
+
+def test_more_budget_buys_a_larger_size_then_longer_runs():
+    sizes = [rules.forecast(FLOPS, KEYS, FACTS, measured(), b, TARGET, {}).size for b in (120, 400, 1200, 7200)]
+    assert sizes == sorted(sizes) and sizes[-1] == TARGET[0] and sizes[0] < TARGET[0]
+    big = rules.forecast(FLOPS, KEYS, FACTS, measured(), 7200, TARGET, {})
+    small = rules.forecast(FLOPS, KEYS, FACTS, measured(), 1200, TARGET, {})
+    assert big.rungs[-1][1] >= small.rungs[-1][1]
+
+
+def test_a_budget_too_small_for_the_screen_runs_the_cheapest_recipes_only():
+    fc = rules.forecast(FLOPS, KEYS, FACTS, measured(), 60, TARGET, {})
+    assert fc.size == min(rules.SIZES)
+    assert 1 <= fc.screened < len(FLOPS) and fc.rungs == [(fc.screened, fc.screen_epochs)]
+    assert "the cheapest" in rules.plan_line(fc, len(FLOPS))
+
+
+def test_screen_epochs_give_enough_steps():
+    assert rules.screen_epochs(FACTS) * FACTS.steps_per_epoch >= rules.SCREEN_STEPS
+    big = rules.Facts(train=20000, val=100, test=100, classes=2, counts=[1, 1], side=28)
+    assert rules.screen_epochs(big) == rules.MIN_EPOCHS
+
+
+def test_a_size_set_by_the_user_is_kept():
+    fc = rules.forecast(FLOPS, KEYS, FACTS, measured(), 1200, TARGET, {"image_size": 96})
+    assert fc.size == 96 and fc.rungs[0] == (8, rules.screen_epochs(FACTS)) and len(fc.rungs) == 3
+
+
+def test_only_a_grid_that_leaves_the_epochs_to_the_plan_is_planned(tmp_path):
+    from lib.sweep.planner import why_not
+
+    quickstart = str(ROOT / "sweeps" / "quickstart.yaml")
+    assert why_not(sweep_spec.load(quickstart, {"data_dir": str(tmp_path)}), Options(sweep_dir=tmp_path)) is None
+    pinned = sweep_spec.load(quickstart, {"data_dir": str(tmp_path), "epochs": "6"})
+    assert "epochs" in why_not(pinned, Options(sweep_dir=tmp_path))
+    demo = sweep_spec.load(str(ROOT / "sweeps" / "demo.yaml"))          # its recipes set their epochs
+    assert "epochs" in why_not(demo, Options(sweep_dir=tmp_path))
+    plain = Options(sweep_dir=tmp_path, trial_estimate_s=60.0)
+    assert "--trial_estimate" in why_not(sweep_spec.load(quickstart, {"data_dir": str(tmp_path)}), plain)
+
+
+def test_promotion_takes_the_best_and_breaks_ties_by_cost():
+    results = [{"recipe": 0, "value": 0.90, "seconds": 10}, {"recipe": 1, "value": 0.95, "seconds": 50},
+               {"recipe": 2, "value": 0.95, "seconds": 20}, {"recipe": 3, "value": None, "seconds": 5}]
+    assert rules.promote(results, 2, maximize=True) == [2, 1]
+    assert rules.promote(results, 1, maximize=False) == [0]
+
+
+def test_the_last_run_takes_what_is_left_up_to_its_cap():
+    fl, rates = FLOPS[3], measured()
+    rising = {"epochs": 9, "best_epoch": 9, "gap": 0.01}
+    last = rules.last_run(rising, fl, FACTS, rates, 3, 600, {})
+    assert rules.run_seconds(fl, FACTS, last.epochs, rates, 3, front_cached=True) <= 600
+    assert last.epochs == rules.max_epochs(FACTS) or \
+        rules.run_seconds(fl, FACTS, last.epochs + 1, rates, 3, front_cached=True) > 600
+    assert not last.augment and "still rising" in last.why
+    flat = rules.last_run({"epochs": 9, "best_epoch": 3, "gap": 0.01}, fl, FACTS, rates, 3, 6000, {})
+    assert flat.epochs == rules.ETA * 9                     # a curve that flattened gets ETA times, no more
+    assert rules.last_run(rising, fl, FACTS, rates, 3, 10, {}) is None   # no time for a longer run
+
+
+def test_a_last_run_that_overfits_is_augmented_within_the_time():
+    fl, rates = FLOPS[0], measured()
+    last = rules.last_run({"epochs": 9, "best_epoch": 9, "gap": 0.12}, fl, FACTS, rates, 0, 900, {})
+    assert last.augment and last.views == rules.VIEWS
+    assert rules.run_seconds(fl, FACTS, last.epochs, rates, 0, views=last.views) <= 900
+    pinned = rules.last_run({"epochs": 9, "best_epoch": 9, "gap": 0.12}, fl, FACTS, rates, 0, 900, {"augment": "none"})
+    assert not pinned.augment
+
+
+def test_rates_learn_from_a_finished_run():
+    rates, fl = measured(), FLOPS[3]
+    run = {"duration_s": 95.0, "train_time_s": 60.0, "epoch_s": [15.0, 14.0, 16.0], "views": 1, "computed_front": True}
+    after = rules.observe(rates, fl, FACTS, 3, run)
+    assert after.epoch_s(fl, FACTS, 3) == 15.0                          # its own epochs, as measured
+    assert after.fwd == pytest.approx(15.0 / (fl.front * (FACTS.train + FACTS.val)))   # extraction: 60 - 45 s
+    predicted = rules.run_seconds(fl, FACTS, 3, after, 3)
+    assert predicted == pytest.approx(95.0, rel=0.05)                   # the run it learned from, priced again
+    cheap = rules.observe(after, FLOPS[0], FACTS, 0, {"duration_s": 30, "train_time_s": 3, "epoch_s": [0.5, 0.5]})
+    assert cheap.per_step == pytest.approx(0.5 / FACTS.steps_per_epoch)   # a head on cached features: its steps
+
+
+def test_imbalanced_classes_weight_the_loss_unless_set():
+    assert rules.balancing(FACTS, {}) == {"class_weighting": "balanced"}        # 3:1
+    assert rules.balancing(FACTS, {"class_weighting": "none"}) == {}
+    even = rules.Facts(train=100, val=10, test=10, classes=2, counts=[60, 60], side=28)
+    assert rules.balancing(even, {}) == {}
+
+
+# --- the planner on a study, one trial at a time ---------------------------------------------------------
+VALUES = {0: 0.80, 1: 0.70, 2: 0.90, 3: 0.95, 4: 0.85, 5: 0.60, 6: 0.88, 7: 0.93}   # partial (3, 7) lead
+
+
+def planner(tmp_path, budget_s):
+    sweep = sweep_spec.load(str(ROOT / "sweeps" / "quickstart.yaml"), {"data_dir": str(tmp_path)})
+    study = optuna.create_study(direction="maximize")
+    p = Planner(sweep, Options(sweep_dir=tmp_path), study)
+    p.margin = 10.0
+    points = [sweep_study_point(x) for x in sweep.grid()]
+    p.compose(points, FACTS, FLOPS, KEYS, measured(), budget_s, budget_s - p.margin, TARGET, {})
+    p.state["invocations"] = [{"start": 0, "budget_s": budget_s, "deadline": budget_s, "ready": 0}]
+    return p, study
+
+
+def sweep_study_point(point):
+    from lib.sweep.study import plain
+
+    return plain(point)
+
+
+def run_plan(p, study, budget_s, slower=1.0):
+    """Run the planner's trials on a clock: each takes ``slower`` times what the planned rates say (and the
+    planner observes it, as the runner makes it do), and ends with VALUES."""
+    truth = rules.Rates(**{**p.state["rates"], "samples": {"fwd": [], "step": [], "per_step": [], "startup": [],
+                                                            "epoch": {}}})
+    clock, order = 0.0, []
+    while p.next_trial(study, budget_s - clock) == "start":
+        trial = study.ask()
+        a = trial.user_attrs[ATTR]
+        rung = p.state["rungs"][a["rung"]]
+        epochs, views = rung["epochs"], (rung.get("extra") or {}).get("augment_views", 1)
+        fl = p.flops(a["recipe"])
+        cached = views == 1 and "seed" not in a and any(t.state.is_finished() and p.state["keys"][t.user_attrs[ATTR][
+            "recipe"]] == p.state["keys"][a["recipe"]] for t in study.get_trials()[:-1])
+        took = slower * rules.run_seconds(fl, FACTS, epochs, truth, views=views, front_cached=cached)
+        epoch = slower * truth.epoch_s(fl, FACTS)
+        front = slower * fl.front * (FACTS.train * views + FACTS.val) * truth.fwd
+        p.observe(a, {"duration_s": took, "train_time_s": (0 if cached else front) + epochs * epoch,
+                      "epoch_s": [epoch] * epochs, "views": views, "computed_front": not cached})
+        trial.set_user_attr("run", {"summary": {"epochs_run": epochs, "best_epoch": epochs, "train_val_gap": 0.01}})
+        clock += took
+        order.append((a["rung"], a["recipe"], epochs, clock))
+        study.tell(trial, VALUES[a["recipe"]] + 0.001 * a["rung"])
+    return order, clock
+
+
+def test_the_plan_ends_within_its_budget_and_the_best_recipe_gets_the_most(tmp_path):
+    p, study = planner(tmp_path, 2400)
+    order, clock = run_plan(p, study, 2400)
+    assert clock <= 2400 - p.margin
+    rungs = p.state["rungs"]
+    assert {j for r, j, _, _ in order if r == 0} == set(range(8))                  # every recipe screened
+    assert rungs[1]["recipes"] == [3, 7, 2]                                         # the best third goes on
+    last = next(r for r in rungs if r.get("kind") == "last")
+    assert last["recipes"] == [3] and last["epochs"] > rungs[1]["epochs"] > rungs[0]["epochs"]
+    spent = {j: sum(e for _, k, e, _ in order if k == j) for j in range(8)}
+    assert max(spent, key=spent.get) == 3                                           # most epochs to the best
+    assert p.state["done"]
+
+
+def test_without_time_for_the_middle_rung_the_screen_winner_gets_the_last_run(tmp_path, capsys):
+    p, study = planner(tmp_path, 1200)
+    order, clock = run_plan(p, study, 1200)
+    assert clock <= 1200 - p.margin
+    assert "straight to the last run" in capsys.readouterr().out
+    assert [r.get("kind", "rung") for r in p.state["rungs"]][:2] == ["rung", "last"]
+    assert p.state["rungs"][1]["recipes"] == [3] and p.state["rungs"][1]["epochs"] > 3 * p.state["rungs"][0]["epochs"]
+
+
+def test_slower_runs_than_planned_are_skipped_before_the_deadline(tmp_path):
+    p, study = planner(tmp_path, 1200)
+    order, clock = run_plan(p, study, 1200, slower=2.5)
+    assert clock <= 1200   # after the first run the rates are measured ones: nothing runs past the deadline
+    assert p.state["done"] and p.state["size"] < TARGET[0]   # the first run showed 128 px would not fit
+    limits = p.limits(study.get_trials()[-1], 100.0)
+    assert 0 < limits["time_limit_s"] < 100.0
+
+
+def test_the_plan_is_kept_in_the_study_and_a_new_planner_continues_it(tmp_path):
+    p, study = planner(tmp_path, 1200)
+    for _ in range(3):
+        assert p.next_trial(study, 1200) == "start"
+        trial = study.ask()
+        trial.set_user_attr("run", {"summary": {"epochs_run": 3, "best_epoch": 3, "train_val_gap": 0.0}})
+        study.tell(trial, 0.5)
+    again = Planner(p.sweep, p.opts, study)
+    assert again.state["rungs"] == p.state["rungs"] and again.state["line"] == p.state["line"]
+    assert again.next_trial(study, 1200) == "start"
+    assert study.get_trials()[-1].user_attrs[ATTR]["slot"] == 3    # the fourth recipe of the screen, not the first
+
+
+# --- the README's first command, for real, on a tiny budget -----------------------------------------------
+def test_a_tiny_budget_is_planned_said_and_kept(animals, tmp_path):
+    """`local sweeps/quickstart.yaml --set data_dir=D --time_budget 150s` on 160 real images: the plan is printed
+    before the first trial, `status` shows the time left while it runs, and the command ends within the
+    budget and a small slack (the interpreter's start, the last trial's checkpoint at the deadline)."""
+    import subprocess
+    import sys
+    import time
+
+    import pandas  # noqa: F401 - status's table: imported before the clock runs, not while it does
+
+    from lib.sweep import status as sweep_status
+    from tests.procs import started
+
+    out = tmp_path / "study"
+    cmd = [sys.executable, "finetune_sweep.py", "local", "sweeps/quickstart.yaml", "--set", f"data_dir={animals}",
+           "--set", "min_image_side=16", "--time_budget", "150s", "--sweep_dir", str(out)]
+    began = time.monotonic()
+    with started(cmd, stderr=subprocess.DEVNULL) as proc:
+        line = proc.wait_line("plan: ", timeout=120)
+        assert " px for " in line and "~" in line
+        proc.wait_line("time budget 2m30s, until ", timeout=60)     # the plan is in the study: status reads it
+        live = sweep_status.status_table(out)
+        assert "time budget 2m30s: " in live and " left (until " in live, live
+        code = proc.wait(240)
+    took = time.monotonic() - began
+    assert code in (0, 3), proc.tail()                       # done, or the deadline stopped a trial
+    assert took <= 150 + 30, f"{took:.0f} s for a 150 s budget"
+    ended = sweep_status.status_table(out)
+    assert "the study ended after" in ended
+    plan = optuna_plan(out)
+    for t in plan["trials"]:
+        assert t["image_size"] == plan["size"] <= 128         # 28 px images: at most BiT's 128, smaller to fit
+
+
+def optuna_plan(sweep_dir):
+    from lib.sweep import storage
+
+    study, _, _ = storage.read_study(sweep_dir)
+    state = study.user_attrs[ATTR]
+    trials = [t.user_attrs["config"] for t in study.get_trials() if ATTR in t.user_attrs]
+    return {"size": state["size"], "trials": trials}
