@@ -283,6 +283,7 @@ class Planner:
     def _finish(self, why: str) -> None:
         self.state["done"] = True
         self.state["end"] = why
+        print(f"plan: done ({why})", flush=True)
 
     # -- bookkeeping ------------------------------------------------------------------------------------
     @property

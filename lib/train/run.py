@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lib import clock
 from lib import config as config_lib
 from lib.config import Config
 from lib.errors import ConfigError, DataError, KitError
@@ -24,17 +25,6 @@ from lib.train.cache import SharedCache
 from lib.train.metrics import test_metrics
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED, EXIT_PRUNED = 0, 1, 2, 3, 4
-
-
-def process_started() -> float:
-    """When this process started, on the time.monotonic() clock (Linux: /proc's start time; elsewhere: now).
-    ``time_limit_s`` counts from there: importing torch is part of a run's time."""
-    try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])   # field 22: starttime
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return time.monotonic() - max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return time.monotonic()
 CHECKPOINT = "last.ckpt"   # model, optimizer, schedule, RNG states, progress: written every epoch
 
 
@@ -203,7 +193,7 @@ def _execute(cfg: Config, env: dict, run_id: str, stop: training.StopFlag) -> in
         raise
     cfg = dataclasses.replace(cfg, run_id=run_id)
     if cfg.time_limit_s:
-        stop.deadline = process_started() + cfg.time_limit_s
+        stop.deadline = clock.process_started() + cfg.time_limit_s   # imports count
     tracker.update_config(cfg)
     record = RunRecord(cfg.runs_dir, run_id)
     if fetch_preempted_checkpoint(record, tracker, env):
