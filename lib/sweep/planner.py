@@ -12,6 +12,7 @@ budget (the grid as written; no trial starts that would not end in time).
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -24,6 +25,7 @@ import optuna
 from optuna.trial import TrialState
 
 from lib import config as config_lib
+from lib.images import read_image_file
 from lib.sweep import plan as rules
 from lib.sweep import spec as sweep_spec
 from lib.sweep.budget import format_duration
@@ -88,10 +90,10 @@ def read_facts(cfg) -> rules.Facts:
         counts[label] += 1
     sides = []
     for rel, _ in random.Random(0).sample(items, min(HEADER_SAMPLE, len(items))):
-        try:
-            with Image.open(Path(cfg.data_dir) / rel) as im:
+        try:   # read as the trials read it (no FIFO, a size cap); PIL takes the size from the header
+            with Image.open(io.BytesIO(read_image_file(Path(cfg.data_dir) / rel))) as im:
                 sides.append(min(im.size))
-        except OSError:   # the trials skip it and say so
+        except (OSError, ValueError, Image.DecompressionBombError):   # the trials skip it and say so
             continue
     return rules.Facts(train=len(splits.items["train"]), val=len(splits.items["val"]),
                        test=len(splits.items["test"]), classes=len(splits.classes), counts=counts,
@@ -121,12 +123,15 @@ class Planner:
         lines = []
         if not self.state:
             lines = self._make(budget_s, left_s)
+        elif self.state.get("done"):
+            done = f"plan: done ({self.state.get('end')}): nothing left to run; another --sweep_dir plans a new study"
+            lines += [self.state["line"], done]
         else:
             made = self.state["made_for_s"]
             lines.append(self.state["line"])
             lines.append(f"plan continued (made for {format_duration(made)}): this invocation may spend "
                          f"{format_duration(budget_s)}" + ("" if abs(made - budget_s) < 1 else
-                                                        "; what is left of the plan is sized to that"))
+                                                        ", and what is left of the plan is sized to that"))
         now = time.time() - (time.monotonic() - began)   # left_s was measured before the plan was made
         inv = {"start": now - (budget_s - left_s), "budget_s": budget_s, "deadline": now + left_s,
                "ready": time.time()}

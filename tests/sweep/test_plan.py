@@ -201,7 +201,7 @@ def test_the_plan_ends_within_its_budget_and_the_best_recipe_gets_the_most(tmp_p
 
 def test_without_time_for_the_middle_rung_the_screen_winner_gets_the_last_run(tmp_path, capsys):
     p, study = planner(tmp_path, 1200)
-    order, clock = run_plan(p, study, 1200)
+    _, clock = run_plan(p, study, 1200)
     assert clock <= 1200 - p.margin
     assert "straight to the last run" in capsys.readouterr().out
     assert [r.get("kind", "rung") for r in p.state["rungs"]][:2] == ["rung", "last"]
@@ -210,7 +210,7 @@ def test_without_time_for_the_middle_rung_the_screen_winner_gets_the_last_run(tm
 
 def test_slower_runs_than_planned_are_skipped_before_the_deadline(tmp_path):
     p, study = planner(tmp_path, 1200)
-    order, clock = run_plan(p, study, 1200, slower=2.5)
+    _, clock = run_plan(p, study, 1200, slower=2.5)
     assert clock <= 1200   # after the first run the rates are measured ones: nothing runs past the deadline
     assert p.state["done"] and p.state["size"] < TARGET[0]   # the first run showed 128 px would not fit
     limits = p.limits(study.get_trials()[-1], 100.0)
@@ -226,8 +226,12 @@ def test_the_plan_is_kept_in_the_study_and_a_new_planner_continues_it(tmp_path):
         study.tell(trial, 0.5)
     again = Planner(p.sweep, p.opts, study)
     assert again.state["rungs"] == p.state["rungs"] and again.state["line"] == p.state["line"]
-    assert again.next_trial(study, 1200) == "start"
+    said = again.start(study, 1800, 1800)                               # the same command, another budget
+    assert said[0] == p.state["line"] and "made for 20m" in said[1] and "may spend 30m" in said[1]
+    assert "sized to that" in said[1] and "time budget 30m, until " in said[-1]
+    assert again.next_trial(study, 1800) == "start"
     assert study.get_trials()[-1].user_attrs[ATTR]["slot"] == 3    # the fourth recipe of the screen, not the first
+    assert len(again.state["invocations"]) == 2
 
 
 # --- the README's first command, for real, on a tiny budget -----------------------------------------------
