@@ -6,7 +6,7 @@
     python bench/quickstart.py --dataset digits --arm fixed --arm probe
 
 Arms:
-  readme  the README's first command (``--readme_cmd``, default below), then ``report``;
+  readme  the README's first command exactly (``--readme_cmd``, default below), then ``report``;
   fixed   today's quickstart kept as sweeps/quickstart_fixed.yaml, run as its header says
           (``--confirm_top 2 --repeats 3``), then ``report``;
   probe   bench/probe.py: frozen MobileNetV2 features at 224 px + logistic regression, on the kit's
@@ -39,7 +39,9 @@ sys.path.insert(0, str(ROOT))
 from bench.datasets import REGISTRY, MissingPackage, materialise  # noqa: E402
 from lib.files import read_json, write_json  # noqa: E402
 
-README_CMD = ("{python} finetune_sweep.py local sweeps/quickstart.yaml --set data_dir={data_dir} {sets} "
+# The README's first command as a new user types it (no --set for small images: the plan handles them),
+# in a sweep dir of its own.
+README_CMD = ("{python} finetune_sweep.py local sweeps/quickstart.yaml --set data_dir={data_dir} "
               "--time_budget 20m --sweep_dir {sweep_dir}")
 FIXED_CMD = ("{python} finetune_sweep.py local sweeps/quickstart_fixed.yaml --set data_dir={data_dir} {sets} "
              "--confirm_top 2 --repeats 3 --sweep_dir {sweep_dir}")
@@ -255,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="sweep dirs: OUT_ROOT/<dataset>/<arm> (default runs/bench)")
     ap.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
     ap.add_argument("--readme_cmd", default=README_CMD,
-                    help="the README's first command, with {python} {data_dir} {sets} {sweep_dir} "
+                    help="the README's first command, with {python} {data_dir} {sweep_dir} (and {sets}: the "
+                         "datasets' --set flags, if wanted) "
                          "(default: %(default)s)")
     a = ap.parse_args(argv)
     for key in ("{data_dir}", "{sweep_dir}"):

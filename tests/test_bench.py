@@ -65,6 +65,17 @@ def test_study_score_is_the_reports_rank_one_run(tmp_path):
     assert quickstart.study_scores(tmp_path)[0]["test_acc"] == 0.95
 
 
+def test_readme_arm_runs_the_readme_first_command_exactly(tmp_path):
+    """No --set the README does not type: the plan itself reads images smaller than min_image_side."""
+    cmd = quickstart.commands_for("readme", "python", tmp_path / "d", tmp_path / "s", "--set min_image_side=8",
+                                  quickstart.README_CMD)[0]
+    first = f"python finetune_sweep.py local sweeps/quickstart.yaml --set data_dir={tmp_path / 'd'} --time_budget 20m"
+    assert cmd == f"{first} --sweep_dir {tmp_path / 's'}"
+    readme = " ".join((quickstart.ROOT / "README.md").read_text().split())
+    assert "python finetune_sweep.py local sweeps/quickstart.yaml --set data_dir=/path/to/images --time_budget 20m" \
+        in readme
+
+
 def test_fixed_arm_runs_the_kept_quickstart_as_its_header_says(tmp_path):
     cmds = quickstart.commands_for("fixed", "py", tmp_path / "d", tmp_path / "s", "--set min_image_side=8",
                                    quickstart.README_CMD)
