@@ -211,8 +211,9 @@ class Planner:
             todo = [i for i in range(len(current["recipes"])) if i not in taken and i not in current["skipped"]]
             if todo:
                 est = {i: self.estimate(current["recipes"][i], current, study) for i in todo}
-                fits = [i for i in todo if est[i] <= usable] or ([todo[0]] if rung == 0 and not taken else [])
-                late = [i for i in todo if i not in fits]   # the first run starts whatever its estimate
+                first = rung == 0 and not taken and usable > self.rates.startup   # it starts whatever its estimate
+                fits = [i for i in todo if est[i] <= usable] or ([todo[0]] if first else [])
+                late = [i for i in todo if i not in fits]
                 if late:
                     current["skipped"] += late
                     print(f"plan: no time for {', '.join(self.label(current['recipes'][i]) for i in late)} "

@@ -253,11 +253,13 @@ def test_a_tiny_budget_is_planned_said_and_kept(animals, tmp_path):
            "--set", "min_image_side=16", "--time_budget", "150s", "--sweep_dir", str(out)]
     began = time.monotonic()
     with started(cmd, stderr=subprocess.DEVNULL) as proc:
-        line = proc.wait_line("plan: ", timeout=120)
+        line = proc.wait_line("plan: ", timeout=150)
         assert " px for " in line and "~" in line
-        proc.wait_line("time budget 2m30s, until ", timeout=60)     # the plan is in the study: status reads it
+        proc.wait_line("time budget 2m30s, until ", timeout=30)     # the plan is in the study: status reads it
         live = sweep_status.status_table(out)
-        assert "time budget 2m30s: " in live and " left (until " in live, live
+        assert "time budget 2m30s: " in live, live
+        # the time left, unless making the plan took all of it (a machine at a load of 20 can take minutes)
+        assert " left (until " in live or time.monotonic() - began > 150, live
         code = proc.wait(240)
     took = time.monotonic() - began
     assert code in (0, 3), proc.tail()                       # done, or the deadline stopped a trial
