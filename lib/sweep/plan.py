@@ -10,10 +10,11 @@ The rules, each following from the data or from a measurement:
 
 - image size: images under 96x96 px are trained at 128 px, larger ones at their own size up to the
   model's pretraining size (224) (BiT-HyperRule, Kolesnikov et al. 2020); smaller, down the ladder
-  ``SIZES``, until the screen fits its share of the budget;
-- a rung's share of the budget: equal (successive halving's); the screen's epochs: enough for
-  ``SCREEN_STEPS`` optimizer steps, at least ``MIN_EPOCHS``; a later rung's: the most its share pays
-  for, at least ``ETA`` times the rung before it (else the rung is left out);
+  ``SIZES``, until the screen and a last run ``ETA`` x ``ETA`` times as long fit the budget (a middle
+  rung is left out before the size goes down);
+- the screen's epochs: enough for ``SCREEN_STEPS`` optimizer steps, at least ``MIN_EPOCHS``; each later
+  rung ``ETA`` times the epochs of the one before, if the time left pays for it and for a last run
+  ``ETA`` times longer again;
 - who goes on: the best third by the sweep's metric (ties: the cheaper run);
 - the last run's epochs: all that is left, up to BiT's schedule for small sets (``EXAMPLES`` images
   seen) while the winner's validation curve was still rising, ``ETA`` times its epochs otherwise;
@@ -237,16 +238,16 @@ def ladder(flops: list[Flops], keys: list[str], facts: Facts, rates: Rates, size
 
 def forecast(flops: list[Flops], keys: list[str], facts: Facts, rates: Rates, budget_s: float,
              target: tuple[int, str], pinned: dict) -> Forecast:
-    """The whole plan as it looks before it starts: the largest size (up to the data's) at which successive
-    halving's ladder fits the budget, and the last run's epochs from what the ladder leaves (the rungs
-    are sized again with measured costs when they start)."""
+    """The whole plan as it looks before it starts: the largest size (up to the data's) at which the screen
+    and the ladder's last run fit the budget, the middle rungs that fit beside them, and the last run's
+    epochs from what they leave (the rungs are sized again with measured costs when they start)."""
     e0, n = screen_epochs(facts), len(flops)
     rungs = rung_sizes(n)
     sizes = [int(pinned["image_size"])] if "image_size" in pinned else \
         [s for s in SIZES if s <= target[0]] or [SIZES[-1]]
-    for size in sizes:   # too little even at the smallest: later rungs, then recipes, are left out
+    for size in sizes:   # the size the images ask for before a middle rung: a smaller one costs more accuracy
         steps = ladder(flops, keys, facts, rates, size, e0, rungs)
-        if sum(s for _, _, s in steps) <= budget_s:
+        if steps[0][2] + steps[-1][2] * (len(steps) > 1) <= budget_s:   # the screen and the last run
             break
     why = target[1] if size == target[0] else f"{size} px: at {target[0]} px the plan would not fit the budget"
     if "image_size" in pinned:

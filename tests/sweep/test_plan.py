@@ -59,6 +59,13 @@ def test_more_budget_buys_a_larger_size_then_longer_runs():
     assert big.rungs[-1][1] >= small.rungs[-1][1]
 
 
+def test_a_tight_budget_leaves_the_middle_rung_out_before_the_size_goes_down():
+    tight = rules.forecast(FLOPS, KEYS, FACTS, measured(), 800, TARGET, {})
+    roomy = rules.forecast(FLOPS, KEYS, FACTS, measured(), 1200, TARGET, {})
+    assert tight.size == roomy.size == TARGET[0]
+    assert len(tight.rungs) == 2 and len(roomy.rungs) == 3 and tight.rungs[-1][0] == 1
+
+
 def test_a_budget_too_small_for_the_screen_runs_the_cheapest_recipes_only():
     fc = rules.forecast(FLOPS, KEYS, FACTS, measured(), 60, TARGET, {})
     assert fc.size == min(rules.SIZES)
