@@ -25,6 +25,7 @@ import optuna
 from optuna.trial import TrialState
 
 from lib import config as config_lib
+from lib.errors import SweepError
 from lib.images import read_image_file
 from lib.sweep import plan as rules
 from lib.sweep import spec as sweep_spec
@@ -52,6 +53,13 @@ def why_not(sweep: Sweep, opts: Options) -> str | None:
     if "epochs" in _pinned(sweep):   # successive halving needs the epochs: a grid of fixed runs is run as written
         return "epochs is set by --set, swept, or set in a recipe"
     return None
+
+
+def check_extension(study: optuna.Study, changed: bool) -> None:
+    """A planned study runs the grid it was planned with: an edited sweep is a new study."""
+    if changed and ATTR in study.user_attrs:
+        raise SweepError("this study was planned to its time budget with the sweep as first run: --extend cannot "
+                         "add to its plan; give the edited sweep its own --sweep_dir")
 
 
 def planning(study: optuna.Study, sweep: Sweep, opts: Options) -> bool:

@@ -70,6 +70,7 @@ def open_study(sweep: Sweep, opts: Options) -> optuna.Study:
         changed = stored is not None and stored != new
         if changed:
             sweep_study.check_extension(sweep, stored, opts)
+            planner.check_extension(study, changed)
         if changed or "sweep" not in study.user_attrs:
             study.set_user_attr("sweep", new)
             (opts.sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(sweep.raw, sort_keys=False))

@@ -285,3 +285,17 @@ def optuna_plan(sweep_dir):
     state = study.user_attrs[ATTR]
     trials = [t.user_attrs["config"] for t in study.get_trials() if ATTR in t.user_attrs]
     return {"size": state["size"], "trials": trials}
+
+
+def test_a_planned_study_refuses_an_edited_sweep(tmp_path):
+    from lib.errors import SweepError
+    from lib.sweep.runner import open_study
+
+    quickstart = str(ROOT / "sweeps" / "quickstart.yaml")
+    opts = Options(sweep_dir=tmp_path / "s", time_budget_s=600.0)
+    study = open_study(sweep_spec.load(quickstart, {"data_dir": str(tmp_path)}), opts)
+    assert not study.get_trials()                       # a plan enqueues its own trials, not the grid
+    study.set_user_attr(ATTR, {"line": "plan: ..."})
+    edited = sweep_spec.load(quickstart, {"data_dir": str(tmp_path), "weight_decay": "0.01"})
+    with pytest.raises(SweepError, match="planned to its time budget"):
+        open_study(edited, Options(sweep_dir=tmp_path / "s", extend=True))
