@@ -347,14 +347,19 @@ def balancing(facts: Facts, pinned: dict) -> dict:
 
 
 def plan_line(fc: Forecast, recipes: int, extra: str = "") -> str:
-    """``plan: 8 recipes at 128 px for 3 epochs, the best 3 for 9, the best for 27: 12 runs, ~18 min``"""
+    """``plan: 12 runs at 128 px, 8 recipes for 3 epochs, the best 3 for 9, the best for ~27: ~18 min``"""
     first = fc.rungs[0]
-    parts = [f"{first[0]} recipe{'s' * (first[0] != 1)} at {fc.size} px for {first[1]} epochs"
+    parts = [f"{first[0]} recipe{'s' * (first[0] != 1)} for {first[1]} epochs"
              + (f" (the cheapest {first[0]} of {recipes}: the budget buys no more)" if fc.screened < recipes else "")]
     for n, e in fc.rungs[1:]:
         parts.append(f"the best {n} for {e}" if n > 1 else f"the best for ~{e}")
-    return (f"plan: {', '.join(parts)}{extra if len(fc.rungs) > 1 else ''}: {fc.runs} run{'s' * (fc.runs != 1)}, "
-            f"~{format_duration(fc.seconds)}")
+    return (f"plan: {fc.runs} run{'s' * (fc.runs != 1)} at {fc.size} px, {', '.join(parts)}"
+            f"{extra if len(fc.rungs) > 1 else ''}: ~{minutes(fc.seconds)}")
+
+
+def minutes(seconds: float) -> str:
+    """``18 min`` (to the minute from 2 minutes on), ``45 s``."""
+    return f"{max(0, round(seconds / 60))} min" if seconds >= 120 else f"{max(0, round(seconds))} s"
 
 
 def status_lines(state: dict, now: float) -> list[str]:
