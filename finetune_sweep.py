@@ -240,15 +240,16 @@ def parser():
     r.add_argument("--metric", help="what ranks the runs (default: the sweep's metric, else best_val_acc)")
     r.add_argument("--study", help="with a database URL: the study (default: the database's only one)")
     r.add_argument("--artifacts", metavar="DIR|s3://BUCKET|gs://BUCKET",
-                   help="with a database URL: where the study's artifact store is on this machine (default: the "
-                        "one the study recorded)")
+                   help="with a database URL: the study's artifact store, where it is on this machine (the one the "
+                        "study records is read only when named here, or confirmed at a terminal)")
     r.set_defaults(fn=cmd_report)
     e = sub.add_parser("export", help="ship the best run: ONNX (+ INT8), attributions, model card")
     e.add_argument("source", help="a local sweep dir, a runs dir, one run dir, a W&B sweep path "
                                   "ENTITY/PROJECT/SWEEP_ID (weights from the run's model artifact; the export is logged "
                                   "back), or a study's database URL (weights from its artifact store)")
     e.add_argument("--data_dir",
-                   help="where the run's images are here, if not at its config's data_dir (parity uses its test images)")
+                   help="where the run's images are here (parity uses its test images); by default its config's "
+                        "data_dir, except for a run from W&B or a database URL, whose record chooses no local files")
     e.add_argument("--out", help="default: SOURCE/export (a W&B path or database URL: exports/<sweep or study>)")
     e.add_argument("--metric", default="best_val_acc")
     e.add_argument("--max_size_mb", type=float)
@@ -257,8 +258,8 @@ def parser():
     e.add_argument("--attributions", type=int, default=0, metavar="N", help="Captum IG + Grad-CAM for N test images")
     e.add_argument("--study", help="with a database URL: the study (default: the database's only one)")
     e.add_argument("--artifacts", metavar="DIR|s3://BUCKET|gs://BUCKET",
-                   help="with a database URL: where the study's artifact store is on this machine (default: the "
-                        "one the study recorded)")
+                   help="with a database URL: the study's artifact store, where it is on this machine (the one the "
+                        "study records is read only when named here, or confirmed at a terminal)")
     e.set_defaults(fn=cmd_export)
     pr = sub.add_parser("predict", help="classify images with an exported model (ONNX Runtime only)")
     pr.add_argument("model", help="model.onnx (or the export dir)")

@@ -73,3 +73,14 @@ def display_width(text) -> int:
 def pad(text, width: int) -> str:
     """``text`` followed by spaces up to ``width`` display columns (``str.ljust`` by display width)."""
     return str(text) + " " * max(0, width - display_width(text))
+
+
+# C0 and C1 controls (ESC starts the sequences that move the cursor, rewrite lines or retitle the window),
+# DEL, and the Unicode line separators and direction overrides that reorder what a terminal shows.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_text(value) -> str:
+    """Text from a study or a record printed to a terminal: every control character shown as its escape
+    (``\\x1b``, ``\\n``), so an error message cannot move the cursor, hide a line or end its own row."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(value))

@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
-
-from lib import errors
+from lib import errors, yamls
 from lib.errors import ConfigError
 from lib.recipes import AUTO_AUGMENT, STRATEGIES
+from lib.run_id import RUN_ID_RULE, valid_run_id
 from lib.spelling import closest
 
 LR_AUTO = "auto"   # lr: auto: lib.train.lr_find picks the rate; every consumer after it reads a number
@@ -424,9 +423,10 @@ def load_yaml(path: str) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file {path!r} not found")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        text = p.read_text()
+    except UnicodeDecodeError as e:
         raise ConfigError(f"config file {path!r} is not valid YAML: {errors.yaml_problem(e)}") from None
+    data = yamls.safe_load(text, f"config file {path!r}", ConfigError) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path!r} must be a mapping of key: value")
     return data
@@ -485,8 +485,8 @@ def validate(cfg: Config) -> None:
                           "expected an integer >= 1")
     if not _DEVICE.match(cfg.device):
         raise ConfigError(f"device={cfg.device!r} is not valid: expected auto, cpu, cuda, cuda:N or mps")
-    if cfg.run_id and not all(c.isalnum() or c in "-_" for c in cfg.run_id):
-        raise ConfigError(f"run_id={cfg.run_id!r} is not valid: expected letters, digits, - and _")
+    if cfg.run_id and not valid_run_id(cfg.run_id):
+        raise ConfigError(f"run_id={cfg.run_id!r} is not valid: expected {RUN_ID_RULE}")
 
 
 def help_text() -> str:

@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from lib import yamls
 from lib.config import LR_AUTO
 from lib.errors import ReportError, SweepError
 from lib.files import read_json, read_jsonl, tail
@@ -54,9 +55,7 @@ def _stub_from_folder(run_dir: Path, trial: dict | None) -> dict | None:
     config = {}
     if params_file.exists():
         with contextlib.suppress(Exception):
-            import yaml
-
-            raw = yaml.safe_load(params_file.read_text()) or {}
+            raw = yamls.safe_load(params_file.read_text(), str(params_file)) or {}
             config = {k: v.get("value") if isinstance(v, dict) else v for k, v in raw.items()
                       if k != "wandb_version"}
     trial = trial or {}

@@ -67,6 +67,8 @@ def test_sweep_config_wins_over_command_line():
     (["--monitor=val_f1"], "monitor='val_f1' is not valid: expected one of val_acc, val_balanced_acc, val_loss"),
     (["--class_weighting=inverse"], "expected one of none, balanced"),
     (["--sampler=weighted"], "expected one of random, balanced"),
+    (["--run_id=../x"], "run_id='../x' is not valid: expected letters, digits, - and _"),
+    (["--run_id=caf\u00e9"], "run_id='caf\u00e9' is not valid"),        # the same ASCII rule everywhere ids are read
 ])
 def test_bad_values_are_named_in_one_line(argv, needle):
     with pytest.raises(ConfigError) as e:
@@ -80,6 +82,20 @@ def test_bad_config_exits_2_with_one_line_before_any_work(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: optimizer='adagrad' is not valid: expected one of adam, adamw, sgd"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_alias_bomb_config_file_is_one_line_at_once(tmp_path):
+    """1 KB of nested YAML aliases (`&a [*a, *a, ...]`) expands to 387 million values: refused once read,
+    in one line, exit 2, before any run folder exists (it used to spin for minutes)."""
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(["lr: 0.01", "a: &a [x, x, x, x, x, x, x, x, x]"]
+                              + [f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi")]))
+    proc = subprocess.run([sys.executable, "finetune_resnet.py", "--config", str(bomb), f"--runs_dir={tmp_path}/runs"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "expands to more than" in err[0], err
     assert not (tmp_path / "runs").exists()
 
 

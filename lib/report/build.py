@@ -384,6 +384,7 @@ def _write(out: Path, s: RunTable, doc: Doc, title: str | None, files: dict[str,
     for col in csv_df.columns:   # names and errors from records (text columns): never formulas
         if not pd.api.types.is_numeric_dtype(csv_df[col]):
             csv_df[col] = csv_df[col].map(csv_cell)
+    csv_df.columns = [csv_cell(str(c)) for c in csv_df.columns]   # config keys from records too (`=1+1`)
     page = ("<!doctype html><html><head><meta charset=\"utf-8\"><title>"
             + html.escape(title or "Fine-tuning sweep report") + f"</title><style>{CSS}</style></head><body>"
             + "\n".join(doc.html) + "</body></html>\n")

@@ -6,6 +6,10 @@ A runner started with ``--artifacts LOCATION`` uploads, when a trial ends, its `
 ``artifacts`` ({file name: id}). The study remembers the location (user attribute ``artifact_store``), so
 `report URL` and `export URL` find the files from a machine that ran none of the trials.
 
+What a study says is input, not truth: `report` and `export` read only from a store the user names
+(``--artifacts``) or confirms at a terminal, and every id is resolved inside the store (realpath: a
+symlink is followed to where it leads) or refused in one line.
+
 LOCATION is a folder that every machine mounts (the same path, or pass ``--artifacts`` where it differs),
 ``s3://BUCKET`` (Boto3: credentials and endpoint from the usual AWS environment or config files) or
 ``gs://BUCKET`` (google-cloud-storage: application default credentials). Nothing secret is stored.
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import optuna
 from optuna.artifacts import download_artifact, upload_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
 
 from lib.errors import SweepError
 
@@ -74,7 +79,30 @@ def open_store(where: str, create: bool = False):
     if not folder.is_dir():
         raise SweepError(f"the artifact store {where} is not a folder on this machine: mount the shared folder, "
                          f"or pass --artifacts with the path where it is mounted here")
-    return optuna.artifacts.FileSystemArtifactStore(folder)
+    return FolderStore(folder)
+
+
+class FolderStore(optuna.artifacts.FileSystemArtifactStore):
+    """Optuna's folder store, reading only inside its folder: Optuna checks an id's path, not where a
+    symlink in it leads."""
+
+    def __init__(self, folder: Path):
+        super().__init__(folder)
+        self.folder = Path(folder)
+
+    def path_of(self, artifact_id: str) -> Path:
+        root = os.path.realpath(self.folder)
+        target = os.path.realpath(os.path.join(root, artifact_id))
+        if os.path.commonpath([root, target]) != root or target == root:
+            raise SweepError(f"artifact id {artifact_id[:80]!r} names a file outside the artifact store {self.folder}:"
+                             " refused (a damaged or edited study)")
+        return Path(target)
+
+    def open_reader(self, artifact_id: str):
+        try:
+            return open(self.path_of(artifact_id), "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+            raise ArtifactNotFound(f"{artifact_id} not found") from e
 
 
 def attach(study: optuna.Study, given: str | None):
@@ -91,11 +119,22 @@ def attach(study: optuna.Study, given: str | None):
     return open_store(where)
 
 
-def reader(study: optuna.Study, given: str | None):
-    """The store `report`/`export` read: ``--artifacts`` if given (where the share is mounted here),
-    else the study's recorded one, else None."""
-    where = location(given) if given else study.user_attrs.get(STUDY_ATTR)
-    return open_store(where) if where else None
+def recorded(study: optuna.Study) -> str | None:
+    """The store the study says its trials' files are in (text, else None)."""
+    where = study.user_attrs.get(STUDY_ATTR)
+    return where if isinstance(where, str) and where else None
+
+
+def reader(study: optuna.Study, given: str | None, confirm=None):
+    """The store `report`/`export` read: ``--artifacts`` if given (where the share is mounted here); the
+    study's recorded one only if ``confirm(location)`` says yes (a question at a terminal): a study decides
+    nothing about which local files are copied. None otherwise."""
+    if given:
+        return open_store(location(given))
+    where = recorded(study)
+    if where and confirm is not None and confirm(where):
+        return open_store(location(where))
+    return None
 
 
 def upload_run(store, trial: optuna.Trial, run_dir: Path, finished: bool) -> dict[str, str]:
@@ -115,14 +154,28 @@ def upload_run(store, trial: optuna.Trial, run_dir: Path, finished: bool) -> dic
 
 
 def download(store, ids: dict[str, str], names: tuple[str, ...], dest: Path) -> list[str]:
-    """The named files of a trial into ``dest`` (a fresh folder); returns those it has."""
+    """The named files of a trial into ``dest`` (a fresh folder); returns those it has. An id that is
+    not text, names a file outside a folder store, or is not in the store is one line (SweepError)."""
+    if not isinstance(ids, dict):
+        raise SweepError(f"a trial's artifact ids are not a mapping ({type(ids).__name__}): a damaged study")
+    for name in names:   # every id checked before anything is written
+        artifact_id = ids.get(name, "")
+        if name in ids and (not isinstance(artifact_id, str) or not artifact_id or "\0" in artifact_id):
+            raise SweepError(f"the artifact id of {name} is {str(artifact_id)[:80]!r}, not an id: a damaged study")
+        if name in ids and isinstance(store, FolderStore):
+            store.path_of(artifact_id)
     dest.mkdir(parents=True, exist_ok=True)
     got = []
     for name in names:
         if name in ids:
+            artifact_id = ids[name]
             target = dest / name
             if target.exists():
                 os.remove(target)   # download_artifact refuses to overwrite
-            download_artifact(artifact_store=store, file_path=str(target), artifact_id=ids[name])
+            try:
+                download_artifact(artifact_store=store, file_path=str(target), artifact_id=artifact_id)
+            except ArtifactNotFound:
+                raise SweepError(f"{name} of a trial (artifact {artifact_id[:80]!r}) is not in the artifact store: "
+                                 "removed from it, or --artifacts names another store") from None
             got.append(name)
     return got

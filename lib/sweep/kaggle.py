@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-from lib.errors import KitError
+from lib import yamls
+from lib.errors import KitError, SweepError
 
 KEEP_FROM_IMAGE = ("torch", "torchvision")   # the image's CUDA build of these is never replaced
 KEY_NAME = "WANDB_API_KEY"
@@ -279,7 +280,7 @@ def sweep_for_create(sweep_yaml: Path, data_dir: Path, settings: dict, out: Path
     data, for `create`: under a W&B sweep the sweep's parameters win over a run's command line."""
     import yaml
 
-    spec = yaml.safe_load(Path(sweep_yaml).read_text())
+    spec = yamls.safe_load(Path(sweep_yaml).read_text(), f"sweep file {str(sweep_yaml)!r}", SweepError)
     params = spec.setdefault("parameters", {})
     for key, value in {"data_dir": str(data_dir), **settings}.items():
         params[key] = {"value": value}

@@ -5,13 +5,14 @@ the sweep dir or in a database that runners on several machines share (lib.sweep
 opens the study (lib.sweep.study: one sweep per folder, grid enqueued once), requeues the trials of dead
 runners (lib.sweep.recovery), and its workers (threads) each take a trial and run it in a subprocess
 (lib.sweep.trial) until the study, ``--count`` or ``--time_budget`` is done. Ctrl-C and SIGTERM stop
-it the same way: the trials checkpoint and are requeued under their run ids.
+it the same way: the trials checkpoint and are requeued under their run ids. The runner sets both handlers
+itself (a background job of a non-interactive shell starts with SIGINT ignored) and exits once its trainers
+have.
 """
 from __future__ import annotations
 
 import contextlib
 import enum
-import functools
 import os
 import signal
 import threading
@@ -28,13 +29,14 @@ from tqdm import tqdm
 
 from lib.errors import SweepError
 from lib.files import locked, read_json, write_json
+from lib.run_id import valid_run_id
 from lib.sweep import artifacts, budget, confirm, planner, recovery, samplers, storage
 from lib.sweep import spec as sweep_spec
 from lib.sweep import study as sweep_study
 from lib.sweep.options import Options
 from lib.sweep.spec import Sweep
 from lib.sweep.status import cell, status_table, trial_config, varying_keys
-from lib.sweep.trial import Children, TrialProcess, read_record, slug
+from lib.sweep.trial import Children, TrialProcess, slug
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Heartbeats are "experimental" in Optuna and "meant for optimize()": we use them with ask/tell on purpose.
@@ -56,7 +58,7 @@ def open_study(sweep: Sweep, opts: Options) -> optuna.Study:
     """Create or join the study (refusing an edited or different sweep); enqueue the grid once; requeue
     trials of dead runners; with ``retry_failed``, the failed trials."""
     opts.sweep_dir.mkdir(parents=True, exist_ok=True)
-    with locked(opts.sweep_dir / ".lock"), storage.shared_lock(opts, _on_stale(opts)) as shared:
+    with locked(opts.sweep_dir / ".lock"), storage.shared_lock(opts) as shared:
         meta_path = opts.sweep_dir / "sweep.json"
         held = read_json(meta_path).get("name") if meta_path.exists() else None
         if held and held != sweep.name:
@@ -80,27 +82,46 @@ def open_study(sweep: Sweep, opts: Options) -> optuna.Study:
                 confirm.enqueue_confirm(study, sweep, opts)
         elif changed:
             sweep_study.new_search_space(study, sweep, stored)
+        sweep_study.check_run_ids(study.get_trials(deepcopy=False))
         if opts.retry_failed:
             recovery.retry_failed(study)
-        recovery.reap(study, opts.host)
+        orphans = recovery.requeue_gone(study, opts.host)
         meta = {"name": sweep.name, "sweep_file": str(sweep.path), "storage": storage.public_url(opts.storage),
                 "metric": sweep.metric, "goal": sweep.goal, "method": sweep.method,
                 "set": {k: str(v) for k, v in sweep.fixed.items()},
                 "heartbeat_s": opts.heartbeat_s, "grace_s": opts.grace}
         write_json(meta_path, meta)
+    for attrs in orphans:   # after the lock: stopping a trainer may take a minute
+        recovery.stop_child(attrs, opts.host)
     return study
 
 
-def _on_stale(opts: Options):
-    return functools.partial(recovery.requeue_stale, host=opts.host)
-
-
 def _storage(opts: Options):
-    return storage.open_storage(opts, _on_stale(opts))
+    return storage.open_storage(opts)
 
 
-class _Stopping(Exception):
-    """SIGTERM reached the runner: stop like Ctrl-C."""
+class Signals:
+    """SIGINT and SIGTERM while the runner runs, whatever the process inherited (a background job of a
+    non-interactive shell, `nohup ... &`, starts with SIGINT ignored). The handler only counts them, and
+    the main loop reads the count: a handler that raised inside ``Thread.join`` would leave Python taking
+    a still-running worker for ended, and the runner would exit before its trainers. Outside the main
+    thread (a runner started by a test or a notebook) the process's own handlers stay."""
+
+    def __init__(self):
+        self.count, self._old = 0, {}
+
+    def _heard(self, _signum, _frame) -> None:
+        self.count += 1
+
+    def __enter__(self) -> Signals:
+        if threading.current_thread() is threading.main_thread():
+            self._old = {sig: signal.signal(sig, self._heard) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        for sig, handler in self._old.items():
+            if handler is not None:   # None: set outside Python, nothing to put back
+                signal.signal(sig, handler)
 
 
 class Runner:
@@ -136,9 +157,8 @@ class Runner:
 
     # -- the loop of one worker ------------------------------------------------
     def work(self, gpu: str | None = None, done: threading.Event | None = None) -> None:
-        """``done`` is set when this worker has reported its last trial. The runner waits on it, not on
-        Thread.join: on Python 3.11 a Ctrl-C that lands inside join() marks a running thread as stopped,
-        and the runner then printed its table before the interrupted trial had been requeued."""
+        """``done`` is set when this worker has reported its last trial: the runner waits on it (see
+        Signals), and prints its table only once every interrupted trial has been requeued."""
         try:
             self._work(gpu)
         except Exception as e:  # noqa: BLE001 - a broken worker stops the sweep with its reason
@@ -153,7 +173,7 @@ class Runner:
         study = optuna.load_study(study_name=self.sweep.name, storage=_storage(self.opts), sampler=self.sampler,
                                   pruner=samplers.pruner(self.sweep))
         while not self.stop.is_set():
-            recovery.reap(study, self.opts.host)
+            recovery.reap(study, self.opts)
             step = self._next(study)
             if step is Step.DONE:
                 return
@@ -221,6 +241,12 @@ class Runner:
 
     def _run(self, study: optuna.Study, trial: optuna.Trial, gpu: str | None = None) -> None:
         run_id = trial.user_attrs.get("run_id") or self._new_run_id(trial.number)
+        if not valid_run_id(run_id):   # a study is input: no folder is made or touched for it
+            why = sweep_study.bad_run_id(trial.number, run_id)
+            trial.set_user_attr("error", why)
+            print(f"error: {why}", flush=True)
+            study.tell(trial, state=TrialState.FAIL)
+            return
         for key, value in (("run_id", run_id), ("host", self.opts.host), ("pid", os.getpid()),
                            ("heartbeat_s", self.opts.heartbeat_s)):
             trial.set_user_attr(key, value)
@@ -235,12 +261,15 @@ class Runner:
             params = {**params, **self.planner.limits(trial, self._left())}
         if gpu is not None:
             trial.set_user_attr("gpu", gpu)
-        state, value, error = process.run(params, gpu, self.stop, self.children)
+        state, value, error, mark = process.run(params, gpu, self.stop, self.children)
         if state is None or (self.stop.is_set() and state == TrialState.FAIL):
-            # preempted or interrupted, not failed: requeued under the same run id, which resumes it
-            trial.set_user_attr("error", "interrupted; requeued")
-            if recovery.fail_once(study, trial._trial_id):
-                recovery.resubmit(study, study._storage.get_trial(trial._trial_id), "interrupted")
+            # preempted, interrupted or killed once: not failed, requeued under the same run id, which resumes it
+            why = error if state is None and error else "interrupted"
+            trial.set_user_attr("error", f"{why}; requeued")
+            if state is None and error:
+                print(f"trial {trial.number} ({run_id}): {why}: requeued, it resumes from its checkpoint", flush=True)
+            with recovery.study_lock(self.opts):
+                recovery.requeue(study, trial._trial_id, why, **({mark: True} if mark else {}))
             return
         self._finish(study, process, state, value, error)
 
@@ -251,16 +280,24 @@ class Runner:
         """What this invocation has left for another pass: trials (--count) and time (--time_budget)."""
         count = None if self.opts.count is None else self.opts.count - self.started
         left = None if self.deadline is None else max(0.001, self.deadline - time.monotonic())
-        return replace(self.opts, count=count, time_budget_s=left, started=time.monotonic())
+        # the failed trials were retried when this invocation opened the study: not once per pass
+        return replace(self.opts, count=count, time_budget_s=left, started=time.monotonic(), retry_failed=False)
 
     def _new_run_id(self, number: int) -> str:
-        """``<sweep>-<trial number>``; never the id of a finished run (a folder left by a deleted study)."""
+        """``<sweep>-<trial number>``, in a folder of its own: never one that exists (a run of a deleted or
+        another study, finished or not, whose checkpoint would be resumed as this trial's). The folder is
+        made here, so two runners can never take one id."""
+        runs = self.opts.sweep_dir / "runs"
+        runs.mkdir(parents=True, exist_ok=True)
         base = run_id = f"{slug(self.sweep.name)}-{number:03d}"
         n = 1
-        while read_record(self.opts.sweep_dir / "runs" / run_id).get("state") == "finished":
-            n += 1
-            run_id = f"{base}-{n}"
-        return run_id
+        while True:
+            try:
+                (runs / run_id).mkdir()
+                return run_id
+            except FileExistsError:
+                n += 1
+                run_id = f"{base}-{n}"
 
     def _finish(self, study, process: TrialProcess, state, value, error) -> None:
         trial = process.trial
@@ -314,39 +351,34 @@ class Runner:
     # -- all workers -------------------------------------------------------------
     def run(self) -> int:
         """Ctrl-C and SIGTERM alike: the trials get SIGTERM, save their checkpoints and are requeued
-        (their runs resume under the same ids); the runner exits 130 once they have."""
-        def on_sigterm(_n, _f):
-            raise _Stopping()
-
-        main = threading.current_thread() is threading.main_thread()
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
-        if main:
-            signal.signal(signal.SIGTERM, on_sigterm)
-        gpus = self.opts.gpus or [None] * self.opts.workers
-        done = [threading.Event() for _ in gpus]
-        threads = [threading.Thread(target=self.work, args=(gpu, d), name=f"worker-{i}" + (f"-gpu{gpu}" if gpu else ""),
-                                    daemon=True) for i, (gpu, d) in enumerate(zip(gpus, done))]
-        if self.planner is not None:
-            self._start_plan()
-        elif self.deadline is not None:
-            with self.lock:
-                estimate, source = self._trial_estimate(sweep_study.counted(optuna.load_study(
-                    study_name=self.sweep.name, storage=_storage(self.opts))))
-            print(budget.budget_line(self.opts.time_budget_s, estimate, source,
-                                     "running trials get SIGTERM, checkpoint and are requeued"), flush=True)
-        try:
+        (their runs resume under the same ids); the runner exits 130 once they have. The main thread
+        waits on each worker's done event, never in a join a signal could cut short."""
+        with Signals() as signals:
+            gpus = self.opts.gpus or [None] * self.opts.workers
+            done = [threading.Event() for _ in gpus]
+            threads = [threading.Thread(target=self.work, args=(gpu, d), daemon=True,
+                                        name=f"worker-{i}" + (f"-gpu{gpu}" if gpu else ""))
+                       for i, (gpu, d) in enumerate(zip(gpus, done))]
+            if self.planner is not None:
+                self._start_plan()
+            elif self.deadline is not None:
+                with self.lock:
+                    estimate, source = self._trial_estimate(sweep_study.counted(optuna.load_study(
+                        study_name=self.sweep.name, storage=_storage(self.opts))))
+                print(budget.budget_line(self.opts.time_budget_s, estimate, source,
+                                         "running trials get SIGTERM, checkpoint and are requeued"), flush=True)
             for i, t in enumerate(threads):
+                if signals.count:
+                    break
                 t.start()
                 if i + 1 < len(threads):
                     time.sleep(0.2)  # let the first ask() land before the next worker asks
-            while not all(d.is_set() for d in done):
-                next(d for d in done if not d.is_set()).wait(timeout=0.5)
+            started = [d for d, t in zip(done, threads) if t.ident is not None]
+            while not signals.count and not all(d.is_set() for d in started):
+                next(d for d in started if not d.is_set()).wait(0.5)
                 self._check_deadline()
-        except (KeyboardInterrupt, _Stopping):
-            return self._interrupted(done, main)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            if signals.count:
+                return self._interrupted(started, signals)
         self.bar.close()
         if self.planner is not None:
             self.planner.end(optuna.load_study(study_name=self.sweep.name, storage=_storage(self.opts)))
@@ -386,16 +418,17 @@ class Runner:
         print("time budget spent: running trials get SIGTERM, checkpoint and are requeued", flush=True)
         self.stop.set()
 
-    def _interrupted(self, done: list[threading.Event], main: bool) -> int:
+    def _interrupted(self, done: list[threading.Event], signals: Signals) -> int:
+        """Every trial stopped (SIGTERM: it checkpoints) and requeued before the runner exits; a second
+        Ctrl-C or SIGTERM must not leave the trials orphaned: it is answered, and the wait goes on."""
         self.stop.set()
-        if main:   # a second Ctrl-C or SIGTERM must not leave the trials orphaned: keep waiting for them
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda _n, _f: print("stopping: waiting for the trials to save their "
-                                                        "checkpoints", flush=True))
         self.children.terminate()
-        for d in done:   # every worker has requeued its trial: the table below is what status will say
-            while not d.wait(timeout=0.5):
-                pass
+        seen = signals.count
+        while not all(d.is_set() for d in done):
+            next(d for d in done if not d.is_set()).wait(0.5)
+            if signals.count > seen:
+                seen = signals.count
+                print("stopping: waiting for the trials to save their checkpoints", flush=True)
         self.bar.close()
         print("interrupted: run the same command again to continue the sweep")
         return 130

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 with warnings.catch_warnings():  # sweeps warns about its pydantic-1 config keys on import: noise
     warnings.simplefilter("ignore")
@@ -36,7 +35,7 @@ with warnings.catch_warnings():  # sweeps warns about its pydantic-1 config keys
     from sweeps.params import PARAM_DEPRECATION_MAP, HyperParameter, HyperParameterSet
 
 from lib import config as config_lib
-from lib import errors
+from lib import errors, yamls
 from lib.errors import SweepError
 from lib.records import EPOCH_METRICS, RUN_METRICS
 from lib.sweep import wandb_schema
@@ -119,9 +118,10 @@ def load(path: str, fixed: dict[str, str] | None = None, repeats: int = 1) -> Sw
     if not p.is_file():
         raise SweepError(f"sweep file {path!r} not found")
     try:
-        raw = yaml.safe_load(p.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        text = p.read_text()
+    except UnicodeDecodeError as e:
         raise SweepError(f"sweep file {path!r} is not valid YAML: {errors.yaml_problem(e)}") from None
+    raw = yamls.safe_load(text, f"sweep file {path!r}", SweepError)
     if not isinstance(raw, dict):
         raise SweepError(f"sweep file {path!r} must be a mapping (program, method, metric, parameters)")
     fixed = dict(fixed or {})

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from lib import config as config_lib
+from lib.cells import terminal_text
 from lib.sweep import plan, storage
+from lib.sweep import study as sweep_study
 from lib.sweep.recovery import gone
-from lib.sweep.study import counted, flat, point
+from lib.sweep.study import counted
 
 
 def trial_rows(sweep_dir: Path | str, storage_url: str | None = None,
@@ -34,8 +36,9 @@ def trial_rows(sweep_dir: Path | str, storage_url: str | None = None,
 
 
 def trial_config(t) -> dict[str, Any]:
-    """A trial's parameters as config keys, its recipe spread into them: the columns of the table."""
-    return config_lib.recipe_as_keys(t.user_attrs.get("config") or flat(point(t)))
+    """A trial's parameters as config keys (checked: a damaged study is one line), its recipe spread into
+    them: the columns of the table."""
+    return config_lib.recipe_as_keys(sweep_study.trial_config(t))
 
 
 def varying_keys(configs: list[dict]) -> list[str]:
@@ -57,12 +60,13 @@ def trials_frame(sweep_dir: Path, storage_url: str | None = None, study_name: st
 
 
 def cell(value: Any) -> str:
-    """As written in the sweep: 15 stays 15 (a table column with gaps would print 15.0)."""
+    """As written in the sweep: 15 stays 15 (a table column with gaps would print 15.0). Text from the
+    study is shown with its control characters escaped (lib.cells.terminal_text)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float):
         return f"{value:.6g}"
-    return str(value)
+    return terminal_text(value)
 
 
 def status_table(sweep_dir: Path, storage_url: str | None = None, study_name: str | None = None) -> str:
@@ -75,10 +79,12 @@ def status_table(sweep_dir: Path, storage_url: str | None = None, study_name: st
     metric = meta["metric"]
     varying = varying_keys([r["config"] for r in rows])
     gpu = ["gpu"] if any(r["gpu"] is not None for r in rows) else []
-    table = pd.DataFrame([[str(r["trial"]), r["state"], r["run_id"] or "-", *(cell(r["config"].get(k)) for k in varying),
+    table = pd.DataFrame([[str(r["trial"]), r["state"], cell(r["run_id"] or "-"),
+                           *(cell(r["config"].get(k)) for k in varying),
                            f"{r['value']:.4f}" if r["value"] is not None else "-", cell(r["duration_s"]),
                            *(cell(r["gpu"]) for _ in gpu)]
-                          for r in rows], columns=["trial", "state", "run_id", *varying, metric, "duration_s", *gpu])
+                          for r in rows], columns=["trial", "state", "run_id", *map(cell, varying), cell(metric),
+                                                   "duration_s", *gpu])
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
@@ -86,12 +92,13 @@ def status_table(sweep_dir: Path, storage_url: str | None = None, study_name: st
     done = [r for r in rows if r["state"] == "complete" and r["value"] is not None]
     if done:
         best = (max if meta["goal"] == "maximize" else min)(done, key=lambda r: r["value"])
-        shown = ", ".join(f"{k}={cell(best['config'].get(k))}" for k in varying)
-        lines.append(f"best: trial {best['trial']} ({best['run_id']}) {metric} = {best['value']:.4f}"
+        shown = ", ".join(f"{cell(k)}={cell(best['config'].get(k))}" for k in varying)
+        lines.append(f"best: trial {best['trial']} ({cell(best['run_id'])}) {cell(metric)} = {best['value']:.4f}"
                      + (f"  [{shown}]" if shown else ""))
     failed = [r for r in rows if r["state"] == "fail"]
     for r in failed[-3:]:
-        lines.append(f"failed: trial {r['trial']} ({r['run_id']}): {str(r['error'] or '?')[:200]}")
+        error = terminal_text(str(r["error"] or "?")[:200])
+        lines.append(f"failed: trial {r['trial']} ({cell(r['run_id'])}): {error}")
     if counts.get("interrupted"):
         lines.append(f"interrupted: {counts['interrupted']} trial(s) lost their runner: `local` (the command "
                      f"below without --retry_failed) requeues and resumes them")

@@ -63,7 +63,7 @@ def open_storage(opts: Options, on_stale=None) -> optuna.storages.BaseStorage:
 def open_rdb(url: str, **heartbeat) -> optuna.storages.RDBStorage:
     """The database's own clock judges heartbeats: hosts' clocks need not agree. Runners starting at once
     on a fresh database race to create Optuna's tables: the losers retry (the tables are there then)."""
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
+    from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError, ProgrammingError
 
     for attempt in range(5):
         try:
@@ -72,6 +72,16 @@ def open_rdb(url: str, **heartbeat) -> optuna.storages.RDBStorage:
             if attempt == 4:
                 raise
             time.sleep(0.2 + 0.3 * attempt)
+        except (OperationalError, ArgumentError, NoSuchModuleError, ValueError) as e:
+            # a wrong password, an unreachable server, a URL no driver reads: the user's to fix, in one line
+            raise SweepError(f"cannot open the study database {public_url(url, hide=True)}: {_reason(e)}") from None
+
+
+def _reason(e: Exception) -> str:
+    """The driver's own words (psycopg: "password authentication failed for user ..."), on one line,
+    without SQLAlchemy's background link or anything that could hold the URL."""
+    text = " ".join(str(getattr(e, "orig", None) or e).split())
+    return text.split(" (Background on this error")[0][:300] or type(e).__name__
 
 
 def stale_trial_ids(study: optuna.Study) -> set[int]:

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 
+from lib import yamls
 from lib.errors import SweepError
+from lib.run_id import RUN_ID_RULE, valid_run_id
 from lib.sweep import spec as sweep_spec
 from lib.sweep.options import Options
 from lib.sweep.spec import Sweep
@@ -34,7 +35,7 @@ def legacy_definition(sweep_dir: Path, sweep: Sweep) -> dict | None:
     path = sweep_dir / "sweep.yaml"
     if not path.exists():
         return None
-    return plain({"yaml": yaml.safe_load(path.read_text()), "set": sweep.fixed})
+    return plain({"yaml": yamls.safe_load(path.read_text(), str(path), SweepError), "set": sweep.fixed})
 
 
 def check_extension(sweep: Sweep, stored: dict, opts: Options) -> None:
@@ -111,6 +112,18 @@ def point(t) -> dict:
     return t.user_attrs.get("point") or dict(t.params) or dict(t.system_attrs.get("fixed_params") or {})
 
 
+def trial_config(t) -> dict:
+    """The config keys a trial ran with (user attribute ``config``, else its point), checked: a study is
+    input, and a damaged one is one line, not a traceback further on."""
+    config = t.user_attrs.get("config")
+    if not config:
+        config = flat(point(t)) if isinstance(point(t), dict) else point(t)
+    if not isinstance(config, dict) or not isinstance(config.get("recipe") or {}, dict):
+        raise SweepError(f"trial {t.number} of the study has a config that is not a mapping of keys "
+                         f"({type(config).__name__}): a damaged or edited study")
+    return config
+
+
 def counted(study: optuna.Study) -> list:
     """Trials that stand for work: not a worker's surplus ask, not one superseded by its requeued copy."""
     trials = study.get_trials(deepcopy=False)
@@ -138,3 +151,17 @@ def trial_params(trial: optuna.Trial, sweep: Sweep, versions: dict | None = None
             value = sweep_spec.value_of(p, trial.suggest_float(name, 0.0, 1.0))
         values[sweep_spec.leaf_name(p.name)] = value
     return {**values, **sweep.fixed}
+
+
+def check_run_ids(trials: list) -> None:
+    """Every run id a study holds must name a folder inside the runs dir (lib.run_id): a study is
+    input, and a damaged or hostile one could name ``../../x`` or ``/abs/path``."""
+    for t in trials:
+        run_id = t.user_attrs.get("run_id")
+        if run_id is not None and not valid_run_id(run_id):
+            raise SweepError(bad_run_id(t.number, run_id))
+
+
+def bad_run_id(number: int, run_id) -> str:
+    return (f"trial {number} of the study has the run id {str(run_id)[:80]!r}, which is not a run id "
+            f"({RUN_ID_RULE}): a damaged or edited study; refused, it would name a folder outside the runs dir")

@@ -11,6 +11,7 @@ the curves, not for the paired tests or the confusion matrix.
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from lib.files import write_json
 from lib.runs import load_local
 from lib.sweep import artifacts
 from lib.sweep.storage import public_url, study_in_database
-from lib.sweep.study import counted, flat, point
+from lib.sweep.study import check_run_ids, counted, trial_config
 
 TRIAL_STATES = {TrialState.RUNNING: "running", TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned",
                 TrialState.FAIL: "failed"}
@@ -36,6 +37,7 @@ class DatabaseStudy:
     study: optuna.Study
     meta: dict            # as sweep.json says it: name, metric, goal, method, storage (no password)
     store: Any            # the artifact store, or None
+    unread: str | None = None   # the store the study names, not read: neither --artifacts nor confirmed
 
     @property
     def source(self) -> str:
@@ -45,6 +47,13 @@ class DatabaseStudy:
         """Every trial that started, as a run dict (waiting grid points are not runs yet). ``full``: with
         each run's files from the store; without, what the study keeps (enough to pick a run to export)."""
         trials = [t for t in counted(self.study) if t.state in TRIAL_STATES and t.user_attrs.get("run_id")]
+        check_run_ids(trials)   # each names a folder below: never outside it
+        for t in trials:
+            trial_config(t)
+        if full and self.unread:
+            print(f"note: {self.source} keeps its trials' files in the artifact store {self.unread}; not read "
+                  f"(a study does not choose which local files are copied): pass --artifacts {self.unread} to "
+                  "read them", file=sys.stderr)
         with tempfile.TemporaryDirectory(prefix="study-runs-") as tmp:
             for t in trials:
                 self._mirror(t, Path(tmp) / t.user_attrs["run_id"], full)
@@ -55,12 +64,12 @@ class DatabaseStudy:
             t = ids[run["id"]]
             # the trial's state, as `status` shows it (a run whose metric went missing finished, its trial failed)
             run.update(state=TRIAL_STATES[t.state], source=self.source, trial=t.number, host=t.user_attrs.get("host"),
-                       artifacts=t.user_attrs.get(artifacts.TRIAL_ATTR) or {})
+                       artifacts=_ids(t))
         return runs
 
     def _mirror(self, t, folder: Path, full: bool) -> None:
         """The trial as a run folder: its files from the store, else a record made of what the study keeps."""
-        ids = t.user_attrs.get(artifacts.TRIAL_ATTR) or {}
+        ids = _ids(t)
         folder.mkdir(parents=True)
         got = artifacts.download(self.store, ids, artifacts.RUN_FILES, folder) if full and self.store and ids else []
         if "run.json" not in got:
@@ -75,6 +84,10 @@ class DatabaseStudy:
         any are one line saying why (none finished at all: export says that itself)."""
         finished = [r for r in self.runs(full=False) if r["state"] == "finished"]
         runs = [r for r in finished if artifacts.WEIGHTS in r["artifacts"]] if self.store else []
+        if finished and not runs and self.unread:
+            raise SweepError(f"{self.source} keeps its weights in the artifact store {self.unread}: pass --artifacts "
+                             f"{self.unread} to fetch them from there (a study does not choose which local files "
+                             "are copied)")
         if finished and not runs:
             raise SweepError(f"{self.source}: none of its {len(finished)} finished run(s) has weights in an artifact "
                              f"store, so export cannot fetch them: run `local` with --artifacts DIR (a folder every "
@@ -91,11 +104,17 @@ class DatabaseStudy:
         return Path(dest)
 
 
+def _ids(t) -> dict:
+    """A trial's artifact ids ({file name: id}); {} when the study holds none or something else."""
+    ids = t.user_attrs.get(artifacts.TRIAL_ATTR)
+    return ids if isinstance(ids, dict) else {}
+
+
 def _essentials(t) -> dict:
     """What the study keeps of a run (user attribute ``run``), in run.json's shape."""
-    kept = t.user_attrs.get("run") or {}
-    config = t.user_attrs.get("config") or flat(point(t))
-    config = recipe_as_keys(config)   # as run.json has it
+    kept = t.user_attrs.get("run")
+    kept = kept if isinstance(kept, dict) else {}
+    config = recipe_as_keys(trial_config(t))   # as run.json has it
     state = TRIAL_STATES[t.state]
     error = kept.get("error") or t.user_attrs.get("error")
     return {"id": t.user_attrs["run_id"], "name": config.get("run_name") or t.user_attrs["run_id"], "state": state,
@@ -103,8 +122,21 @@ def _essentials(t) -> dict:
             **{k: kept[k] for k in ("started", "finished") if k in kept}}
 
 
-def open_database(url: str, name: str | None = None, store: str | None = None) -> DatabaseStudy:
+def confirm_store(where: str) -> bool:
+    """At a terminal, the user's yes to the store the study names; elsewhere no (then --artifacts)."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return False
+    print(f"the study keeps its trials' files in the artifact store {where}", file=sys.stderr)
+    try:
+        return input("read them from there? [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+def open_database(url: str, name: str | None = None, store: str | None = None, confirm=confirm_store) -> DatabaseStudy:
     """The study ``name`` (by default the database's only one) and its artifact store: ``store`` where
-    given (the shared folder's path on this machine), else the one the study recorded."""
+    given (the shared folder's path on this machine), else the one the study recorded once ``confirm``-ed."""
     study, meta, _ = study_in_database(url, name)
-    return DatabaseStudy(study, meta, artifacts.reader(study, store))
+    opened = artifacts.reader(study, store, confirm)
+    unread = artifacts.recorded(study) if opened is None else None
+    return DatabaseStudy(study, meta, opened, unread)

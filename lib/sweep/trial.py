@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -23,8 +24,9 @@ from optuna.trial import TrialState
 
 from lib.files import read_json, read_jsonl, tail, write_json
 from lib.records import RunRecord, metric_value
+from lib.run_id import RUN_ID
 from lib.runs import TRIAL_FILE
-from lib.sweep import artifacts, storage
+from lib.sweep import artifacts, recovery, storage
 from lib.sweep import spec as sweep_spec
 from lib.sweep.options import Options
 from lib.sweep.spec import Sweep
@@ -35,10 +37,15 @@ STOP_FILE = "STOP"                          # <run_dir>/STOP = "pruned": why the
 
 
 class Outcome(NamedTuple):
-    """How a trial ended: ``state`` None when the run was preempted and can resume."""
+    """How a trial ended: ``state`` None when the run can resume (preempted, or killed once: ``error``
+    says why, and ``mark`` names the attribute its requeued copy gets, so that it happens once)."""
     state: TrialState | None
     value: float | None = None
     error: str | None = None
+    mark: str | None = None
+
+
+AFTER_KILL = "after_kill"   # a trial whose trainer was killed (SIGKILL) once already: the next kill fails it
 
 
 class Children:
@@ -72,7 +79,8 @@ def read_record(run_dir: Path) -> dict:
 
 
 def slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40]
+    """A sweep name as the start of a run id (lib.run_id)."""
+    return "".join(c if RUN_ID.fullmatch(c) else "-" for c in name)[:40]
 
 
 class TrialProcess:
@@ -85,6 +93,11 @@ class TrialProcess:
     def run(self, params: dict, gpu: str | None, stop: threading.Event, children: Children) -> Outcome:
         """Start the trainer, watch it to its end, and say how it ended."""
         run_dir, trial = self.run_dir, self.trial
+        # a dead runner's trainer may still write this folder: stopped first (the runner that found it may
+        # have died while waiting for it)
+        orphan = trial.user_attrs.get("orphan")
+        if isinstance(orphan, dict) and orphan.get("run_id") == run_dir.name:
+            recovery.stop_child(orphan, self.opts.host)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / STOP_FILE).unlink(missing_ok=True)
         if trial.user_attrs.get("fresh"):   # --retry_failed: start over, not from the failed run's checkpoint
@@ -137,26 +150,35 @@ class TrialProcess:
                 if value is not None and math.isfinite(value):
                     self.trial.report(float(value), step=int(row["epoch"]))
             reported = len(rows)
-            if reported and self.trial.should_prune():
+            if reported and not self._last_epoch(rows[-1]) and self.trial.should_prune():
                 (self.run_dir / STOP_FILE).write_text("pruned\n")
                 proc.terminate()
                 pruned = signalled = True
         return pruned
 
+    def _last_epoch(self, row: dict) -> bool:
+        """``row`` is the run's last epoch: every epoch ran, and what is left is its test, not to be pruned."""
+        epochs = (read_record(self.run_dir).get("config") or {}).get("epochs")
+        epoch = row.get("epoch")
+        return isinstance(epochs, int) and isinstance(epoch, int) and epoch >= epochs
+
     def outcome(self, code: int, pruned: bool) -> Outcome:
-        """Pruned comes first: a pruned run stopped by SIGTERM must not pass for a preempted one (and be
-        resumed)."""
+        """A finished run is a result, whatever the runner meant to do with it: never relabelled. Then
+        pruned: a pruned run stopped by SIGTERM must not pass for a preempted one (and be resumed)."""
         record = read_record(self.run_dir)
-        if pruned or code == EXIT_PRUNED or record.get("state") == "pruned":
-            if record.get("state") != "pruned":   # the trainer died before it could say so
-                RunRecord(str(self.run_dir.parent), self.run_dir.name).update(state="pruned")
-            return Outcome(TrialState.PRUNED)
-        if record.get("state") == "preempted" or code == EXIT_PREEMPTED:
-            return Outcome(None)
         if code == 0 and record.get("state") == "finished":
             return Outcome(TrialState.COMPLETE, metric_value(record.get("summary"),
                                                              read_jsonl(self.run_dir / "metrics.jsonl"),
                                                              self.sweep.metric, self.sweep.goal == "maximize"))
+        if pruned or code == EXIT_PRUNED or record.get("state") == "pruned":
+            if record.get("state") not in ("pruned", "finished"):   # the trainer died before it could say so
+                RunRecord(str(self.run_dir.parent), self.run_dir.name).update(state="pruned")
+            return Outcome(TrialState.PRUNED)
+        if record.get("state") == "preempted" or code == EXIT_PREEMPTED:
+            return Outcome(None)
+        if code == -signal.SIGKILL and not self.trial.user_attrs.get(AFTER_KILL):
+            # the out-of-memory killer, most likely: its checkpoint is sound, so it resumes, once
+            return Outcome(None, None, "its trainer was killed (SIGKILL: out of memory?)", AFTER_KILL)
         error = record.get("error") or tail(self.run_dir / "output.log") or f"exit code {code}"
         return Outcome(TrialState.FAIL, None, f"exit code {code}: {error}")
 

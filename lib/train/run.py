@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import secrets
 import signal
@@ -26,6 +28,10 @@ from lib.train.metrics import test_metrics
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED, EXIT_PRUNED = 0, 1, 2, 3, 4
 CHECKPOINT = "last.ckpt"   # model, optimizer, schedule, RNG states, progress: written every epoch
+CONFIG_HASH = "config_hash"   # in the checkpoint: config_hash of the configuration it was made with
+# What a resumed checkpoint must share with the run: the recipe, and the seed (bookkeeping to the report,
+# which groups seeds of one recipe, but it fixes the split and the order of the data a run resumes into).
+RUN_DEFINING_KEYS = (*config_lib.RECIPE_KEYS, "seed")
 
 
 def new_run_id() -> str:
@@ -198,7 +204,12 @@ def _execute(cfg: Config, env: dict, run_id: str, stop: training.StopFlag) -> in
     record = RunRecord(cfg.runs_dir, run_id)
     if fetch_preempted_checkpoint(record, tracker, env):
         record = RunRecord(cfg.runs_dir, run_id)   # as the preempted run left it, on whichever machine
-    resume = load_checkpoint(record)
+    defined_by = config_hash(cfg.to_dict())   # as given: an out-of-memory retry's batch size is not
+    try:
+        resume = load_checkpoint(record, cfg, defined_by)
+    except KitError:
+        tracker.finish(exit_code=EXIT_BAD_INPUT)
+        raise
     for note in record.notes:
         print(f"warning: {note}", file=sys.stderr)
     if resume:
@@ -212,7 +223,7 @@ def _execute(cfg: Config, env: dict, run_id: str, stop: training.StopFlag) -> in
                   wandb={"mode": env.get("WANDB_MODE"), "run_id": tracker.run.id,
                          "sweep_id": env.get("WANDB_SWEEP_ID")})
     try:
-        summary = train_with_oom_retries(cfg, record, tracker, stop, resume)
+        summary = train_with_oom_retries(cfg, record, tracker, stop, resume, defined_by)
     except training.Interrupted as e:
         stop_file = record.dir / "STOP"   # a sweep runner writes "pruned" there before its SIGTERM
         if stop_file.exists() and stop_file.read_text().strip() == "pruned":
@@ -254,11 +265,12 @@ def _execute(cfg: Config, env: dict, run_id: str, stop: training.StopFlag) -> in
     return EXIT_OK
 
 
-def train_with_oom_retries(cfg: Config, record: RunRecord, tracker, stop, resume) -> dict:
-    """Out of GPU memory: halve the batch size (recorded) and start the run again, down to 1."""
+def train_with_oom_retries(cfg: Config, record: RunRecord, tracker, stop, resume, defined_by: str = "") -> dict:
+    """Out of GPU memory: halve the batch size (recorded) and start the run again, down to 1.
+    ``defined_by``: the configuration's hash as given, which every checkpoint carries."""
     while True:
         try:
-            return _train(cfg, record, tracker, stop, resume)
+            return _train(cfg, record, tracker, stop, resume, defined_by)
         except torch.OutOfMemoryError:
             if cfg.batch_size <= 1:
                 raise training.TrainingFailed("out of memory even at batch_size=1") from None
@@ -334,10 +346,11 @@ def fetch_preempted_checkpoint(record: RunRecord, tracker, env) -> bool:
     return False
 
 
-def load_checkpoint(record: RunRecord) -> dict | None:
+def load_checkpoint(record: RunRecord, cfg: Config | None = None, defined_by: str | None = None) -> dict | None:
     """The checkpoint of an unfinished run with this id, with epochs logged after it dropped. A damaged
     one (a truncated or zeroed file) is noted in the record and the run starts over: there is no older
-    checkpoint to fall back to, and a fresh start is always correct."""
+    checkpoint to fall back to, and a fresh start is always correct. One made with another configuration
+    (``defined_by``: ``config_hash``) is refused: resumed, it would be recorded as a run of this one."""
     path = record.dir / CHECKPOINT
     if not path.exists() or record.data.get("state") == "finished":
         return None
@@ -349,12 +362,36 @@ def load_checkpoint(record: RunRecord) -> dict | None:
         detail = " ".join(str(e).split())[:120] or type(e).__name__
         record.notes.append(f"{CHECKPOINT} was damaged ({detail}): the run starts over from the beginning")
         return None
+    made_with = state.get(CONFIG_HASH)
+    if defined_by and made_with and made_with != defined_by:   # checkpoints from before the hash: trusted
+        raise ConfigError(f"run {record.dir.name}: its checkpoint {path} was made with another configuration"
+                          f"{_changed(record, cfg)}: refused, resuming it would mix two runs; run it with its "
+                          f"own configuration, or give this one another --run_id")
     for row in [r for r in record.metrics if r["epoch"] > done]:
         record.metrics.remove(row)
     return state
 
 
-def _train(cfg: Config, record: RunRecord, tracker, stop: training.StopFlag, resume: dict | None) -> dict:
+def config_hash(values: dict) -> str:
+    """The digest of RUN_DEFINING_KEYS in a config dict, which every checkpoint carries."""
+    defining = {k: values.get(k) for k in RUN_DEFINING_KEYS}
+    return hashlib.sha256(json.dumps(defining, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _changed(record: RunRecord, cfg: Config | None) -> str:
+    """`` (lr: 0.01 -> 0.1)``: what differs from the configuration the record says the run started with."""
+    before = record.data.get("config")
+    if cfg is None or not isinstance(before, dict):
+        return ""
+    now = cfg.to_dict()
+    keys = [k for k in RUN_DEFINING_KEYS if k in before and before[k] != now.get(k)
+            and now.get(k) != config_lib.LR_AUTO]   # the record holds the rate lr: auto picked
+    shown = ", ".join(f"{k}: {before[k]!r} -> {now.get(k)!r}" for k in keys[:4])
+    return f" ({shown}{', ...' if len(keys) > 4 else ''})" if shown else ""
+
+
+def _train(cfg: Config, record: RunRecord, tracker, stop: training.StopFlag, resume: dict | None,
+           defined_by: str = "") -> dict:
     training.seed_everything(cfg.seed)
     device = training.pick_device(cfg.device)
     # The head needs the class count and decoding needs the model's preprocessing: discover first.
@@ -383,7 +420,9 @@ def _train(cfg: Config, record: RunRecord, tracker, stop: training.StopFlag, res
                              "loss_weights": None if loss_fn.weight is None else loss_fn.weight.tolist()})
     store = features.Store(decoded, data_cfg, cache, stop)
     cfg, found = auto_lr(cfg, record, tracker, (model, loaders, accel, loss_fn, mixup, store, stop), resume)
-    hooks = Hooks(record, tracker, {"lr_find": found} if found else None)
+    # what the checkpoint carries besides the loop's state: the configuration it may be resumed with
+    # (load_checkpoint), and the pick of lr: auto
+    hooks = Hooks(record, tracker, {CONFIG_HASH: defined_by, **({"lr_find": found} if found else {})})
     fitted = training.fit(cfg, model, loaders, accel, loss_fn, mixup, hooks, stop, resume, store)
     test = training.evaluate(model, loaders["test"], accel, stop)
     test_summary, per_class, cm = test_metrics(test, splits.classes)

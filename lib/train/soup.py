@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from lib.errors import ExportError
+from lib.files import read_json, run_lock
 from lib.records import RunRecord, RunSummary
 from lib.runs import load_local
 from lib.train.restore import data_root, decode_recorded, eval_batches, load_run_model
@@ -53,10 +54,36 @@ def _evaluate(model: torch.nn.Module, batches) -> dict:
     return evaluate(model, batches, accel)
 
 
+def check_out(out: Path) -> None:
+    """``--out`` is the soup's own run folder, new or an earlier soup's: never a run it would replace (one of
+    its own ingredients: a fresh record deletes its metrics), a study, or a runs dir (a run.json at their
+    root would hide every other run from report and export)."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file: give the soup a folder of its own (e.g. SWEEP_DIR/runs/soup)")
+    if not out.is_dir():
+        return
+    if (out / "sweep.json").exists() or (out / "runs").is_dir():
+        raise ExportError(f"--out {out} holds a study (sweep.json or runs/): refused, the soup's run.json there "
+                          f"would hide its runs; give the soup a folder of its own, e.g. {out / 'runs' / 'soup'}")
+    if (out / "run.json").exists():
+        try:
+            record = read_json(out / "run.json")
+        except (OSError, ValueError):
+            record = None
+        if not (isinstance(record, dict) and record.get("soup")):
+            what = f"run {record.get('id')}" if isinstance(record, dict) else "a run record"
+            raise ExportError(f"--out {out} holds {what}, not an earlier soup: refused, the soup would replace "
+                              f"it; give the soup a folder of its own, e.g. {out.parent / 'soup'}")
+    elif any((child / "run.json").is_file() for child in out.iterdir() if child.is_dir()):
+        raise ExportError(f"--out {out} holds run folders (a runs dir): refused, the soup's run.json there "
+                          f"would hide them; give the soup a folder of its own, e.g. {out / 'soup'}")
+
+
 def greedy_soup(source: str | Path, out_dir: str | Path, data_dir: str | None = None) -> dict:
     """Make the soup, score it on validation and test, and write it as a run record in ``out_dir``;
     when no other run improves on the best one's validation accuracy, write nothing (``id`` None)."""
     started = time.time()
+    check_out(Path(out_dir))   # before the work; again under the run lock before writing
     runs = ingredients(source)
     model, best = load_run_model(runs[0]["dir"])
     root = data_root(data_dir or best["config"]["data_dir"], Path(runs[0]["dir"]))
@@ -84,24 +111,26 @@ def _write(model, soup, best, runs, kept, steps, val_acc, root, out: Path, secon
     test_decoded, _ = decode_recorded(best, "test", root)
     test = _evaluate(model, eval_batches(test_decoded, best["data_config"]))
     test_summary, per_class, cm = test_metrics(test, best["classes"])
-    record = RunRecord(str(out.parent), out.name)
-    record.start_fresh()
-    weights = record.save_weights(soup)
     total = sum(p.numel() for p in model.parameters())
     names, used = [runs[j]["id"] for j in kept], [runs[j]["summary"] for j in kept]
-    # What the soup cost: every ingredient's training, then the soup's own evaluations.
-    summary = RunSummary(best_val_acc=val_acc, **test_summary, total_params=total,
-                         trainable_params=max(u.get("trainable_params") or 0 for u in used),
-                         model_size_mb=round(weights.stat().st_size / 2**20, 3), epochs_run=0,
-                         train_time_s=round(seconds + sum(u.get("train_time_s") or 0 for u in used), 2)).to_dict()
-    record.update(id=out.name, name=f"soup-{len(kept)}-{best['config']['model']}", state="finished",
-                  # strategy `soup`: a configuration of its own in reports (model / soup), not a seed of the best
-                  config={**best["config"], "run_id": out.name, "run_name": "", "strategy": "soup",
-                          "soup": "+".join(names)},
-                  summary=summary,
-                  classes=best["classes"], split=best["split"], data_config=best["data_config"],
-                  weights_source=best.get("weights_source"), per_class=per_class, confusion_matrix=cm,
-                  test_predictions={"y_true": test["y_true"].tolist(), "y_pred": test["y_pred"].tolist()},
-                  soup={"ingredients": names, "steps": steps, "best_single": runs[0]["id"]},
-                  finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    with run_lock(out):   # as a trainer holds its run folder: two writers never share one
+        check_out(out)
+        record = RunRecord(str(out.parent), out.name)
+        record.start_fresh()
+        weights = record.save_weights(soup)
+        # What the soup cost: every ingredient's training, then the soup's own evaluations.
+        summary = RunSummary(best_val_acc=val_acc, **test_summary, total_params=total,
+                             trainable_params=max(u.get("trainable_params") or 0 for u in used),
+                             model_size_mb=round(weights.stat().st_size / 2**20, 3), epochs_run=0,
+                             train_time_s=round(seconds + sum(u.get("train_time_s") or 0 for u in used), 2)).to_dict()
+        record.update(id=out.name, name=f"soup-{len(kept)}-{best['config']['model']}", state="finished",
+                      # strategy `soup`: a configuration of its own in reports (model / soup), not a seed of the best
+                      config={**best["config"], "run_id": out.name, "run_name": "", "strategy": "soup",
+                              "soup": "+".join(names)},
+                      summary=summary,
+                      classes=best["classes"], split=best["split"], data_config=best["data_config"],
+                      weights_source=best.get("weights_source"), per_class=per_class, confusion_matrix=cm,
+                      test_predictions={"y_true": test["y_true"].tolist(), "y_pred": test["y_pred"].tolist()},
+                      soup={"ingredients": names, "steps": steps, "best_single": runs[0]["id"]},
+                      finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     return record.data

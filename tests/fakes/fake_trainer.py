@@ -1,7 +1,9 @@
 """A stand-in for finetune_resnet.py that honours the run contract the sweep runner relies on
 (W&B agent environment + parameters file in, run.json + metrics.jsonl out) in a fraction of a second,
 so the engine's search, pruning and recovery can be tested on many trials. Its "val_acc" per epoch is
-a known function of the parameters: lr * epoch / epochs (capped at 1)."""
+a known function of the parameters: lr * epoch / epochs (capped at 1). Test knobs: ``sleep`` (per epoch),
+``linger`` (after the last epoch, as the real trainer's test split), ``resume`` (an unfinished run with this
+id goes on from its last epoch, as from a checkpoint), ``ignore_sigterm`` (a trainer that will not stop)."""
 import json
 import os
 import signal
@@ -23,7 +25,9 @@ if cfg.get("fail") in (True, "true", "True"):
     print("boom: this trial was told to fail", file=sys.stderr)
     sys.exit(1)
 record = RunRecord(cfg["runs_dir"], os.environ["WANDB_RUN_ID"])
-record.start_fresh()
+resuming = cfg.get("resume") in (True, "true", "True") and record.data.get("state") in ("running", "preempted")
+if not resuming:
+    record.start_fresh()
 # The environment the runner gave it (which GPU it may see): a test reads it back from run.json.
 record.update(id=os.environ["WANDB_RUN_ID"], state="running", config=cfg, argv=sys.argv[1:],
               env={k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")})
@@ -34,14 +38,16 @@ def preempted(_signum, _frame):   # as finetune_resnet.py: SIGTERM or Ctrl-C -> 
     sys.exit(3)
 
 
-signal.signal(signal.SIGTERM, preempted)
+ignore = cfg.get("ignore_sigterm") in (True, "true", "True")
+signal.signal(signal.SIGTERM, signal.SIG_IGN if ignore else preempted)
 signal.signal(signal.SIGINT, preempted)
 epochs, lr, sleep = int(cfg.get("epochs", 3)), float(cfg.get("lr", 0.5)), float(cfg.get("sleep", 0.0))
-best = 0.0
-for epoch in range(1, epochs + 1):
+best = max([r.get("best_val_acc", 0.0) for r in record.metrics], default=0.0)
+for epoch in range(len(record.metrics) + 1, epochs + 1):
     time.sleep(sleep)
     acc = min(1.0, lr * epoch / epochs)
     best = max(best, acc)
     record.log_epoch({"epoch": epoch, "val_acc": acc, "best_val_acc": best})
+time.sleep(float(cfg.get("linger", 0.0)))
 record.update(state="finished", summary={"best_val_acc": best})
 print(json.dumps({"finished": record.dir.name}))

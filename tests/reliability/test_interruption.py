@@ -82,26 +82,57 @@ def sigterm_after_rows(args: list[str], run_dir: Path, rows: int) -> int:
         signal.signal(signal.SIGTERM, saved)
 
 
-def test_a_resume_says_so_and_tests_the_checkpoints_best_weights(base_args, tmp_path, capsys):
+def test_a_resume_says_so_and_tests_the_checkpoints_best_weights(base_args, tmp_path, capsys, monkeypatch):
     """The best weights file runs ahead of the checkpoint (written when an epoch improves, the checkpoint every
     checkpoint_epochs): a kill in between leaves weights of an epoch that the resumed run retrains, maybe
     differently (GPU nondeterminism). The checkpoint is the truth: resuming writes its best weights back."""
+    from lib.train import run as run_module
+    from lib.train.training import Interrupted
+
+    def preempted_while_testing(*_args, **_kwargs):
+        raise Interrupted("SIGTERM")
+
     run_dir = tmp_path / "runs" / "cut"
-    args = base_args + ["--model=small_cnn", "--strategy=full", "--epochs=25", "--run_id=cut"]
-    assert sigterm_after_rows(args, run_dir, rows=1) == 3
-    epoch = len(rows(run_dir))                          # checkpoint_epochs=1: the checkpoint's epoch
+    args = base_args + ["--model=small_cnn", "--strategy=full", "--epochs=3", "--run_id=cut"]
+    with monkeypatch.context() as m:   # every epoch ran and was checkpointed; the test split was cut short
+        m.setattr(run_module, "test_metrics", preempted_while_testing)
+        assert main(args) == 3
+    epoch = len(rows(run_dir))
+    assert epoch == 3
     best = load_file(run_dir / "model.safetensors")
     # What a writer killed after saving an improved epoch but before its checkpoint leaves behind.
     save_file({k: v + 1.0 if v.is_floating_point() else v for k, v in best.items()}, run_dir / "model.safetensors")
     capsys.readouterr()
 
-    # Resumed with nothing left to train (epochs = the checkpoint's), it goes straight to the test split.
-    assert main(args[:-2] + [f"--epochs={epoch}", "--run_id=cut"]) == 0
+    # Resumed with nothing left to train, it goes straight to the test split.
+    assert main(args) == 0
     assert f"resuming run cut from epoch {epoch}" in capsys.readouterr().err
     rec = read_json(run_dir / "run.json")
     assert rec["state"] == "finished" and rec["resumed_from_epoch"] == epoch
     final = load_file(run_dir / "model.safetensors")
     assert all(final[k].equal(best[k]) for k in best)
+
+
+def test_a_checkpoint_resumes_only_under_the_configuration_it_was_made_with(base_args, tmp_path, capsys):
+    """A new study in an old sweep dir, or a run id given twice, used to resume another configuration's
+    checkpoint and record the mix as a run of the new one. The checkpoint carries the hash of what defines
+    the run (lib.train.run.RUN_DEFINING_KEYS): another lr is one line and exit 2, and nothing is touched;
+    bookkeeping (checkpoint_epochs, the run's name) may differ."""
+    run_dir = tmp_path / "runs" / "cfg"
+    args = base_args + ["--model=small_cnn", "--strategy=full", "--epochs=6", "--run_id=cfg"]
+    assert sigterm_after_rows(args, run_dir, rows=1) == 3
+    files = {name: (run_dir / name).read_bytes() for name in ("run.json", "metrics.jsonl", "last.ckpt")}
+    capsys.readouterr()
+
+    for other, changed in (("--lr=0.1", "lr: 0.001 -> 0.1"), ("--seed=7", "seed: 42 -> 7")):
+        assert main(args + [other]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "was made with another configuration" in err[0] and changed in err[0], err
+        assert {name: (run_dir / name).read_bytes() for name in files} == files   # nothing touched
+
+    assert main(args + ["--checkpoint_epochs=2", "--run_name=renamed"]) == 0
+    assert "resuming run cfg from epoch" in capsys.readouterr().err
+    assert read_json(run_dir / "run.json")["state"] == "finished"
 
 
 def test_a_damaged_checkpoint_and_record_start_the_run_over_with_a_warning(base_args, tmp_path, capsys):

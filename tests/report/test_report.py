@@ -483,7 +483,7 @@ def test_names_from_records_are_data_not_markup(tmp_path):
 
     runs = tmp_path / "runs"
     for rid, model, val in (("=1+2", "-2+3+cmd|' /C calc'!A0", 0.9), ("run|<b>x", "@SUM(A1)", 0.8)):
-        d = write_run(runs, rid, config={"model": model, "strategy": "full", "lr": val / 100},
+        d = write_run(runs, rid, config={"model": model, "strategy": "full", "lr": val / 100, "=1+1": "x"},
                       summary={**summ(val, 100, gap=-0.02)}, y_pred=wrong(25))
         rec = json.loads((d / "run.json").read_text())
         (d / "run.json").write_text(json.dumps({**rec, "classes": HOSTILE_CLASSES, "name": "+name\r"}))
@@ -492,7 +492,9 @@ def test_names_from_records_are_data_not_markup(tmp_path):
     assert res["best_run_id"] == "=1+2"
 
     with open(tmp_path / "out" / "runs.csv", newline="") as f:
-        cells = [c for row in csv.reader(f) for c in row]
+        rows = list(csv.reader(f))
+    cells = [c for row in rows for c in row]
+    assert "'=1+1" in rows[0]                                                    # a config key is a header cell
     risky = [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
     assert risky and all(re.fullmatch(r"-[\d.e-]+", c) for c in risky), risky    # only negative numbers
     assert "'-2+3+cmd|' /C calc'!A0" in cells and "'=1+2" in cells and "'@SUM(A1)" in cells

@@ -294,7 +294,7 @@ def test_export_from_a_wandb_sweep_fetches_the_artifact_and_logs_back(trained, t
                    FakeRun("crash", "crashed", record["config"], {}, [])],
                   {"ent/proj/model-exp1:best": FakeArtifact([trained / "model.safetensors", trained / "run.json"])})
     out = tmp_path / "wb-export"
-    result = export_best("ent/proj/sw1", out, attributions=2, api=api)
+    result = export_best("ent/proj/sw1", out, attributions=2, api=api, data_dir=record["config"]["data_dir"])
     assert result["run_id"] == "exp1" and ("ent/proj/model-exp1:best", "model") in api.asked
     assert (out / "source_run" / "exp1" / "model.safetensors").is_file()
     assert result["parity_top1_agreement"] == 1.0
@@ -320,7 +320,39 @@ def test_export_from_wandb_without_the_artifact_is_one_line(trained, tmp_path):
     record = read_json(trained / "run.json")
     api = FakeApi([FakeRun("exp1", "finished", record["config"], record["summary"], [])])
     with pytest.raises(ExportError, match=r"cannot fetch ent/proj/model-exp1:best for run exp1: .*log_model=false"):
-        export_best("ent/proj/sw1", tmp_path / "o", api=api)
+        export_best("ent/proj/sw1", tmp_path / "o", api=api, data_dir=record["config"]["data_dir"])
+
+
+def test_a_record_from_wandb_does_not_choose_the_images_read(trained, tmp_path, monkeypatch, capsys):
+    """A W&B record's config.data_dir once chose which local files export read for parity and drew into the
+    attribution grids it uploads (`data_dir: /` read 9 files from outside the data folder). Now the images
+    come from --data-dir only: without it, one line before anything is fetched; with it, the record's own
+    data_dir (here a folder of other images) is never opened."""
+    import lib.runs
+    from tests.fakes.wandb_api import FakeApi, FakeArtifact, FakeRun
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    record = read_json(trained / "run.json")
+    data_dir = Path(record["config"]["data_dir"])
+    decoy = tmp_path / "decoy"
+    shutil.copytree(data_dir, decoy)
+    for image in decoy.rglob("*.png"):       # same names, unreadable: the export fails if it reads them
+        image.write_bytes(b"not an image")
+    record["config"]["data_dir"] = str(decoy)
+    folder = tmp_path / "artifact"
+    folder.mkdir()
+    (folder / "run.json").write_text(json.dumps(record))
+    shutil.copy(trained / "model.safetensors", folder)
+    api = FakeApi([FakeRun("exp1", "finished", record["config"], record["summary"], [])],
+                  {"ent/proj/model-exp1:best": FakeArtifact([folder / "model.safetensors", folder / "run.json"])})
+    monkeypatch.setattr(lib.runs, "public_api", lambda: api)
+    out = tmp_path / "out"
+    code, _, err = cli(["export", "ent/proj/sw1", "--out", out], capsys)
+    assert code == 2 and len(err) == 1 and "pass --data-dir" in err[0], err
+    assert not api.asked and not out.exists()                                     # nothing fetched, nothing written
+    code, _, err = cli(["export", "ent/proj/sw1", "--out", out, "--data-dir", data_dir], capsys)
+    assert code == 0, err
+    assert read_json(out / "export.json")["parity_images"] == len(record["split"]["test"])
 
 
 # ---------------------------------------------------------------- inputs nobody should trust, messages a person can act on
@@ -362,7 +394,8 @@ def test_export_from_wandb_refuses_a_tampered_record(trained, tmp_path, monkeypa
                   {"ent/proj/model-exp1:best": FakeArtifact([folder / "model.safetensors", folder / "run.json"])})
     monkeypatch.setattr(lib.runs, "public_api", lambda: api)
     out = tmp_path / "out"
-    code, _, err = cli(["export", "ent/proj/sw1", "--out", out, "--attributions", "2"], capsys)
+    code, _, err = cli(["export", "ent/proj/sw1", "--out", out, "--attributions", "2", "--data-dir", data_dir],
+                       capsys)
     assert code == 2 and len(err) == 1 and re.search(message, err[0]), err
     assert not (out / "model.onnx").exists() and not (out / "wandb").exists()    # nothing exported, nothing logged
 

@@ -69,13 +69,16 @@ def test_report_and_export_from_a_folder_without_the_runs(tmp_path, pg_url, anim
 
     code, out, _ = _cli(capsys, "status", pg_url)
     assert code == 0 and "trials: complete 2" in out
-    code, out, _ = _cli(capsys, "report", pg_url, "--out", "report")
+    code, out, _ = _cli(capsys, "report", pg_url, "--out", "report", "--artifacts", store)
     assert code == 0, out
     table = pd.read_csv(elsewhere / "report" / "runs.csv")
     assert dict(zip(table["run_id"], table["best_val_acc"])) == pytest.approx(values)
     assert (elsewhere / "report" / "confusion_matrix.png").is_file()   # the full record: test predictions
 
-    code, out, _ = _cli(capsys, "export", pg_url, "--out", "export")
+    # the record's data_dir chooses no local files: the images come from --data-dir only
+    code, _, err = _cli(capsys, "export", pg_url, "--out", "export", "--artifacts", store)
+    assert code == 2 and "pass --data-dir" in err and len(err.splitlines()) == 1, err
+    code, out, _ = _cli(capsys, "export", pg_url, "--out", "export", "--artifacts", store, "--data-dir", animals)
     assert code == 0, out
     exported = read_json(elsewhere / "export" / "export.json")
     assert values[exported["run_id"]] == max(values.values())
@@ -124,7 +127,9 @@ def test_an_artifact_store_is_a_folder_every_machine_mounts_or_a_bucket(tmp_path
     assert artifacts.attach(study, None) is None and artifacts.reader(study, None) is None   # none: the default
     assert artifacts.attach(study, "shared") is not None and (tmp_path / "shared").is_dir()
     assert study.user_attrs["artifact_store"] == str(tmp_path / "shared")  # later runners and readers find it
+    assert artifacts.reader(study, None) is None                             # a study names no store to read...
+    assert artifacts.reader(study, None, confirm=lambda where: True) is not None   # ...the user confirms it
     (tmp_path / "shared").rmdir()                                             # a share not mounted here
     with pytest.raises(SweepError, match="not a folder on this machine: mount the shared folder"):
-        artifacts.reader(study, None)
+        artifacts.reader(study, None, confirm=lambda where: True)
     assert artifacts.reader(study, str(tmp_path)) is not None                # mounted elsewhere: --artifacts

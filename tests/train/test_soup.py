@@ -76,3 +76,40 @@ def test_a_soup_of_the_best_run_alone_is_not_written(study, tmp_path):
     record = soup.greedy_soup(runs, runs / "soup")
     assert record["id"] is None and record["soup"]["ingredients"] == ["cnn"]
     assert not (runs / "soup").exists()
+
+
+@pytest.mark.parametrize("where", ["an ingredient", "the runs dir", "a study", "a run record"])
+def test_soup_out_never_replaces_a_run_or_hides_a_study(study, tmp_path, capsys, where):
+    """`soup --out` once replaced one of its own ingredients (its metrics.jsonl deleted), and `soup DIR --out
+    DIR` put a run.json at a sweep's root, after which report listed only the soup: one line, exit 2, and
+    not a byte of the folder changed."""
+    from finetune_sweep import main
+
+    sweep = tmp_path / "sweep"
+    (sweep / "runs").mkdir(parents=True)
+    (sweep / "sweep.json").write_text('{"name": "s"}')
+    (tmp_path / "rec").mkdir()
+    write_json(tmp_path / "rec" / "run.json", {"id": "rec", "state": "failed"})
+    out = {"an ingredient": study / "frz", "the runs dir": study, "a study": sweep,
+           "a run record": tmp_path / "rec"}[where]
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["soup", str(study), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --out {out} holds "), err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_soup_out_replaces_an_earlier_soup_under_the_run_lock(study, tmp_path, capsys):
+    from finetune_sweep import main
+    from lib.files import run_lock
+
+    out = study / "soup-again"
+    soup.greedy_soup(study, out)
+    first = read_json(out / "run.json")
+    with run_lock(out):                       # as a trainer or another soup holds it
+        assert main(["soup", str(study), "--out", str(out)]) == 2
+        assert "in use by process" in capsys.readouterr().err
+    assert read_json(out / "run.json") == first
+    assert main(["soup", str(study), "--out", str(out)]) == 0     # an earlier soup is the soup's to replace
+    assert read_json(out / "run.json")["soup"]["ingredients"] == first["soup"]["ingredients"]
