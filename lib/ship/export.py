@@ -194,7 +194,7 @@ def export_best(source, out_dir, *, metric: str = "best_val_acc", max_size_mb: f
         # its config.data_dir is whatever was written there: it must not choose which local files are read
         # (for parity) and drawn (attribution grids, which go back to W&B)
         raise ExportError(f"a run from {'W&B' if from_wandb else 'a study database'} brings its own data_dir, which "
-                          "decides nothing here: pass --data-dir, the folder of its images on this machine")
+                          "decides nothing here: pass --data_dir, the folder of its images on this machine")
     if from_wandb and api is None:
         api = public_api()
     given, runs = runs, candidates(source, metric, max_size_mb, api, runs)

@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import JournalStorage
-from optuna.storages._heartbeat import BaseHeartbeat  # the interface fail_stale_trials works with
+from optuna.storages._heartbeat import BaseHeartbeat  # the interface of heartbeats (is_heartbeat_enabled...)
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
@@ -30,9 +30,9 @@ class HeartbeatJournal(JournalStorage, BaseHeartbeat):
     attribute of the trial (the beating host's wall time), stale after ``grace`` seconds without one.
     Hosts sharing a journal should keep their clocks within a fraction of the grace period (NTP)."""
 
-    def __init__(self, backend, interval: float, grace: float, callback):
+    def __init__(self, backend, interval: float, grace: float):
         super().__init__(backend)
-        self._interval, self._grace, self._callback = interval, grace, callback
+        self._interval, self._grace = interval, grace
 
     def record_heartbeat(self, trial_id: int) -> None:
         with contextlib.suppress(UpdateFinishedTrialError):
@@ -47,17 +47,17 @@ class HeartbeatJournal(JournalStorage, BaseHeartbeat):
         return self._interval
 
     def get_heartbeat_stale_trial_callback(self):
-        return self._callback
+        return None   # no Optuna callback: lib.sweep.recovery requeues a stale trial before it fails it
 
 
-def open_storage(opts: Options, on_stale=None) -> optuna.storages.BaseStorage:
-    """The study's storage for a runner. ``on_stale(study, trial)``: what to do with a trial whose runner
-    stopped beating, once Optuna's ``fail_stale_trials`` has failed it (lib.sweep.recovery requeues it)."""
+def open_storage(opts: Options) -> optuna.storages.BaseStorage:
+    """The study's storage for a runner. Stale trials are found by ``stale_trial_ids`` and requeued by
+    lib.sweep.recovery (Optuna's ``fail_stale_trials`` fails first and requeues after: a runner killed in
+    between would lose the trial)."""
     if opts.storage:
         return open_rdb(opts.storage, heartbeat_interval=max(1, math.ceil(opts.heartbeat_s)),
-                        grace_period=max(1, math.ceil(opts.grace)), heartbeat_stale_trial_callback=on_stale)
-    return HeartbeatJournal(JournalFileBackend(str(opts.sweep_dir / JOURNAL)), opts.heartbeat_s, opts.grace,
-                            on_stale)
+                        grace_period=max(1, math.ceil(opts.grace)))
+    return HeartbeatJournal(JournalFileBackend(str(opts.sweep_dir / JOURNAL)), opts.heartbeat_s, opts.grace)
 
 
 def open_rdb(url: str, **heartbeat) -> optuna.storages.RDBStorage:
@@ -94,11 +94,11 @@ def record_heartbeat(study: optuna.Study, trial: optuna.Trial) -> None:
 
 
 @contextlib.contextmanager
-def shared_lock(opts: Options, on_stale=None):
+def shared_lock(opts: Options):
     """The study's storage, held under a lock that every runner sharing it sees: the sweep dir's lock file
     serializes one machine's runners only, and runners on other machines share nothing but the database.
     PostgreSQL: an advisory lock (MySQL: GET_LOCK), released with its connection."""
-    st = open_storage(opts, on_stale)
+    st = open_storage(opts)
     engine = getattr(st, "engine", None)
     dialect = engine.dialect.name if engine is not None else None
     if dialect not in ("postgresql", "mysql"):

@@ -81,9 +81,17 @@ def check_out(out: Path) -> None:
 
 def greedy_soup(source: str | Path, out_dir: str | Path, data_dir: str | None = None) -> dict:
     """Make the soup, score it on validation and test, and write it as a run record in ``out_dir``;
-    when no other run improves on the best one's validation accuracy, write nothing (``id`` None)."""
+    when no other run improves on the best one's validation accuracy, write nothing (``id`` None).
+    The soup's folder is held as a trainer holds its run's (lib.files.run_lock): one writer at a time."""
+    out = Path(out_dir)
+    check_out(out)
+    with run_lock(out):
+        check_out(out)   # as it is now that no one else writes it
+        return _greedy(source, out, data_dir)
+
+
+def _greedy(source: str | Path, out: Path, data_dir: str | None) -> dict:
     started = time.time()
-    check_out(Path(out_dir))   # before the work; again under the run lock before writing
     runs = ingredients(source)
     model, best = load_run_model(runs[0]["dir"])
     root = data_root(data_dir or best["config"]["data_dir"], Path(runs[0]["dir"]))
@@ -102,7 +110,7 @@ def greedy_soup(source: str | Path, out_dir: str | Path, data_dir: str | None = 
         return {"id": None, "soup": {"ingredients": [runs[0]["id"]], "steps": steps, "best_single": runs[0]["id"]}}
     soup = average([states[j] for j in kept])
     model.load_state_dict(soup)
-    return _write(model, soup, best, runs, kept, steps, score, root, Path(out_dir), time.time() - started)
+    return _write(model, soup, best, runs, kept, steps, score, root, out, time.time() - started)
 
 
 def _write(model, soup, best, runs, kept, steps, val_acc, root, out: Path, seconds: float) -> dict:
@@ -113,24 +121,22 @@ def _write(model, soup, best, runs, kept, steps, val_acc, root, out: Path, secon
     test_summary, per_class, cm = test_metrics(test, best["classes"])
     total = sum(p.numel() for p in model.parameters())
     names, used = [runs[j]["id"] for j in kept], [runs[j]["summary"] for j in kept]
-    with run_lock(out):   # as a trainer holds its run folder: two writers never share one
-        check_out(out)
-        record = RunRecord(str(out.parent), out.name)
-        record.start_fresh()
-        weights = record.save_weights(soup)
-        # What the soup cost: every ingredient's training, then the soup's own evaluations.
-        summary = RunSummary(best_val_acc=val_acc, **test_summary, total_params=total,
-                             trainable_params=max(u.get("trainable_params") or 0 for u in used),
-                             model_size_mb=round(weights.stat().st_size / 2**20, 3), epochs_run=0,
-                             train_time_s=round(seconds + sum(u.get("train_time_s") or 0 for u in used), 2)).to_dict()
-        record.update(id=out.name, name=f"soup-{len(kept)}-{best['config']['model']}", state="finished",
-                      # strategy `soup`: a configuration of its own in reports (model / soup), not a seed of the best
-                      config={**best["config"], "run_id": out.name, "run_name": "", "strategy": "soup",
-                              "soup": "+".join(names)},
-                      summary=summary,
-                      classes=best["classes"], split=best["split"], data_config=best["data_config"],
-                      weights_source=best.get("weights_source"), per_class=per_class, confusion_matrix=cm,
-                      test_predictions={"y_true": test["y_true"].tolist(), "y_pred": test["y_pred"].tolist()},
-                      soup={"ingredients": names, "steps": steps, "best_single": runs[0]["id"]},
-                      finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    record = RunRecord(str(out.parent), out.name)
+    record.start_fresh()
+    weights = record.save_weights(soup)
+    # What the soup cost: every ingredient's training, then the soup's own evaluations.
+    summary = RunSummary(best_val_acc=val_acc, **test_summary, total_params=total,
+                         trainable_params=max(u.get("trainable_params") or 0 for u in used),
+                         model_size_mb=round(weights.stat().st_size / 2**20, 3), epochs_run=0,
+                         train_time_s=round(seconds + sum(u.get("train_time_s") or 0 for u in used), 2)).to_dict()
+    record.update(id=out.name, name=f"soup-{len(kept)}-{best['config']['model']}", state="finished",
+                  # strategy `soup`: a configuration of its own in reports (model / soup), not a seed of the best
+                  config={**best["config"], "run_id": out.name, "run_name": "", "strategy": "soup",
+                          "soup": "+".join(names)},
+                  summary=summary,
+                  classes=best["classes"], split=best["split"], data_config=best["data_config"],
+                  weights_source=best.get("weights_source"), per_class=per_class, confusion_matrix=cm,
+                  test_predictions={"y_true": test["y_true"].tolist(), "y_pred": test["y_pred"].tolist()},
+                  soup={"ingredients": names, "steps": steps, "best_single": runs[0]["id"]},
+                  finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     return record.data

@@ -326,7 +326,7 @@ def test_export_from_wandb_without_the_artifact_is_one_line(trained, tmp_path):
 def test_a_record_from_wandb_does_not_choose_the_images_read(trained, tmp_path, monkeypatch, capsys):
     """A W&B record's config.data_dir once chose which local files export read for parity and drew into the
     attribution grids it uploads (`data_dir: /` read 9 files from outside the data folder). Now the images
-    come from --data-dir only: without it, one line before anything is fetched; with it, the record's own
+    come from --data_dir only: without it, one line before anything is fetched; with it, the record's own
     data_dir (here a folder of other images) is never opened."""
     import lib.runs
     from tests.fakes.wandb_api import FakeApi, FakeArtifact, FakeRun
@@ -348,9 +348,9 @@ def test_a_record_from_wandb_does_not_choose_the_images_read(trained, tmp_path, 
     monkeypatch.setattr(lib.runs, "public_api", lambda: api)
     out = tmp_path / "out"
     code, _, err = cli(["export", "ent/proj/sw1", "--out", out], capsys)
-    assert code == 2 and len(err) == 1 and "pass --data-dir" in err[0], err
+    assert code == 2 and len(err) == 1 and "pass --data_dir" in err[0], err
     assert not api.asked and not out.exists()                                     # nothing fetched, nothing written
-    code, _, err = cli(["export", "ent/proj/sw1", "--out", out, "--data-dir", data_dir], capsys)
+    code, _, err = cli(["export", "ent/proj/sw1", "--out", out, "--data_dir", data_dir], capsys)
     assert code == 0, err
     assert read_json(out / "export.json")["parity_images"] == len(record["split"]["test"])
 
@@ -394,7 +394,7 @@ def test_export_from_wandb_refuses_a_tampered_record(trained, tmp_path, monkeypa
                   {"ent/proj/model-exp1:best": FakeArtifact([folder / "model.safetensors", folder / "run.json"])})
     monkeypatch.setattr(lib.runs, "public_api", lambda: api)
     out = tmp_path / "out"
-    code, _, err = cli(["export", "ent/proj/sw1", "--out", out, "--attributions", "2", "--data-dir", data_dir],
+    code, _, err = cli(["export", "ent/proj/sw1", "--out", out, "--attributions", "2", "--data_dir", data_dir],
                        capsys)
     assert code == 2 and len(err) == 1 and re.search(message, err[0]), err
     assert not (out / "model.onnx").exists() and not (out / "wandb").exists()    # nothing exported, nothing logged

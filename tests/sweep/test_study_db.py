@@ -75,10 +75,10 @@ def test_report_and_export_from_a_folder_without_the_runs(tmp_path, pg_url, anim
     assert dict(zip(table["run_id"], table["best_val_acc"])) == pytest.approx(values)
     assert (elsewhere / "report" / "confusion_matrix.png").is_file()   # the full record: test predictions
 
-    # the record's data_dir chooses no local files: the images come from --data-dir only
+    # the record's data_dir chooses no local files: the images come from --data_dir only
     code, _, err = _cli(capsys, "export", pg_url, "--out", "export", "--artifacts", store)
-    assert code == 2 and "pass --data-dir" in err and len(err.splitlines()) == 1, err
-    code, out, _ = _cli(capsys, "export", pg_url, "--out", "export", "--artifacts", store, "--data-dir", animals)
+    assert code == 2 and "pass --data_dir" in err and len(err.splitlines()) == 1, err
+    code, out, _ = _cli(capsys, "export", pg_url, "--out", "export", "--artifacts", store, "--data_dir", animals)
     assert code == 0, out
     exported = read_json(elsewhere / "export" / "export.json")
     assert values[exported["run_id"]] == max(values.values())

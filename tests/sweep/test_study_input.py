@@ -60,7 +60,7 @@ def test_a_damaged_study_is_one_line_and_writes_nothing_outside(tmp_path, pg_url
         attrs = {"run_id": str(tmp_path / "abs-x")}
     _study(pg_url, {}, attrs)
     before = sorted(tmp_path.rglob("*"))
-    for argv in (("report", pg_url, "--out", "rep"), ("export", pg_url, "--out", "exp", "--data-dir", tmp_path)):
+    for argv in (("report", pg_url, "--out", "rep"), ("export", pg_url, "--out", "exp", "--data_dir", tmp_path)):
         code, _, err = _cli(capsys, *argv)
         assert code == 2 and len(err) == 1 and needle in err[0], (argv[0], err)
     assert sorted(tmp_path.rglob("*")) == before
@@ -100,7 +100,7 @@ def test_the_study_does_not_choose_the_store_report_and_export_read(tmp_path, pg
     assert code == 0, err
     assert any("--artifacts /" in line for line in err), err
     assert "SECRET-NAME" not in (elsewhere / "rep" / "runs.csv").read_text()
-    code, _, err = _cli(capsys, "export", pg_url, "--out", "exp", "--data-dir", tmp_path)
+    code, _, err = _cli(capsys, "export", pg_url, "--out", "exp", "--data_dir", tmp_path)
     assert code == 2 and len(err) == 1 and "pass --artifacts /" in err[0], err
     assert not list(elsewhere.rglob("secret*")) and not (elsewhere / "exp" / "source_run").exists()
 
@@ -116,7 +116,7 @@ def test_an_artifact_id_never_leaves_the_store(tmp_path, pg_url, elsewhere, caps
     artifact_id = "../private/secret.json" if how == "dotdot" else "innocent"
     _study(pg_url, {"artifacts": {"run.json": artifact_id, "model.safetensors": artifact_id}})
     for argv in (("report", pg_url, "--out", "rep", "--artifacts", store),
-                 ("export", pg_url, "--out", "exp", "--artifacts", store, "--data-dir", tmp_path)):
+                 ("export", pg_url, "--out", "exp", "--artifacts", store, "--data_dir", tmp_path)):
         code, _, err = _cli(capsys, *argv)
         assert code == 2 and len(err) == 1 and "outside the artifact store" in err[0], (argv[0], err)
     assert not list(elsewhere.rglob("*.json")) and not list(elsewhere.rglob("*.safetensors"))
