@@ -13,18 +13,19 @@ import sys
 
 from lib import config
 from lib.errors import KitError
+from lib.records import ExitCode
 
 
 def main(argv: list[str], env=os.environ) -> int:
     # Help and config errors answer from lib.config alone: torch and timm take seconds to import.
     if config.wants_help(argv):
         print(config.help_text())
-        return 0
+        return ExitCode.OK
     try:
         config.resolve(argv, env)
     except KitError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
     from lib.train.run import main as run  # the heavy part: torch, timm, W&B
 
     return run(argv, env)

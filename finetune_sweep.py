@@ -20,6 +20,7 @@ from pathlib import Path
 
 from lib.cli import Parser
 from lib.errors import KitError, SweepError
+from lib.records import ExitCode
 from lib.sweep import budget, gpus, runner, status, wandb_sweep
 from lib.sweep.options import Options
 
@@ -36,7 +37,7 @@ def _fixed(pairs):
 
 def cmd_create(a):
     wandb_sweep.create(a.sweep_file, a.project, a.entity)
-    return 0
+    return ExitCode.OK
 
 
 def _budget(a) -> tuple[float | None, float | None]:
@@ -87,7 +88,7 @@ def cmd_report(a):
         result = report.build_report(a.source, out, metric=a.metric)   # metric None: the sweep's own
     print(result["verdict"])
     print(f"report: {out / 'report.html'}\n        {out / 'report.md'}\n        {out / 'runs.csv'}")
-    return 0
+    return ExitCode.OK
 
 
 def cmd_export(a):
@@ -110,7 +111,7 @@ def cmd_export(a):
     for name in ("model.int8.onnx", "model_card.md", "export.json", "attributions"):
         if (out / name).exists():
             print(f"  {out / name}")
-    return 0
+    return ExitCode.OK
 
 
 def cmd_predict(a):
@@ -124,7 +125,7 @@ def cmd_predict(a):
     print(predict.format_table([r for r in results if "error" not in r]))
     if a.csv:
         predict.write_csv(results, a.csv)          # every image, its error column included
-    return 0 if all("error" not in r for r in results) else 1   # 1: partial, the skipped ones on stderr
+    return ExitCode.OK if all("error" not in r for r in results) else ExitCode.FAILED   # partial: skipped on stderr
 
 
 def cmd_soup(a):
@@ -134,17 +135,17 @@ def cmd_soup(a):
     if record["id"] is None:
         print(f"no soup: adding any other run to {record['soup']['best_single']} lowered validation accuracy "
               f"({len(record['soup']['steps']) - 1} tried); nothing written")
-        return 0
+        return ExitCode.OK
     s = record["summary"]
     print(f"soup of {len(record['soup']['ingredients'])} run(s) ({', '.join(record['soup']['ingredients'])}): "
           f"val acc {s['best_val_acc']:.4f}, test acc {s['test_acc']:.4f} -> {a.out}")
-    return 0
+    return ExitCode.OK
 
 
 def cmd_status(a):
     source = a.sweep_dir if _is_database(a.sweep_dir) else Path(a.sweep_dir)   # a folder, or the database's URL
     print(status.status_table(source, a.storage, a.study))
-    return 0
+    return ExitCode.OK
 
 
 def default_out(source: str, name: str, study: str | None = None) -> Path:
@@ -295,7 +296,7 @@ def main(argv):
         return args.fn(args)
     except KitError as e:   # the user's to fix: one line; anything else is a bug and keeps its traceback
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from lib import errors, yamls
+from lib import yamls
 from lib.errors import ConfigError
 from lib.recipes import AUTO_AUGMENT, STRATEGIES
 from lib.run_id import RUN_ID_RULE, valid_run_id
@@ -422,11 +422,7 @@ def load_yaml(path: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {path!r} not found")
-    try:
-        text = p.read_text()
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"config file {path!r} is not valid YAML: {errors.yaml_problem(e)}") from None
-    data = yamls.safe_load(text, f"config file {path!r}", ConfigError) or {}
+    data = yamls.read_file(p, f"config file {path!r}", ConfigError) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path!r} must be a mapping of key: value")
     return data

@@ -76,18 +76,16 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-LOCK = ".lock"
-
-
 @contextmanager
-def run_lock(folder: Path):
-    """Hold ``<folder>/.lock`` exclusively for the whole run: two processes never write one run folder
-    (a requeued trial whose first trainer still runs, a run id given twice). An flock, so the kernel
-    drops it when its holder dies: a killed run never leaves a stale lock. The holder writes its pid in
-    the file for the refusal message. A folder this lock created and nothing else used is removed again."""
+def run_lock(folder: Path, name: str):
+    """Hold ``<folder>/<name>`` (lib.records.LOCK_FILE) exclusively for the whole run: two processes
+    never write one run folder (a requeued trial whose first trainer still runs, a run id given twice). An
+    flock, so the kernel drops it when its holder dies: a killed run never leaves a stale lock. The holder
+    writes its pid in the file for the refusal message. A folder this lock created and nothing else used is
+    removed again."""
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK
+    path = folder / name
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -109,7 +107,7 @@ def run_lock(folder: Path):
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
-        if created and [p.name for p in folder.iterdir()] == [LOCK]:
+        if created and [p.name for p in folder.iterdir()] == [name]:
             path.unlink()   # still held, so no one else can have locked this file meanwhile
             try:
                 folder.rmdir()

@@ -12,16 +12,17 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from lib import yamls
+from lib import records, yamls
 from lib.config import LR_AUTO
 from lib.errors import ReportError, SweepError
 from lib.files import read_json, read_jsonl, tail
+from lib.records import GOALS, RUN_FILE, State, wandb_default_goal
 
-TRIAL_FILE = "trial.json"   # written by the sweep runner when a trial ends: its state and error
-
-STATE_MAP = {"finished": "finished", "running": "running", "failed": "failed", "crashed": "failed",
-             "killed": "failed", "preempted": "preempted", "preempting": "preempted", "pruned": "pruned",
-             "pending": "running", "complete": "finished", "fail": "failed", "waiting": "running"}
+# Our states (lib.records.State), and the other names a run's state has: W&B's (crashed, killed,
+# preempting, pending) and Optuna's trial states as trial.json has them (complete, fail, waiting).
+STATE_MAP = {**{s.value: s for s in State}, "crashed": State.FAILED, "killed": State.FAILED,
+             "preempting": State.PREEMPTED, "pending": State.RUNNING, "complete": State.FINISHED,
+             "fail": State.FAILED, "waiting": State.RUNNING}
 
 
 def _history_rows(rows: Iterable[dict]) -> list[dict]:
@@ -41,7 +42,7 @@ def _trial_info(run_dir: Path) -> dict:
     """What the sweep runner said of the trial (``trial.json``: state, error), if it ran one: the reason a
     run died before it could write its own record."""
     with contextlib.suppress(OSError, ValueError):
-        info = read_json(run_dir / TRIAL_FILE)
+        info = read_json(run_dir / records.TRIAL_FILE)
         if isinstance(info, dict):
             return {"state": STATE_MAP.get(str(info.get("state")), info.get("state")), "error": info.get("error")}
     return {}
@@ -49,7 +50,7 @@ def _trial_info(run_dir: Path) -> dict:
 
 def _stub_from_folder(run_dir: Path, trial: dict | None) -> dict | None:
     """A trial folder with no run.json (the run died before writing one): what we can still say."""
-    params_file, log = run_dir / "sweep-params.yaml", run_dir / "output.log"
+    params_file, log = run_dir / records.PARAMS_FILE, run_dir / records.LOG_FILE
     if not (params_file.exists() or log.exists() or trial):
         return None
     config = {}
@@ -59,9 +60,9 @@ def _stub_from_folder(run_dir: Path, trial: dict | None) -> dict | None:
             config = {k: v.get("value") if isinstance(v, dict) else v for k, v in raw.items()
                       if k != "wandb_version"}
     trial = trial or {}
-    error = trial.get("error") or tail(log) or "no run.json was written"
+    error = trial.get("error") or tail(log) or f"no {RUN_FILE} was written"
     return {"id": run_dir.name, "name": config.get("run_name") or run_dir.name,
-            "state": trial.get("state") or "failed", "config": config, "summary": {}, "error": error,
+            "state": trial.get("state") or State.FAILED, "config": config, "summary": {}, "error": error,
             "history": [], "dir": str(run_dir), "source": "local"}
 
 
@@ -72,19 +73,20 @@ def load_local(sweep_dir) -> list[dict]:
     if not root.is_dir():
         raise ReportError(f"{root} is a file, not a folder: pass a sweep dir, a runs dir or one run folder"
                           if root.exists() else f"no such folder: {root}")
-    if (root / "run.json").exists():
+    if (root / RUN_FILE).exists():
         folders = [root]
     else:
-        base = root / "runs" if ((root / "sweep.json").exists() or (root / "runs").is_dir()) else root
+        runs_dir = root / records.SWEEP_RUNS
+        base = runs_dir if (root / records.SWEEP_META).exists() or runs_dir.is_dir() else root
         folders = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     runs = []
     for folder in folders:
-        path = folder / "run.json"
+        path = folder / RUN_FILE
         if path.exists():
             try:
                 rec = read_json(path)
             except (OSError, json.JSONDecodeError) as e:
-                rec = {"id": folder.name, "state": "failed", "error": f"unreadable run.json: {e}"}
+                rec = {"id": folder.name, "state": State.FAILED, "error": f"unreadable {RUN_FILE}: {e}"}
         else:
             stub = _stub_from_folder(folder, _trial_info(folder))
             if stub:
@@ -93,9 +95,9 @@ def load_local(sweep_dir) -> list[dict]:
         rec = dict(rec)
         rec.setdefault("id", folder.name)
         rec["state"] = STATE_MAP.get(str(rec.get("state")), str(rec.get("state") or "unknown"))
-        if rec["state"] != "finished" and not rec.get("error"):
-            rec["error"] = _trial_info(folder).get("error") or tail(folder / "output.log") or None
-        rec["history"] = _history_rows(read_jsonl(folder / "metrics.jsonl"))
+        if rec["state"] != State.FINISHED and not rec.get("error"):
+            rec["error"] = _trial_info(folder).get("error") or tail(folder / records.LOG_FILE) or None
+        rec["history"] = _history_rows(read_jsonl(folder / records.METRICS_FILE))
         rec["dir"] = str(folder)
         rec["source"] = "local"
         runs.append(rec)
@@ -175,12 +177,15 @@ def load_wandb(path: str, api=None, history: bool = True) -> list[dict]:
 
 
 def _wandb_metric(sweep) -> dict:
-    """The sweep config's metric as sweep.json has it ({"metric", "goal"}), or {} when it names none."""
+    """The sweep config's metric as sweep.json has it ({"metric", "goal"}), or {} when it names none. A
+    metric without a goal is what W&B optimised it as: its default (``goal_defaulted``: the report says so)."""
     with contextlib.suppress(Exception):   # a sweep without a readable config still has runs
         metric = _as_dict(getattr(sweep, "config", None)).get("metric") or {}
         if isinstance(metric, dict) and isinstance(metric.get("name"), str):
             goal = metric.get("goal")
-            return {"metric": metric["name"], **({"goal": goal} if goal in ("maximize", "minimize") else {})}
+            if goal in GOALS:
+                return {"metric": metric["name"], "goal": goal}
+            return {"metric": metric["name"], "goal": wandb_default_goal(), "goal_defaulted": True}
     return {}
 
 
@@ -215,7 +220,7 @@ def read_wandb(path: str, api=None, history: bool = True) -> tuple[list[dict], d
                "state": STATE_MAP.get(wandb_state, wandb_state), "wandb_state": wandb_state,
                "config": config, "summary": summary, "history": _history_rows(rows),
                "source": f"wandb:{path}", **extras}
-        if rec["state"] != "finished":
+        if rec["state"] != State.FINISHED:
             rec["error"] = raw.get("error") or (f"W&B state {wandb_state}" if wandb_state != rec["state"] else None)
         runs.append(rec)
     return runs, _wandb_metric(sweep)

@@ -7,6 +7,7 @@ loaded, by counting what it expands to and stopping at a bound that no real swee
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -44,3 +45,13 @@ def safe_load(text: str, what: str, error: type[KitError] = KitError) -> Any:
         raise error(f"{what} expands to more than {MAX_VALUES:,} values (YAML aliases repeated inside each "
                     "other?): refused, reading it would never end")
     return data
+
+
+def read_file(path: Path | str, what: str, error: type[KitError] = KitError) -> Any:
+    """The YAML file at ``path`` (named ``what`` in messages), read as safe_load reads text; ``error`` (one
+    line, with the line and column) when it is not UTF-8 text or not YAML."""
+    try:
+        text = Path(path).read_text()
+    except UnicodeDecodeError as e:
+        raise error(f"{what} is not valid YAML: {yaml_problem(e)}") from None
+    return safe_load(text, what, error)

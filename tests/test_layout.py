@@ -129,7 +129,8 @@ def test_what_a_run_measures_is_declared_once(tmp_path):
                                    if records.RunSummary.__dataclass_fields__[f].metadata["metric"]}
     for metric in sorted(records.RUN_METRICS):
         path = tmp_path / f"{metric}.yaml"
-        path.write_text(yaml.safe_dump({"method": "grid", "metric": {"name": metric, "goal": "maximize"},
+        goal = records.METRIC_GOALS.get(metric, "maximize")   # the other way is refused where one is better
+        path.write_text(yaml.safe_dump({"method": "grid", "metric": {"name": metric, "goal": goal},
                                         "parameters": {"lr": {"values": [0.1]}}}))
         assert spec.load(str(path)).metric == metric
         assert _selection([], metric, None, {})[0] == metric

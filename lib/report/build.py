@@ -14,7 +14,7 @@ import pandas as pd
 from lib.cells import csv_cell
 from lib.errors import ReportError
 from lib.files import atomic_write, read_json
-from lib.records import EPOCH_METRICS, RUN_METRICS
+from lib.records import EPOCH_METRICS, RUN_METRICS, SWEEP_META, State
 from lib.report.expected import MIN_TRIALS, study_curve
 from lib.report.page import CSS, Doc, ci, count, hp, isnan, met, num, pct
 from lib.report.plots import (
@@ -26,7 +26,7 @@ from lib.report.plots import (
     params_plot,
     tradeoff_plot,
 )
-from lib.report.review import GAP_OVERFIT, LEVELS, Review, predictions, review, state_text
+from lib.report.review import GAP_OVERFIT, LEVELS, Review, defaulted_goal, predictions, review, state_text
 from lib.report.table import NOISE_KEYS, RunTable, run_table
 from lib.runs import is_sweep_path, load_local, read_wandb
 
@@ -94,9 +94,9 @@ def _load_source(source_runs, sweep: dict | None = None) -> tuple[list[dict], st
         path = Path(source_runs)
         if path.exists():
             meta = {}
-            if (path / "sweep.json").exists():
+            if (path / SWEEP_META).exists():
                 with contextlib.suppress(Exception):
-                    meta = read_json(path / "sweep.json")
+                    meta = read_json(path / SWEEP_META)
             return load_local(path), str(path), meta
         if is_sweep_path(source_runs):
             runs, meta = read_wandb(source_runs)
@@ -149,6 +149,8 @@ def build_report(source_runs, out_dir, metric: str | None = None, latency: dict 
     metric, goal = _selection(runs, metric, goal, meta)
     s = run_table(runs, metric, goal, {str(k): float(v) for k, v in (latency or {}).items()})
     r = review(s)
+    if meta.get("goal_defaulted") and metric == meta.get("metric") and goal == meta.get("goal"):
+        defaulted_goal(r, metric, goal)
     cmc = _confusion(s.by_id[r.best_id]) if r.best_id is not None else None
     if cmc is not None and cmc[2]:
         r.warn("warning", "labels", f"the winner's record has {cmc[2]} test prediction(s) with a label outside its "
@@ -343,7 +345,7 @@ def _params_section(doc: Doc, s: RunTable, r: Review, files: dict) -> None:
 
 
 def _failed_section(doc: Doc, s: RunTable) -> None:
-    bad = s.df[s.df["state"] != "finished"]
+    bad = s.df[s.df["state"] != State.FINISHED]
     if not len(bad):
         return
     doc.h(2, f"Runs that did not finish ({len(bad)})", "failed")

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from lib.recipes import strategy_uses
-from lib.records import IMBALANCED_RATIO
+from lib.records import IMBALANCED_RATIO, METRIC_GOALS, State
 from lib.report import datasets
 from lib.report.page import ci, count, isnan, met, num, pct, time_text
 from lib.report.stats import holm, importance, mcnemar, wilson_interval
@@ -120,23 +120,34 @@ def state_text(df: pd.DataFrame) -> str:
 
 
 def _run_states(s: RunTable, r: Review) -> None:
-    bad = s.df[s.df["state"] != "finished"]
-    pruned = bad[bad["state"] == "pruned"]
+    bad = s.df[s.df["state"] != State.FINISHED]
+    pruned = bad[bad["state"] == State.PRUNED]
     if len(pruned):
         ids = ", ".join(f"`{i}`" for i in pruned["run_id"].tolist()[:10]) + (" …" if len(pruned) > 10 else "")
         r.warn("info", "run_state", f"{len(pruned)} run(s) pruned by early termination (normal under hyperband): {ids}")
-    unfinished = bad[bad["state"] != "pruned"]
+    unfinished = bad[bad["state"] != State.PRUNED]
     for i, (_, row) in enumerate(unfinished.iterrows()):
         if i == 8:
             r.warn("warning", "run_state", f"… and {len(unfinished) - 8} more run(s) that did not finish: see the table")
             break
         err = row.get("error")
         err = "" if isnan(err) or not err else f": {str(err)[:300]}"
-        why = {"running": "still running (or died without a record)",
-               "preempted": "preempted (resumable: run the same command again)"}.get(row["state"], row["state"])
+        why = {State.RUNNING: "still running (or died without a record)",
+               State.PREEMPTED: "preempted (resumable: run the same command again)"}.get(row["state"], row["state"])
         r.warn("warning", "run_state", f"run `{row['run_id']}` ({s.labels.get(row['run_id'])}) {why}{err}")
-    for _, row in s.df[(s.df["state"] == "finished") & s.df[s.metric].isna()].iterrows():
+    for _, row in s.df[(s.df["state"] == State.FINISHED) & s.df[s.metric].isna()].iterrows():
         r.warn("warning", "no_metric", f"run `{row['run_id']}` finished without a value of {s.metric}: left out")
+
+
+def defaulted_goal(r: Review, metric: str, goal: str) -> None:
+    """A W&B sweep whose metric names no goal ran under W&B's default, and the report ranks as W&B did: say
+    so, loudly when that default is the wrong way for the metric (a search for the worst runs)."""
+    better = METRIC_GOALS.get(metric)
+    wrong = f"; but {'higher' if better == 'maximize' else 'lower'} `{metric}` is better, so its search looked for " \
+        f"the worst runs: add `goal: {better}` to the sweep and run it again" if better and better != goal else ""
+    r.warn("critical" if wrong else "warning", "goal",
+           f"the W&B sweep's metric `{metric}` has no goal: W&B {goal}d it (its default) and this report ranks "
+           f"the runs the same way{wrong}")
 
 
 def _seed_groups(s: RunTable) -> list[dict]:

@@ -11,7 +11,7 @@ import pandas as pd
 
 from lib.config import BOOKKEEPING
 from lib.recipes import strategy_uses
-from lib.records import metric_value
+from lib.records import State, metric_value
 from lib.report import datasets
 from lib.report.page import hp, isnan
 from lib.report.stats import pareto_front, wilson_interval
@@ -113,7 +113,7 @@ def run_table(runs: list[dict], metric: str, goal: str, latency: dict[str, float
     df["_group"] = [json.dumps({k: as_scalar(given_config(r).get(k)) for k in recipe_keys
                                 if strategy_uses(str(given_config(r).get("strategy")), k)}, sort_keys=True,
                                default=str) for r in runs] if runs else []
-    fin = df[(df["state"] == "finished") & df[metric].notna()].copy()
+    fin = df[(df["state"] == State.FINISHED) & df[metric].notna()].copy()
     fin["_size_key"] = fin["model_size_mb"].fillna(np.inf)
     fin = fin.sort_values([metric, "_size_key", "train_time_s"], ascending=[not maximize, True, True],
                           na_position="last")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lib.errors import ExportError, ReportError
+from lib.records import WEIGHTS_FILE, State
 from lib.runs import is_sweep_path, load_local, load_wandb
 
 
@@ -14,13 +15,13 @@ def candidates(source, metric: str = "best_val_acc", max_size_mb: float | None =
     elsewhere by the caller), best first by ``metric``; ties go to the smaller model. Runs over
     ``max_size_mb`` are left out."""
     if runs is not None:
-        runs = [r for r in runs if r.get("state") == "finished"]
+        runs = [r for r in runs if r.get("state") == State.FINISHED]
     elif is_sweep_path(source):
-        runs = [r for r in load_wandb(source, api, history=False) if r.get("state") == "finished"]
+        runs = [r for r in load_wandb(source, api, history=False) if r.get("state") == State.FINISHED]
     else:
         try:
-            runs = [r for r in load_local(source) if r.get("state") == "finished"
-                    and (Path(r["dir"]) / "model.safetensors").exists()]
+            runs = [r for r in load_local(source) if r.get("state") == State.FINISHED
+                    and (Path(r["dir"]) / WEIGHTS_FILE).exists()]
         except ReportError as e:   # no such folder: the same one line, as export's own error
             raise ExportError(str(e)) from None
     runs = [r for r in runs if (r.get("summary") or {}).get(metric) is not None]

@@ -12,9 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from lib.errors import ExportError
+from lib.records import RUN_FILE, WEIGHTS_FILE
 from lib.ship import ATTR_DIR, CARD_FILE, EXPORT_FILE, INT8_FILE, ONNX_FILE
 
-MODEL_FILES = ("model.safetensors", "run.json")
+MODEL_FILES = (WEIGHTS_FILE, RUN_FILE)
 
 
 def artifact_name(sweep_path: str, run_id: str) -> str:

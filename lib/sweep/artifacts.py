@@ -24,10 +24,11 @@ from optuna.artifacts import download_artifact, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from lib.errors import SweepError
+from lib.records import METRICS_FILE, RUN_FILE, WEIGHTS_FILE
 
 STUDY_ATTR, TRIAL_ATTR = "artifact_store", "artifacts"
-RUN_FILES = ("run.json", "metrics.jsonl")   # every ended trial: what the report reads
-WEIGHTS = "model.safetensors"               # finished trials: the best epoch's weights, what export reads
+RUN_FILES = (RUN_FILE, METRICS_FILE)   # every ended trial: what the report reads
+WEIGHTS = WEIGHTS_FILE                 # finished trials: the best epoch's weights, what export reads
 
 
 def _s3(bucket: str):

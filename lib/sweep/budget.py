@@ -1,13 +1,12 @@
 """Time budgets, shared by both engines (``local`` and ``agent`` take ``--time_budget``): durations as
-people write them, and the line that says what the budget will do."""
+people write them, and the line that says what the budget will do. A command whose budget ran out with
+work left exits with lib.records.ExitCode.BUDGET_SPENT."""
 from __future__ import annotations
 
 import re
 import time
 
 from lib.errors import SweepError
-
-EXIT_BUDGET = 3   # the time budget ran out with work left: run the same command again to continue
 
 
 def parse_duration(text: str, option: str = "--time_budget") -> float:

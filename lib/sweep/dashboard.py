@@ -3,8 +3,9 @@ trial's per-epoch metric, with no W&B server (the offline counterpart of W&B's s
 
 Read-only on purpose. The dashboard also has buttons that write (notes, rename or delete a study, tell a
 trial's result), and the study it shows is one that runners, maybe on other machines, are working on:
-every request but GET/HEAD is refused, a journal is opened without creating or locking anything, and a
-database gets no tables created. Bound to 127.0.0.1 by default: the dashboard has no login, so other
+every request but GET/HEAD is refused, and the study is opened as every command that reads opens it
+(lib.sweep.storage.open_source: a journal without creating or locking anything, a database with no tables
+created). Bound to 127.0.0.1 by default: the dashboard has no login, so other
 machines reach it through an SSH tunnel. It answers only to its own names (a page on another site that
 rebinds its DNS name to 127.0.0.1 must not read the study), and SIGINT or SIGTERM stops it at once.
 """
@@ -12,18 +13,15 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import json
 import signal
 import socket
 from contextlib import contextmanager
-from pathlib import Path
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-import optuna
-
 from lib.errors import SweepError
-from lib.sweep.storage import JOURNAL, public_url
+from lib.records import ExitCode
+from lib.sweep.storage import open_source, public_url, study_names
 from lib.urls import without_query_secrets
 
 LOOPBACK = ("127.0.0.1", "localhost")
@@ -37,57 +35,9 @@ def shown(url: str) -> str:
 
 
 # --- the study to show ---------------------------------------------------------------------------------
-def open_source(source: str) -> tuple[optuna.storages.BaseStorage, str | None]:
-    """The storage of a sweep dir or a database URL, opened to read, and the study a sweep dir names."""
-    if "://" in source:
-        return _database(source), None
-    folder = Path(source)
-    if not folder.is_dir():
-        raise SweepError(f"{source}: no such folder (expected a sweep dir, or a database URL such as "
-                         f"postgresql://user@host/db)")
-    if not (folder / "sweep.json").exists():
-        raise SweepError(f"{source} is not a sweep dir (no sweep.json): run `finetune_sweep.py local` first")
-    meta = json.loads((folder / "sweep.json").read_text())
-    if meta.get("storage"):   # a study in a database: sweep.json holds its URL without the password
-        return _database(meta["storage"]), meta["name"]
-    return _journal(folder / JOURNAL), meta["name"]
-
-
-def _journal(path: Path) -> optuna.storages.JournalStorage:
-    from optuna.storages.journal import JournalFileBackend
-
-    if not path.exists():   # the backend would create an empty one
-        raise SweepError(f"{path.parent} has no {path.name}: its study is in a database (`dashboard URL`)")
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))   # reading takes no lock
-
-
-def _database(url: str) -> optuna.storages.RDBStorage:
-    """An RDB storage that creates nothing: a mistyped database must not be given Optuna's tables."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import SQLAlchemyError
-
-    where = shown(url)
-    try:
-        parsed = make_url(url)
-        if parsed.drivername.startswith("sqlite") and not Path(parsed.database or "").is_file():
-            raise SweepError(f"{where}: no such SQLite file")   # connecting would create it
-        storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
-        storage.get_all_studies()
-    except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:   # unreachable, refused, no tables
-        raise SweepError(f"cannot read a study from {where}: {_reason(e)}") from None
-    return storage
-
-
-def _reason(e: BaseException) -> str:
-    """The driver's own words (Optuna and SQLAlchemy wrap them in theirs), first line."""
-    while e.__cause__ is not None:
-        e = e.__cause__
-    return str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-
-
 def pick_study(storage, named: str | None, wanted: str | None, where: str) -> tuple[str | None, int | None]:
     """--study, else the sweep dir's study, else the database's only one; (None, None) = the list of several."""
-    names = [s.study_name for s in storage.get_all_studies()]
+    names = study_names(storage)
     name = wanted or named
     if name is None and len(names) == 1:
         name = names[0]
@@ -205,9 +155,9 @@ def serve(source: str, host: str = "127.0.0.1", port: int = 8080, study: str | N
         from optuna_dashboard import wsgi
     except ImportError:
         raise SweepError("optuna-dashboard is not installed: pip install -r requirements.txt") from None
-    storage, named = open_source(source)
+    storage, meta, _ = open_source(source)   # opened to read, as status reads it: nothing created
     where = shown(source)
-    name, study_id = pick_study(storage, named, study, where)
+    name, study_id = pick_study(storage, meta and meta["name"], study, where)
     server = listen(None, host, port)
     server.set_app(same_host(read_only(wsgi(storage)), host, server.server_port))   # port 0: the one chosen
     try:
@@ -219,4 +169,4 @@ def serve(source: str, host: str = "127.0.0.1", port: int = 8080, study: str | N
     finally:
         server.server_close()
     print("dashboard stopped")
-    return 0
+    return ExitCode.OK

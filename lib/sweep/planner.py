@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 from lib import config as config_lib
 from lib.errors import SweepError
 from lib.images import read_image_file
+from lib.records import METRICS_FILE, State
 from lib.sweep import plan as rules
 from lib.sweep import spec as sweep_spec
 from lib.sweep.budget import format_duration
@@ -378,9 +379,9 @@ class Planner:
         a = trial.user_attrs.get(ATTR)
         record = read_record(run_dir)
         summary = record.get("summary") or {}
-        if not a or record.get("state") != "finished":
+        if not a or record.get("state") != State.FINISHED:
             return
-        rows = read_jsonl(run_dir / "metrics.jsonl")
+        rows = read_jsonl(run_dir / METRICS_FILE)
         cache = summary.get("feature_cache") or ""
         self.observe(a, {"duration_s": duration_s, "train_time_s": summary.get("train_time_s"),
                          "epoch_s": [r.get("time_s") for r in rows],

@@ -21,6 +21,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from lib.files import locked
+from lib.records import LOCK_FILE
 from lib.sweep import storage
 from lib.sweep.options import Options
 from lib.sweep.study import counted, point
@@ -103,7 +104,7 @@ def resubmit(study: optuna.Study, t, why: str, **attrs) -> None:
 def study_lock(opts: Options):
     """Every runner of the study, on this machine and on others, waits here: two runners that find the
     same lost trial enqueue one copy of it."""
-    with locked(opts.sweep_dir / ".lock"), storage.shared_lock(opts):
+    with locked(opts.sweep_dir / LOCK_FILE), storage.shared_lock(opts):
         yield
 
 

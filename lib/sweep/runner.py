@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from lib.errors import SweepError
 from lib.files import locked, read_json, write_json
+from lib.records import LOCK_FILE, SWEEP_COPY, SWEEP_META, SWEEP_RUNS, ExitCode
 from lib.run_id import valid_run_id
 from lib.sweep import artifacts, budget, confirm, planner, recovery, samplers, storage
 from lib.sweep import spec as sweep_spec
@@ -44,9 +45,6 @@ warnings.filterwarnings("ignore", category=ExperimentalWarning)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
-EXIT_FAILED = 1   # stopped by failures, or no trial of the study completed
-
-
 class Step(enum.Enum):
     """What a worker does next."""
     START = "start"    # take a trial
@@ -58,8 +56,8 @@ def open_study(sweep: Sweep, opts: Options) -> optuna.Study:
     """Create or join the study (refusing an edited or different sweep); enqueue the grid once; requeue
     trials of dead runners; with ``retry_failed``, the failed trials."""
     opts.sweep_dir.mkdir(parents=True, exist_ok=True)
-    with locked(opts.sweep_dir / ".lock"), storage.shared_lock(opts) as shared:
-        meta_path = opts.sweep_dir / "sweep.json"
+    with locked(opts.sweep_dir / LOCK_FILE), storage.shared_lock(opts) as shared:
+        meta_path = opts.sweep_dir / SWEEP_META
         held = read_json(meta_path).get("name") if meta_path.exists() else None
         if held and held != sweep.name:
             raise SweepError(f"{opts.sweep_dir} holds the study {held!r}, not {sweep.name!r}: one study per "
@@ -71,11 +69,11 @@ def open_study(sweep: Sweep, opts: Options) -> optuna.Study:
         new = sweep_study.definition(sweep)
         changed = stored is not None and stored != new
         if changed:
-            sweep_study.check_extension(sweep, stored, opts)
+            sweep_study.check_extension(sweep, stored, opts, study)
             planner.check_extension(study, changed)
         if changed or "sweep" not in study.user_attrs:
             study.set_user_attr("sweep", new)
-            (opts.sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(sweep.raw, sort_keys=False))
+            (opts.sweep_dir / SWEEP_COPY).write_text(yaml.safe_dump(sweep.raw, sort_keys=False))
         if sweep.method == "grid" and not planner.planning(study, sweep, opts):   # a plan enqueues its own
             sweep_study.enqueue_grid(study, sweep, extending=changed)
             if opts.confirm_top:
@@ -287,7 +285,7 @@ class Runner:
         """``<sweep>-<trial number>``, in a folder of its own: never one that exists (a run of a deleted or
         another study, finished or not, whose checkpoint would be resumed as this trial's). The folder is
         made here, so two runners can never take one id."""
-        runs = self.opts.sweep_dir / "runs"
+        runs = self.opts.sweep_dir / SWEEP_RUNS
         runs.mkdir(parents=True, exist_ok=True)
         base = run_id = f"{slug(self.sweep.name)}-{number:03d}"
         n = 1
@@ -351,7 +349,7 @@ class Runner:
     # -- all workers -------------------------------------------------------------
     def run(self) -> int:
         """Ctrl-C and SIGTERM alike: the trials get SIGTERM, save their checkpoints and are requeued
-        (their runs resume under the same ids); the runner exits 130 once they have. The main thread
+        (their runs resume under the same ids); the runner exits ExitCode.INTERRUPTED once they have. The main thread
         waits on each worker's done event, never in a join a signal could cut short."""
         with Signals() as signals:
             gpus = self.opts.gpus or [None] * self.opts.workers
@@ -384,23 +382,23 @@ class Runner:
             self.planner.end(optuna.load_study(study_name=self.sweep.name, storage=_storage(self.opts)))
         if self.stop_reason:
             print(self.stop_reason)
-            return EXIT_FAILED
+            return ExitCode.FAILED
         if self.budget:
             print(f"{self.budget.split(':')[0]} spent: run the same command again to continue the sweep")
-            return budget.EXIT_BUDGET
+            return ExitCode.BUDGET_SPENT
         return self._outcome()
 
     def _outcome(self) -> int:
-        """0, or 1 when the study has failed trials and not one complete: a sweep that produced nothing
+        """OK, or FAILED when the study has failed trials and not one complete: a sweep that produced nothing
         must not pass for a successful one (in a script, a CI job, a notebook cell)."""
         trials = sweep_study.counted(optuna.load_study(study_name=self.sweep.name, storage=_storage(self.opts)))
         n = {s: sum(t.state == s for t in trials) for s in TrialState}
         if n[TrialState.COMPLETE] or not n[TrialState.FAIL]:
-            return 0
+            return ExitCode.OK
         pruned = f", {n[TrialState.PRUNED]} pruned" if n[TrialState.PRUNED] else ""
         print(f"failed: no trial of the study completed ({n[TrialState.FAIL]} failed{pruned}): the errors and "
               f"the command that retries them are below", flush=True)
-        return EXIT_FAILED
+        return ExitCode.FAILED
 
     def _start_plan(self) -> None:
         """The plan, made (or taken up) before the first trial, and said."""
@@ -431,7 +429,7 @@ class Runner:
                 print("stopping: waiting for the trials to save their checkpoints", flush=True)
         self.bar.close()
         print("interrupted: run the same command again to continue the sweep")
-        return 130
+        return ExitCode.INTERRUPTED
 
 
 def run_local(sweep_file: str, opts: Options, fixed: dict[str, str] | None = None) -> int:
@@ -441,7 +439,7 @@ def run_local(sweep_file: str, opts: Options, fixed: dict[str, str] | None = Non
     sweep_spec.check_here(sweep)   # data_dir, weights: before anything is started or written
     runner = Runner(sweep, opts)
     code = runner.run()
-    if code == 0 and runner.confirm_waiting and runner.rest().count != 0:   # the grid ended here: its top next
+    if code == ExitCode.OK and runner.confirm_waiting and runner.rest().count != 0:   # the grid ended: its top next
         code = Runner(sweep, runner.rest(), started=runner.t0).run()
     print(status_table(opts.sweep_dir, opts.storage))
     return code

@@ -9,16 +9,14 @@ per parameter and W&B's inverse CDF turns it into the value, so ``log_uniform`` 
 ``log_uniform_values`` takes values, q-variants round, etc. A grid is W&B's grid (``int_uniform`` and
 ``q_uniform`` ranges enumerated as ``sweeps.grid_search`` does, repeated values run once).
 
-A trial's command line and parameters file are made by ``wandb agent``'s own functions
-(``create_sweep_command``, ``create_sweep_command_args``, ``save_config_file_from_dict``) from the
-trial's parameters in W&B's nested form (``HyperParameterSet.to_config``): a nested ``parameters:``
-group reaches the program as W&B hands it over (``--optim={'lr': 0.01}``, ``optim: {value: {lr: 0.01}}``).
-The engine and ``status`` work on the flat form (leaf config keys), :meth:`Sweep.run_args` nests it.
+A trial's parameters are in W&B's nested form (``HyperParameterSet.to_config``, :meth:`Sweep.run_args`):
+a nested ``parameters:`` group reaches the program as W&B hands it over (``--optim={'lr': 0.01}``); the
+command line and parameters file are made from them by lib.sweep.trial, with ``wandb agent``'s own
+functions. The engine and ``status`` work on the flat form (leaf config keys).
 """
 from __future__ import annotations
 
 import itertools
-import platform
 import re
 import sys
 import warnings
@@ -30,14 +28,13 @@ import numpy as np
 
 with warnings.catch_warnings():  # sweeps warns about its pydantic-1 config keys on import: noise
     warnings.simplefilter("ignore")
-    from sweeps import schema_violations_from_proposed_config
     from sweeps.grid_search import yaml_hash
-    from sweeps.params import PARAM_DEPRECATION_MAP, HyperParameter, HyperParameterSet
+    from sweeps.params import HyperParameter, HyperParameterSet
 
 from lib import config as config_lib
-from lib import errors, yamls
+from lib import yamls
 from lib.errors import SweepError
-from lib.records import EPOCH_METRICS, RUN_METRICS
+from lib.records import EPOCH_METRICS, GOALS, METRIC_GOALS, RUN_METRICS, wandb_default_goal
 from lib.sweep import wandb_schema
 
 METHODS = ("grid", "random", "bayes")
@@ -48,6 +45,11 @@ AGENT_MACROS = ("env", "interpreter", "program", "args_json_file")
 HYDRA_MACROS = ("args_append_hydra", "args_override_hydra")   # +key=value: for Hydra programs
 ENVVAR = re.compile(r"\$\{envvar:([A-Z0-9_]*)\}")               # wandb's SWEEP_COMMAND_ENV_VAR_REGEX
 DRAWS_CHECKED = 256            # random/bayes: draws tried before the first trial (seeded: same every time)
+DEFAULT_METRIC = "best_val_acc"   # what a sweep without a metric ranks by
+# The sweep runner gives each trial these (its own run id, its folder under the sweep dir, the sweep as
+# its group): a parameter or --set value would be overridden offline, and one run_id would make every
+# trial of a W&B sweep resume the same run.
+RUNNER_KEYS = ("run_id", "runs_dir", "group")
 
 
 @dataclass
@@ -117,11 +119,7 @@ def load(path: str, fixed: dict[str, str] | None = None, repeats: int = 1) -> Sw
     p = Path(path)
     if not p.is_file():
         raise SweepError(f"sweep file {path!r} not found")
-    try:
-        text = p.read_text()
-    except UnicodeDecodeError as e:
-        raise SweepError(f"sweep file {path!r} is not valid YAML: {errors.yaml_problem(e)}") from None
-    raw = yamls.safe_load(text, f"sweep file {path!r}", SweepError)
+    raw = yamls.read_file(p, f"sweep file {path!r}", SweepError)
     if not isinstance(raw, dict):
         raise SweepError(f"sweep file {path!r} must be a mapping (program, method, metric, parameters)")
     fixed = dict(fixed or {})
@@ -146,17 +144,11 @@ def with_repeats(raw: dict, repeats: int, fixed: dict, name: str) -> dict:
 
 
 def parse(raw: dict, path: Path, fixed: dict[str, str]) -> Sweep:
-    _check_schema(raw, path)
+    wandb_schema.check(raw, path)
     method = raw["method"]
     if method not in METHODS:
         raise SweepError(f"{path.name}: method {method!r} is not supported offline: expected one of {', '.join(METHODS)}")
-    metric = raw.get("metric") or {}
-    if method == "bayes" and not metric.get("name"):
-        raise SweepError(f"{path.name}: method bayes needs metric.name (e.g. best_val_acc)")
-    name, goal = metric.get("name", "best_val_acc"), metric.get("goal", "maximize")
-    if name not in RUN_METRICS | set(EPOCH_METRICS):
-        raise SweepError(f"{path.name}: metric {name!r} is not recorded by runs: expected one of "
-                         f"{', '.join(sorted(RUN_METRICS | set(EPOCH_METRICS)))}")
+    name, goal = _check_metric(raw, path)
     try:
         params = list(HyperParameterSet.from_config(raw.get("parameters", {})))
     except Exception as e:  # sweeps raises assertion/validation errors of several kinds
@@ -169,8 +161,9 @@ def parse(raw: dict, path: Path, fixed: dict[str, str]) -> Sweep:
                     for k, v in fixed.items()}
     if method == "grid":
         params = [_grid_param(p, path) for p in params]
+    _check_runner_keys(params, fixed, path)
     params = _with_fixed(params, fixed_values, path)
-    _check_params(params, path, ours)
+    _check_params(params, path, ours, set(fixed))
     if ours:
         _check_recipes(params, path, fixed_values)
     sweep = Sweep(path=path, raw=raw, method=method, metric=name, goal=goal, params=params,
@@ -181,46 +174,30 @@ def parse(raw: dict, path: Path, fixed: dict[str, str]) -> Sweep:
     return sweep
 
 
-def _check_schema(raw: dict, path: Path) -> None:
-    """W&B's own schema check. Its deprecation notices (``log_uniform`` takes exponents) are warnings on
-    W&B, which runs such sweeps: here too."""
-    readable = wandb_schema.parameter_problems(raw["parameters"]) if "parameters" in raw else []
-    try:
-        violations = [" ".join(v.split()) for v in schema_violations_from_proposed_config(raw)]
-    except (ValueError, AttributeError, TypeError):   # sweeps assumes every parameter is a mapping
-        violations = []
-    if readable:   # jsonschema's "not valid under any of the given schemas" for the same parameters
-        vague = {f"{spec!r} is not valid under any of the given schemas" for spec in _parameter_specs(raw["parameters"])}
-        violations = readable + [v for v in violations if v not in vague
-                                 and not v.startswith("invalid hyperparameter configuration:")]
-    notices = [v for v in violations if any(v.endswith(m) for m in PARAM_DEPRECATION_MAP.values())]
-    for notice in notices:
-        print(f"warning: {path.name}: {notice}", file=sys.stderr)
-    errors = [v for v in violations if v not in notices]
-    if errors:
-        hint = ", ".join(_numbers_read_as_text(raw))
-        hint = f" (YAML reads {hint} as text: write 1.0e-5, not 1e-5)" if hint else ""
-        raise SweepError(f"{path.name}: not a valid W&B sweep: " + "; ".join(errors) + hint)
-
-
-def _parameter_specs(parameters) -> list:
-    """Every parameter's settings, nested groups' included (what jsonschema quotes in its messages)."""
-    if not isinstance(parameters, dict):
-        return []
-    return [spec for spec in parameters.values()
-            for spec in [spec, *_parameter_specs(spec.get("parameters") if isinstance(spec, dict) else None)]]
-
-
-def _numbers_read_as_text(x) -> list[str]:
-    """Strings that look like numbers: YAML 1.1 (PyYAML, and wandb itself) reads 1e-5 as a string."""
-    if isinstance(x, dict):
-        x = list(x.values())
-    if isinstance(x, list):
-        return [s for v in x for s in _numbers_read_as_text(v)]
-    try:
-        return [x] if isinstance(x, str) and float(x) == float(x) else []  # nan is not a number here
-    except ValueError:
-        return []
+def _check_metric(raw: dict, path: Path) -> tuple[str, str]:
+    """The metric and its goal. A metric needs a goal: W&B's default (minimize) would search a sweep of
+    accuracies for the worst run, while a goal the metric has no sense in (minimize an accuracy) is a slip.
+    Without a metric (grid, random: W&B optimises nothing) the runs rank by DEFAULT_METRIC."""
+    metric = raw.get("metric")
+    if not metric:
+        if raw["method"] == "bayes" or raw.get("early_terminate"):
+            why = "method bayes" if raw["method"] == "bayes" else "early_terminate"
+            raise SweepError(f"{path.name}: {why} needs a metric to optimise, e.g. metric: "
+                             f"{{name: {DEFAULT_METRIC}, goal: {METRIC_GOALS[DEFAULT_METRIC]}}}")
+        return DEFAULT_METRIC, METRIC_GOALS[DEFAULT_METRIC]
+    name, goal = metric["name"], metric.get("goal")   # the schema has checked: a name, a goal of GOALS or none
+    if name not in RUN_METRICS | set(EPOCH_METRICS):
+        raise SweepError(f"{path.name}: metric {name!r} is not recorded by runs: expected one of "
+                         f"{', '.join(sorted(RUN_METRICS | set(EPOCH_METRICS)))}")
+    better = METRIC_GOALS.get(name)
+    if goal is None:
+        suggested = better or GOALS[0]
+        raise SweepError(f"{path.name}: metric {name} has no goal: W&B would {wandb_default_goal()} it; add goal: "
+                         f"{suggested} (or {next(g for g in GOALS if g != suggested)})")
+    if better and goal != better:
+        raise SweepError(f"{path.name}: metric {name} with goal {goal} would search for the worst runs: "
+                         f"{'higher' if better == 'maximize' else 'lower'} is better (goal: {better})")
+    return name, goal
 
 
 def _grid_param(p: HyperParameter, path: Path) -> HyperParameter:
@@ -268,20 +245,48 @@ def _check_keys(values: dict, path: Path, where: str) -> dict:
     return values
 
 
-def _check_params(params: list[HyperParameter], path: Path, ours: bool) -> None:
+def _check_runner_keys(params: list[HyperParameter], fixed: dict, path: Path) -> None:
+    for key in RUNNER_KEYS:
+        where = [f"parameter {shown(p.name)!r}" for p in params if leaf_name(p.name) == key] + \
+            (["--set " + key] if key in fixed else [])
+        if where:
+            raise SweepError(f"{path.name}: {where[0]}: the sweep runner gives each trial its own "
+                             f"{', '.join(RUNNER_KEYS)} (one run_id would make every trial resume the same run): "
+                             "remove it")
+
+
+def _check_params(params: list[HyperParameter], path: Path, ours: bool, fixed: set[str]) -> None:
     if not ours:
         return
     for p in params:
         key = leaf_name(p.name)
         if key not in config_lib.FIELDS:
             raise _not_a_key(path, f"parameter {shown(p.name)!r}", key)
-        samples = p.config.get("values", [p.config["value"]] if "value" in p.config else
-                               [p.ppf(q) for q in (0.01, 0.5, 0.99)])
-        for value in samples:
+        listed = p.config.get("values", [p.config["value"]] if "value" in p.config else None)
+        for value in listed if listed is not None and key not in fixed else []:   # --set values are typed already
+            text = _text_for(key, value)
+            if text:
+                raise SweepError(f"{path.name}: parameter {shown(p.name)!r}: {text}")
+        for value in listed if listed is not None else [p.ppf(q) for q in (0.01, 0.5, 0.99)]:
             try:
                 config_lib.build({key: _plain(value)}, base=_lenient_base())
             except config_lib.ConfigError as e:
                 raise SweepError(f"{path.name}: parameter {shown(p.name)!r}: {e}") from None
+
+
+def _text_for(key: str, value: Any) -> str | None:
+    """A number or boolean the YAML holds as text: the run would convert it, but W&B logs it as a string
+    (its panels cannot plot it). YAML 1.1 (PyYAML, and wandb itself) reads 1e-5 as text, and quotes make any
+    value text. A recipe's keys are checked as if each were set on its own."""
+    want = config_lib.TYPES[key]
+    if want is dict and isinstance(value, dict):
+        return next((t for k, v in value.items() if k in config_lib.TYPES and (t := _text_for(k, v))), None)
+    if want not in (int, float, bool) or not isinstance(value, str) or not _reads_as(key, value):
+        return None   # other text is the config's to judge (lr: auto)
+    exponent = re.fullmatch(r"([+-]?\d+)([eE][+-]?\d+)", value.strip())
+    hint = "write true or false, unquoted" if want is bool else \
+        f"write {exponent[1]}.0{exponent[2]}: YAML reads {value} as text" if exponent else "write it unquoted"
+    return f"{key}: {value!r} is text in YAML, not a {want.__name__} ({hint})"
 
 
 def _check_recipes(params: list[HyperParameter], path: Path, fixed: dict) -> None:
@@ -296,6 +301,14 @@ def _check_recipes(params: list[HyperParameter], path: Path, fixed: dict) -> Non
             if both:
                 raise SweepError(f"{path.name}: {both[0]!r} is set both in a recipe and as a parameter, and the "
                                  "parameter would win in every run: set it in one place")
+
+
+def _reads_as(key: str, text: str) -> bool:
+    """Whether the config reads ``text`` as a number (or truth value): not text it takes as it is (lr: auto)."""
+    try:
+        return not isinstance(getattr(config_lib.build({key: text}, base=_lenient_base()), key), str)
+    except config_lib.ConfigError:   # not valid at all: _check_params says why
+        return False
 
 
 def _lenient_base() -> config_lib.Config:
@@ -450,38 +463,3 @@ def _combinations(sweep: Sweep, keys: tuple[str, ...]) -> list[dict[str, Any]]:
         if values not in out:
             out.append(values)
     return out
-
-
-# --- one trial, as `wandb agent` starts it ---------------------------------------------------------------
-def build_command(sweep: Sweep, params: dict[str, Any], workdir: Path, project_root: Path) -> list[str]:
-    """The trial's argv (never a shell), made as ``wandb agent`` makes it (wandb_agent.Agent._command_run):
-    ``create_sweep_command`` fills ``${envvar:NAME}`` from this environment, ``create_sweep_command_args``
-    formats the parameters, and each whole-element macro is replaced by its list. One difference, on
-    purpose: ``${interpreter}`` is this Python (the kit's environment) where the agent says ``python``."""
-    from wandb.sdk.launch.sweeps import utils as wandb_sweeps
-
-    program = sweep.program if Path(sweep.program).is_absolute() or (Path.cwd() / sweep.program).exists() \
-        else str(project_root / sweep.program)
-    command = wandb_sweeps.create_sweep_command(list(sweep.command))   # it edits the list it is given
-    formats = wandb_sweeps.create_sweep_command_args({"args": sweep.run_args(params)})
-    json_file = workdir / "sweep-args.json"
-    if "${args_json_file}" in command:
-        json_file.write_text(formats["args_json"][0])
-    formats.update(interpreter=[sys.executable], program=[program], args_json_file=[str(json_file)],
-                   env=["/usr/bin/env"] if platform.system() != "Windows" else [])
-    argv: list[str] = []
-    for token in map(str, command):
-        if token.startswith("${") and token.endswith("}"):
-            argv += formats.get(token[2:-1]) or []
-        else:
-            argv.append(token)
-    return argv
-
-
-def write_params_file(path: Path, sweep: Sweep, params: dict[str, Any], owned: dict[str, Any]) -> None:
-    """The agent's parameters file (``WANDB_SWEEP_PARAM_PATH``), by W&B's own writer: the trial's
-    parameters in W&B's nested form, plus the keys the offline runner owns (runs_dir, group, run_id)."""
-    from wandb.sdk.lib import config_util
-
-    args = {**sweep.run_args(params), **{k: {"value": v} for k, v in owned.items()}}
-    config_util.save_config_file_from_dict(str(path), args)

@@ -1,7 +1,12 @@
 """Where a study lives: a journal file in the sweep dir, or an RDB (``--storage postgresql://...``) that
 runners on several machines share; both with heartbeats, so a trial whose runner stopped beating is
 found from any machine. Also the locks around opening a study, the one way commands that only read
-open one, and storage URLs fit to print or write down (no password)."""
+(status, report, export, soup, dashboard) open one, and storage URLs fit to print or write down (no
+password).
+
+Reading never writes: a database is opened with table creation off and must already hold Optuna's
+tables (a mistyped URL must not give another database thirteen tables), a SQLite file or a journal that
+does not exist is not created, and a journal is read without its lock."""
 from __future__ import annotations
 
 import contextlib
@@ -17,10 +22,12 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from lib.errors import SweepError
+from lib.files import read_json
+from lib.records import JOURNAL_FILE, SWEEP_META
 from lib.sweep.options import Options
+from lib.sweep.spec import DEFAULT_METRIC
 from lib.urls import without_query_secrets
 
-JOURNAL = "optuna.journal"                  # the study of a sweep dir without --storage
 STUDY_LOCK_KEY = 0x5EE9_5EE9                # PostgreSQL advisory lock: one runner at a time opens the study
 HEARTBEAT = "heartbeat"                     # journal trials: wall time of the runner's last beat
 
@@ -55,16 +62,23 @@ def open_storage(opts: Options) -> optuna.storages.BaseStorage:
     lib.sweep.recovery (Optuna's ``fail_stale_trials`` fails first and requeues after: a runner killed in
     between would lose the trial)."""
     if opts.storage:
-        return open_rdb(opts.storage, heartbeat_interval=max(1, math.ceil(opts.heartbeat_s)),
-                        grace_period=max(1, math.ceil(opts.grace)))
-    return HeartbeatJournal(JournalFileBackend(str(opts.sweep_dir / JOURNAL)), opts.heartbeat_s, opts.grace)
+        return open_rdb(opts.storage, **_beats(opts))
+    return HeartbeatJournal(JournalFileBackend(str(opts.sweep_dir / JOURNAL_FILE)), opts.heartbeat_s, opts.grace)
 
 
-def open_rdb(url: str, **heartbeat) -> optuna.storages.RDBStorage:
-    """The database's own clock judges heartbeats: hosts' clocks need not agree. Runners starting at once
-    on a fresh database race to create Optuna's tables: the losers retry (the tables are there then)."""
+def _beats(opts: Options) -> dict:
+    """Optuna's RDB heartbeat settings (whole seconds) for the options' beat and grace period."""
+    return {"heartbeat_interval": max(1, math.ceil(opts.heartbeat_s)), "grace_period": max(1, math.ceil(opts.grace))}
+
+
+def open_rdb(url: str, read_only: bool = False, **heartbeat) -> optuna.storages.RDBStorage:
+    """The one way a URL becomes a storage. The database's own clock judges heartbeats: hosts' clocks need
+    not agree. Runners starting at once on a fresh database race to create Optuna's tables: the losers
+    retry (the tables are there then). ``read_only``: for a command that reads (read_database)."""
     from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError, ProgrammingError
 
+    if read_only:
+        return read_database(url, **heartbeat)
     for attempt in range(5):
         try:
             return optuna.storages.RDBStorage(url, **heartbeat)
@@ -77,9 +91,11 @@ def open_rdb(url: str, **heartbeat) -> optuna.storages.RDBStorage:
             raise SweepError(f"cannot open the study database {public_url(url, hide=True)}: {_reason(e)}") from None
 
 
-def _reason(e: Exception) -> str:
-    """The driver's own words (psycopg: "password authentication failed for user ..."), on one line,
-    without SQLAlchemy's background link or anything that could hold the URL."""
+def _reason(e: BaseException) -> str:
+    """The driver's own words (psycopg: "password authentication failed for user ..."; Optuna and SQLAlchemy
+    wrap them in theirs), on one line, without SQLAlchemy's background link or anything that could hold the URL."""
+    while e.__cause__ is not None:
+        e = e.__cause__
     text = " ".join(str(getattr(e, "orig", None) or e).split())
     return text.split(" (Background on this error")[0][:300] or type(e).__name__
 
@@ -140,7 +156,82 @@ def public_url(url: str | None, hide: bool = False) -> str | None:
     return without_query_secrets(shown, mask="***" if hide else None)
 
 
-# --- a study read by a command that does not run it (status, report URL, export URL) ----------------------
+# --- a study read by a command that does not run it: status, report, export, soup, dashboard --------------
+OPTUNA_TABLES = {"studies", "trials", "version_info", "alembic_version"}   # opening writes unless all are there
+
+
+def open_source(source: Path | str, storage_url: str | None = None) -> tuple[optuna.storages.BaseStorage,
+                                                                            dict | None, Options]:
+    """The storage of a sweep dir (its sweep.json names the study and where it lives; ``storage_url`` where
+    it lives if sweep.json's URL, which has no password, is not enough) or of a database URL, opened to read;
+    with sweep.json (None for a URL) and the heartbeat settings the study runs with."""
+    if "://" in str(source):
+        opts = Options(sweep_dir=Path("."), storage=str(source))
+        return open_to_read(opts), None, opts
+    folder = Path(source)
+    if not folder.is_dir():
+        raise SweepError(f"{source}: no such folder (expected a sweep dir, or a database URL such as "
+                         f"postgresql://user@host/db)")
+    try:
+        meta = read_json(folder / SWEEP_META)
+    except FileNotFoundError:
+        raise SweepError(f"{source} is not a sweep dir (no {SWEEP_META}): run `finetune_sweep.py local` "
+                         "first") from None
+    except (OSError, ValueError) as e:
+        raise SweepError(f"{folder / SWEEP_META} cannot be read: {' '.join(str(e).split())[:200]}") from None
+    opts = Options(sweep_dir=folder, storage=storage_url or meta.get("storage"),
+                   heartbeat_s=meta.get("heartbeat_s", 30.0), grace_s=meta.get("grace_s"))
+    return open_to_read(opts), meta, opts
+
+
+def open_to_read(opts: Options) -> optuna.storages.BaseStorage:
+    """The study's storage, opened so that reading it writes nothing, with its runners' heartbeat settings
+    (``stale_trial_ids`` then finds the trials whose runner stopped beating)."""
+    if opts.storage:
+        return open_rdb(opts.storage, read_only=True, **_beats(opts))
+    path = opts.sweep_dir / JOURNAL_FILE
+    if not path.is_file():   # the backend would create an empty one
+        raise SweepError(f"{opts.sweep_dir} has no {JOURNAL_FILE}: its study is in a database (pass its URL) "
+                         "or was never started")
+    return HeartbeatJournal(JournalFileBackend(str(path)), opts.heartbeat_s, opts.grace)   # no lock to read
+
+
+def read_database(url: str, **heartbeat) -> optuna.storages.RDBStorage:
+    """An RDB storage that creates nothing: no SQLite file where there is none, and no tables: a database
+    without Optuna's (all of them: Optuna would otherwise write its version rows on opening) is refused."""
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    where = public_url(url, hide=True)
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise SweepError(f"{where}: not a database URL (e.g. postgresql://user@host/db)") from None
+    if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:") \
+            and not Path(parsed.database).is_file():
+        raise SweepError(f"{where}: no such SQLite file")   # connecting would create it
+    try:
+        engine = create_engine(url)
+        try:
+            missing = OPTUNA_TABLES - set(inspect(engine).get_table_names())
+        finally:
+            engine.dispose()
+        if missing:
+            raise SweepError(f"cannot read a study from {where}: it holds no Optuna study (no table "
+                             f"{sorted(missing)[0]!r}); check the URL, or run `finetune_sweep.py local` with "
+                             "--storage first")
+        storage = optuna.storages.RDBStorage(url, skip_table_creation=True, **heartbeat)
+    except (SQLAlchemyError, optuna.exceptions.StorageInternalError, RuntimeError, ImportError) as e:
+        # unreachable, refused, an older schema, no driver for the URL's database
+        raise SweepError(f"cannot read a study from {where}: {_reason(e)}") from None
+    return storage
+
+
+def study_names(st: optuna.storages.BaseStorage) -> list[str]:
+    return [s.study_name for s in st.get_all_studies()]
+
+
 def choose_study(url: str, names: list[str], name: str | None) -> str:
     """``--study NAME``, which must be in the database; without it, the database's only study."""
     where = public_url(url, hide=True)
@@ -152,36 +243,32 @@ def choose_study(url: str, names: list[str], name: str | None) -> str:
     return name or names[0]
 
 
-def study_in_database(url: str, name: str | None = None) -> tuple[optuna.Study, dict, Options]:
-    """The study ``name`` of a database URL (by default its only one) and what sweep.json would say
-    about it: `status URL`, `report URL`, `export URL` from a machine that holds none of the runs."""
-    opts = Options(sweep_dir=Path("."), storage=url)
-    st = open_storage(opts)
-    name = choose_study(url, [s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False)],
-                        name)
-    study = optuna.load_study(study_name=name, storage=st)
-    definition = study.user_attrs.get("sweep") or {}
-    raw = definition.get("yaml") or {}
-    meta = {"name": name, "storage": public_url(url), "metric": (raw.get("metric") or {}).get("name", "value"),
-            "goal": (raw.get("metric") or {}).get("goal", "maximize"), "method": raw.get("method"),
-            "set": {k: str(v) for k, v in (definition.get("set") or {}).items()}}
-    return study, meta, opts
-
-
 def read_study(source: Path | str, storage_url: str | None = None,
                study_name: str | None = None) -> tuple[optuna.Study, dict, Options]:
-    """The study of a sweep dir (its sweep.json names it and its storage) or of a database URL, with what
-    sweep.json says of it, for a command that reads it."""
-    if "://" in str(source):
-        return study_in_database(str(source), study_name)
-    from lib.files import read_json
-
-    meta_path = Path(source) / "sweep.json"
-    if not meta_path.exists():
-        raise SweepError(f"{source} is not a sweep dir (no sweep.json): run `finetune_sweep.py local` first")
-    meta = read_json(meta_path)
+    """The study of a sweep dir or of a database URL (``study_name``, by default its only one), opened to
+    read, with what sweep.json says of it (made from the study itself for a URL)."""
+    st, meta, opts = open_source(source, storage_url)
+    if meta is None:
+        name = choose_study(str(source), study_names(st), study_name)
+        study = optuna.load_study(study_name=name, storage=st)
+        return study, _meta(study, str(source)), opts
     if study_name not in (None, meta["name"]):   # a sweep dir holds one study
         raise SweepError(f"{source} holds the study {meta['name']!r}, not {study_name!r}")
-    opts = Options(sweep_dir=Path(source), storage=storage_url or meta.get("storage"),
-                   heartbeat_s=meta.get("heartbeat_s", 30.0), grace_s=meta.get("grace_s"))
-    return optuna.load_study(study_name=meta["name"], storage=open_storage(opts)), meta, opts
+    return optuna.load_study(study_name=meta["name"], storage=st), meta, opts
+
+
+def study_in_database(url: str, name: str | None = None) -> tuple[optuna.Study, dict, Options]:
+    """The study ``name`` of a database URL (by default its only one), opened to read, and what sweep.json
+    would say about it: `status URL`, `report URL`, `export URL` from a machine that holds none of the runs."""
+    return read_study(url, None, name)
+
+
+def _meta(study: optuna.Study, url: str) -> dict:
+    """sweep.json's view of a study, from the sweep it keeps. Its goal is the direction it runs in: a study
+    made when a metric could lack a goal ran it the kit's old way (maximize), not W&B's default."""
+    definition = study.user_attrs.get("sweep") or {}
+    metric = (definition.get("yaml") or {}).get("metric") or {}
+    return {"name": study.study_name, "storage": public_url(url), "metric": metric.get("name", DEFAULT_METRIC),
+            "goal": metric.get("goal") or study.direction.name.lower(),
+            "method": (definition.get("yaml") or {}).get("method"),
+            "set": {k: str(v) for k, v in (definition.get("set") or {}).items()}}

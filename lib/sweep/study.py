@@ -14,6 +14,7 @@ import optuna
 
 from lib import yamls
 from lib.errors import SweepError
+from lib.records import SWEEP_COPY
 from lib.run_id import RUN_ID_RULE, valid_run_id
 from lib.sweep import spec as sweep_spec
 from lib.sweep.options import Options
@@ -32,25 +33,26 @@ def definition(sweep: Sweep) -> dict:
 
 def legacy_definition(sweep_dir: Path, sweep: Sweep) -> dict | None:
     """A study made before the sweep was kept in it: its sweep.yaml copy (the --set values unknown)."""
-    path = sweep_dir / "sweep.yaml"
+    path = sweep_dir / SWEEP_COPY
     if not path.exists():
         return None
     return plain({"yaml": yamls.safe_load(path.read_text(), str(path), SweepError), "set": sweep.fixed})
 
 
-def check_extension(sweep: Sweep, stored: dict, opts: Options) -> None:
-    """An edited sweep runs only with --extend, and never with another method, metric or goal."""
+def check_extension(sweep: Sweep, stored: dict, opts: Options, study: optuna.Study) -> None:
+    """An edited sweep runs only with --extend, and never with another method, metric or goal (the goal the
+    study runs in: a study made when a metric could lack one has no goal in its stored sweep)."""
     old = stored.get("yaml") or {}
     if not opts.extend:
         changes = diff({**old, "--set": stored.get("set", {})}, {**sweep.raw, "--set": sweep.fixed})
         raise SweepError(
-            f"{sweep.path} is not the sweep this folder runs ({opts.sweep_dir / 'sweep.yaml'}): pass --extend to "
+            f"{sweep.path} is not the sweep this folder runs ({opts.sweep_dir / SWEEP_COPY}): pass --extend to "
             f"adopt it (grid: only its new points run), or give it another --sweep_dir. What changed:\n"
             + "\n".join(f"  {line}" for line in changes))
     old_metric = old.get("metric") or {}
     for what, before, now in (("method", old.get("method"), sweep.method),
-                              ("metric", old_metric.get("name", "best_val_acc"), sweep.metric),
-                              ("metric goal", old_metric.get("goal", "maximize"), sweep.goal)):
+                              ("metric", old_metric.get("name", sweep_spec.DEFAULT_METRIC), sweep.metric),
+                              ("metric goal", study.direction.name.lower(), sweep.goal)):
         if before != now:
             raise SweepError(f"--extend cannot change the {what} of a study ({before} -> {now}): "
                              f"give the new sweep its own --sweep_dir")

@@ -23,13 +23,14 @@ from optuna.trial import TrialState
 from lib.config import recipe_as_keys
 from lib.errors import SweepError
 from lib.files import write_json
+from lib.records import METRICS_FILE, RUN_FILE, State
 from lib.runs import load_local
 from lib.sweep import artifacts
 from lib.sweep.storage import public_url, study_in_database
 from lib.sweep.study import check_run_ids, counted, trial_config
 
-TRIAL_STATES = {TrialState.RUNNING: "running", TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned",
-                TrialState.FAIL: "failed"}
+TRIAL_STATES = {TrialState.RUNNING: State.RUNNING, TrialState.COMPLETE: State.FINISHED,
+                TrialState.PRUNED: State.PRUNED, TrialState.FAIL: State.FAILED}
 
 
 @dataclass
@@ -72,17 +73,17 @@ class DatabaseStudy:
         ids = _ids(t)
         folder.mkdir(parents=True)
         got = artifacts.download(self.store, ids, artifacts.RUN_FILES, folder) if full and self.store and ids else []
-        if "run.json" not in got:
-            write_json(folder / "run.json", _essentials(t))
-        if "metrics.jsonl" not in got:
+        if RUN_FILE not in got:
+            write_json(folder / RUN_FILE, _essentials(t))
+        if METRICS_FILE not in got:
             metric = self.meta["metric"]
             rows = [{"epoch": step, metric: value} for step, value in sorted(t.intermediate_values.items())]
-            (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            (folder / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def exportable(self) -> list[dict]:
         """export's candidates: the finished runs whose weights are in the store. Finished runs without
         any are one line saying why (none finished at all: export says that itself)."""
-        finished = [r for r in self.runs(full=False) if r["state"] == "finished"]
+        finished = [r for r in self.runs(full=False) if r["state"] == State.FINISHED]
         runs = [r for r in finished if artifacts.WEIGHTS in r["artifacts"]] if self.store else []
         if finished and not runs and self.unread:
             raise SweepError(f"{self.source} keeps its weights in the artifact store {self.unread}: pass --artifacts "
@@ -100,7 +101,7 @@ class DatabaseStudy:
         if self.store is None or artifacts.WEIGHTS not in ids:
             raise SweepError(f"run {run['id']} of {self.source} has no weights in an artifact store: run `local` "
                              f"with --artifacts to keep them where every machine can fetch them")
-        artifacts.download(self.store, ids, ("run.json", artifacts.WEIGHTS), Path(dest))
+        artifacts.download(self.store, ids, (RUN_FILE, artifacts.WEIGHTS), Path(dest))
         return Path(dest)
 
 
@@ -119,7 +120,7 @@ def _essentials(t) -> dict:
     error = kept.get("error") or t.user_attrs.get("error")
     return {"id": t.user_attrs["run_id"], "name": config.get("run_name") or t.user_attrs["run_id"], "state": state,
             "config": config, "summary": kept.get("summary") or {}, **({"error": error} if error else {}),
-            **{k: kept[k] for k in ("started", "finished") if k in kept}}
+            **{k: kept[k] for k in ("started_at", "finished_at") if k in kept}}
 
 
 def confirm_store(where: str) -> bool:

@@ -12,28 +12,28 @@ import contextlib
 import json
 import math
 import os
+import platform
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import optuna
 from optuna.trial import TrialState
 
+from lib import records
 from lib.files import read_json, read_jsonl, tail, write_json
-from lib.records import RunRecord, metric_value
+from lib.records import ExitCode, RunRecord, State, metric_value
 from lib.run_id import RUN_ID
-from lib.runs import TRIAL_FILE
 from lib.sweep import artifacts, recovery, storage
 from lib.sweep import spec as sweep_spec
 from lib.sweep.options import Options
 from lib.sweep.spec import Sweep
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-EXIT_PREEMPTED, EXIT_PRUNED = 3, 4          # finetune_resnet.py's exit codes
-STOP_FILE = "STOP"                          # <run_dir>/STOP = "pruned": why the runner stops a trial
 
 
 class Outcome(NamedTuple):
@@ -74,7 +74,7 @@ class Children:
 def read_record(run_dir: Path) -> dict:
     """The run's run.json, or {} when there is none (yet) or it cannot be read."""
     with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
-        return read_json(run_dir / "run.json")
+        return read_json(run_dir / records.RUN_FILE)
     return {}
 
 
@@ -88,7 +88,7 @@ class TrialProcess:
 
     def __init__(self, sweep: Sweep, opts: Options, study: optuna.Study, trial: optuna.Trial, run_id: str):
         self.sweep, self.opts, self.study, self.trial = sweep, opts, study, trial
-        self.run_dir = opts.sweep_dir / "runs" / run_id
+        self.run_dir = opts.sweep_dir / records.SWEEP_RUNS / run_id
 
     def run(self, params: dict, gpu: str | None, stop: threading.Event, children: Children) -> Outcome:
         """Start the trainer, watch it to its end, and say how it ended."""
@@ -99,13 +99,13 @@ class TrialProcess:
         if isinstance(orphan, dict) and orphan.get("run_id") == run_dir.name:
             recovery.stop_child(orphan, self.opts.host)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / STOP_FILE).unlink(missing_ok=True)
+        (run_dir / records.STOP_FILE).unlink(missing_ok=True)
         if trial.user_attrs.get("fresh"):   # --retry_failed: start over, not from the failed run's checkpoint
-            (run_dir / "last.ckpt").unlink(missing_ok=True)
-        elif "retry_of" in trial.user_attrs and read_record(run_dir).get("state") == "finished":
+            (run_dir / records.CHECKPOINT_FILE).unlink(missing_ok=True)
+        elif "retry_of" in trial.user_attrs and read_record(run_dir).get("state") == State.FINISHED:
             # the trainer of a dead runner finished the run on its own: take its result, do not rerun it
-            return self.outcome(0, False)
-        with open(run_dir / "output.log", "ab") as log:
+            return self.outcome(ExitCode.OK, False)
+        with open(run_dir / records.LOG_FILE, "ab") as log:
             proc = subprocess.Popen(self._argv(params), env=self._env(gpu), stdout=log, stderr=subprocess.STDOUT,
                                     cwd=os.getcwd())
             with children.watching(proc):
@@ -115,14 +115,13 @@ class TrialProcess:
         return self.outcome(proc.returncode, pruned)
 
     def _argv(self, params: dict) -> list[str]:
-        param_file = self.run_dir / "sweep-params.yaml"
-        owned = {"runs_dir": str(self.opts.sweep_dir / "runs"), "group": self.sweep.name, "run_id": self.run_dir.name}
-        sweep_spec.write_params_file(param_file, self.sweep, params, owned)   # nested groups as W&B writes them
-        return sweep_spec.build_command(self.sweep, params, self.run_dir, PROJECT_ROOT)
+        owned = dict(zip(sweep_spec.RUNNER_KEYS, (self.run_dir.name, str(self.run_dir.parent), self.sweep.name)))
+        write_params_file(self.run_dir / records.PARAMS_FILE, self.sweep, params, owned)   # nested, as W&B writes
+        return build_command(self.sweep, params, self.run_dir, PROJECT_ROOT)
 
     def _env(self, gpu: str | None) -> dict[str, str]:
         env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SWEEP_ID": self.sweep.name,
-               "WANDB_RUN_ID": self.run_dir.name, "WANDB_SWEEP_PARAM_PATH": str(self.run_dir / "sweep-params.yaml"),
+               "WANDB_RUN_ID": self.run_dir.name, "WANDB_SWEEP_PARAM_PATH": str(self.run_dir / records.PARAMS_FILE),
                "WANDB_DIR": str(self.run_dir), "WANDB_ERROR_REPORTING": "false", "WANDB_SILENT": "true"}
         # Parallel trials share the cores: give each its share instead of oversubscribing them all.
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.opts.workers)))
@@ -144,14 +143,14 @@ class TrialProcess:
                 signalled = True
             if signalled or not self.sweep.hyperband:
                 continue
-            rows = read_jsonl(self.run_dir / "metrics.jsonl")
+            rows = read_jsonl(self.run_dir / records.METRICS_FILE)
             for row in rows[reported:]:
                 value = row.get(self.sweep.metric)
                 if value is not None and math.isfinite(value):
                     self.trial.report(float(value), step=int(row["epoch"]))
             reported = len(rows)
             if reported and not self._last_epoch(rows[-1]) and self.trial.should_prune():
-                (self.run_dir / STOP_FILE).write_text("pruned\n")
+                (self.run_dir / records.STOP_FILE).write_text(f"{State.PRUNED}\n")
                 proc.terminate()
                 pruned = signalled = True
         return pruned
@@ -166,31 +165,32 @@ class TrialProcess:
         """A finished run is a result, whatever the runner meant to do with it: never relabelled. Then
         pruned: a pruned run stopped by SIGTERM must not pass for a preempted one (and be resumed)."""
         record = read_record(self.run_dir)
-        if code == 0 and record.get("state") == "finished":
+        state = record.get("state")
+        if code == ExitCode.OK and state == State.FINISHED:
             return Outcome(TrialState.COMPLETE, metric_value(record.get("summary"),
-                                                             read_jsonl(self.run_dir / "metrics.jsonl"),
+                                                             read_jsonl(self.run_dir / records.METRICS_FILE),
                                                              self.sweep.metric, self.sweep.goal == "maximize"))
-        if pruned or code == EXIT_PRUNED or record.get("state") == "pruned":
-            if record.get("state") not in ("pruned", "finished"):   # the trainer died before it could say so
-                RunRecord(str(self.run_dir.parent), self.run_dir.name).update(state="pruned")
+        if pruned or code == ExitCode.PRUNED or state == State.PRUNED:
+            if state not in (State.PRUNED, State.FINISHED):   # the trainer died before it could say so
+                RunRecord(str(self.run_dir.parent), self.run_dir.name).update(state=State.PRUNED)
             return Outcome(TrialState.PRUNED)
-        if record.get("state") == "preempted" or code == EXIT_PREEMPTED:
+        if state == State.PREEMPTED or code == ExitCode.PREEMPTED:
             return Outcome(None)
         if code == -signal.SIGKILL and not self.trial.user_attrs.get(AFTER_KILL):
             # the out-of-memory killer, most likely: its checkpoint is sound, so it resumes, once
             return Outcome(None, None, "its trainer was killed (SIGKILL: out of memory?)", AFTER_KILL)
-        error = record.get("error") or tail(self.run_dir / "output.log") or f"exit code {code}"
+        error = record.get("error") or tail(self.run_dir / records.LOG_FILE) or f"exit code {code}"
         return Outcome(TrialState.FAIL, None, f"exit code {code}: {error}")
 
     def keep_record(self) -> None:
         """The run record's essentials and each epoch's metric go into the study, so that `status URL`
         works on any machine with the database, not only the one holding the run folder."""
         record = read_record(self.run_dir)
-        self.trial.set_user_attr("run", {k: record[k] for k in ("state", "summary", "error", "started", "finished")
-                                         if record.get(k) is not None})
+        self.trial.set_user_attr("run", {k: record[k] for k in ("state", "summary", "error", "started_at",
+                                                                "finished_at") if record.get(k) is not None})
         if self.sweep.hyperband:   # its epochs were reported as they came
             return
-        for row in read_jsonl(self.run_dir / "metrics.jsonl"):
+        for row in read_jsonl(self.run_dir / records.METRICS_FILE):
             value = row.get(self.sweep.metric)
             if isinstance(value, (int, float)) and math.isfinite(value) and "epoch" in row:
                 self.trial.report(float(value), step=int(row["epoch"]))
@@ -208,7 +208,42 @@ class TrialProcess:
             print(f"warning: trial {self.trial.number}: its files did not reach the artifact store: {why}", flush=True)
 
     def write_trial_file(self, state: TrialState, error: str | None) -> None:
-        """The trial's end in its run folder (lib.runs.TRIAL_FILE): why a run failed is read with the runs,
+        """The trial's end in its run folder (lib.records.TRIAL_FILE): why a run failed is read with the runs,
         also where it died before writing its own record, without opening the study."""
-        write_json(self.run_dir / TRIAL_FILE, {"trial": self.trial.number, "state": state.name.lower(),
+        write_json(self.run_dir / records.TRIAL_FILE, {"trial": self.trial.number, "state": state.name.lower(),
                                                "error": error[-500:] if error else None})
+
+
+# --- one trial, as `wandb agent` starts it ---------------------------------------------------------------
+def build_command(sweep: Sweep, params: dict[str, Any], workdir: Path, project_root: Path) -> list[str]:
+    """The trial's argv (never a shell), made as ``wandb agent`` makes it (wandb_agent.Agent._command_run):
+    ``create_sweep_command`` fills ``${envvar:NAME}`` from this environment, ``create_sweep_command_args``
+    formats the parameters, and each whole-element macro is replaced by its list. One difference, on
+    purpose: ``${interpreter}`` is this Python (the kit's environment) where the agent says ``python``."""
+    from wandb.sdk.launch.sweeps import utils as wandb_sweeps
+
+    program = sweep.program if Path(sweep.program).is_absolute() or (Path.cwd() / sweep.program).exists() \
+        else str(project_root / sweep.program)
+    command = wandb_sweeps.create_sweep_command(list(sweep.command))   # it edits the list it is given
+    formats = wandb_sweeps.create_sweep_command_args({"args": sweep.run_args(params)})
+    json_file = workdir / records.ARGS_FILE
+    if "${args_json_file}" in command:
+        json_file.write_text(formats["args_json"][0])
+    formats.update(interpreter=[sys.executable], program=[program], args_json_file=[str(json_file)],
+                   env=["/usr/bin/env"] if platform.system() != "Windows" else [])
+    argv: list[str] = []
+    for token in map(str, command):
+        if token.startswith("${") and token.endswith("}"):
+            argv += formats.get(token[2:-1]) or []
+        else:
+            argv.append(token)
+    return argv
+
+
+def write_params_file(path: Path, sweep: Sweep, params: dict[str, Any], owned: dict[str, Any]) -> None:
+    """The agent's parameters file (``WANDB_SWEEP_PARAM_PATH``), by W&B's own writer: the trial's
+    parameters in W&B's nested form, plus the keys the offline runner owns (runs_dir, group, run_id)."""
+    from wandb.sdk.lib import config_util
+
+    args = {**sweep.run_args(params), **{k: {"value": v} for k, v in owned.items()}}
+    config_util.save_config_file_from_dict(str(path), args)

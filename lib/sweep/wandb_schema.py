@@ -9,17 +9,22 @@ definition, and its first problem is named with the parameter's path.
 """
 from __future__ import annotations
 
+import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft7Validator
 from jsonschema.exceptions import best_match
 
+from lib.errors import SweepError
 from lib.spelling import closest
 
 with warnings.catch_warnings():  # sweeps warns about its pydantic-1 config keys on import: noise
     warnings.simplefilter("ignore")
+    from sweeps import schema_violations_from_proposed_config
     from sweeps.config.schema import format_checker, sweep_config_jsonschema
+    from sweeps.params import PARAM_DEPRECATION_MAP
 
 DEFINITIONS = sweep_config_jsonschema["definitions"]
 SHAPES = [ref["$ref"].split("/")[-1] for ref in DEFINITIONS["parameter"]["anyOf"]]
@@ -144,3 +149,45 @@ def _said(where: str, spec: dict, shape: str, error) -> str:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check(raw: dict, path: Path) -> None:
+    """W&B's own schema check. Its deprecation notices (``log_uniform`` takes exponents) are warnings on
+    W&B, which runs such sweeps: here too."""
+    readable = parameter_problems(raw["parameters"]) if "parameters" in raw else []
+    try:
+        violations = [" ".join(v.split()) for v in schema_violations_from_proposed_config(raw)]
+    except (ValueError, AttributeError, TypeError):   # sweeps assumes every parameter is a mapping
+        violations = []
+    if readable:   # jsonschema's "not valid under any of the given schemas" for the same parameters
+        vague = {f"{spec!r} is not valid under any of the given schemas" for spec in _parameter_specs(raw["parameters"])}
+        violations = readable + [v for v in violations if v not in vague
+                                 and not v.startswith("invalid hyperparameter configuration:")]
+    notices = [v for v in violations if any(v.endswith(m) for m in PARAM_DEPRECATION_MAP.values())]
+    for notice in notices:
+        print(f"warning: {path.name}: {notice}", file=sys.stderr)
+    errors = [v for v in violations if v not in notices]
+    if errors:
+        hint = ", ".join(_numbers_read_as_text(raw))
+        hint = f" (YAML reads {hint} as text: write 1.0e-5, not 1e-5)" if hint else ""
+        raise SweepError(f"{path.name}: not a valid W&B sweep: " + "; ".join(errors) + hint)
+
+
+def _parameter_specs(parameters) -> list:
+    """Every parameter's settings, nested groups' included (what jsonschema quotes in its messages)."""
+    if not isinstance(parameters, dict):
+        return []
+    return [spec for spec in parameters.values()
+            for spec in [spec, *_parameter_specs(spec.get("parameters") if isinstance(spec, dict) else None)]]
+
+
+def _numbers_read_as_text(x) -> list[str]:
+    """Strings that look like numbers: YAML 1.1 (PyYAML, and wandb itself) reads 1e-5 as a string."""
+    if isinstance(x, dict):
+        x = list(x.values())
+    if isinstance(x, list):
+        return [s for v in x for s in _numbers_read_as_text(v)]
+    try:
+        return [x] if isinstance(x, str) and float(x) == float(x) else []  # nan is not a number here
+    except ValueError:
+        return []

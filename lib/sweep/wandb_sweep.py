@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 from lib.errors import SweepError
+from lib.records import ExitCode
 from lib.runs import has_credentials
 from lib.sweep import spec as sweep_spec
-from lib.sweep.budget import EXIT_BUDGET, budget_line, format_duration
+from lib.sweep.budget import budget_line, format_duration
 from lib.sweep.gpus import gpu_list, resolve_gpus
 
 
@@ -94,7 +95,7 @@ def agent(sweep_id: str, count: int | None, gpus: str | list[str] | None, *, sta
     arrive, so a second Ctrl-C escalates as it does for a single `wandb agent` (terminate the runs, then
     kill). With ``time_budget_s`` no agent starts with less than ``trial_estimate_s`` left, and at the
     deadline every agent gets SIGTERM (its run checkpoints, is marked preempted and W&B hands its config
-    to another agent); the return code is then EXIT_BUDGET.
+    to another agent); the return code is then ExitCode.BUDGET_SPENT.
     ``popen`` stands in for subprocess.Popen (tests); with the real one, credentials are checked first.
     """
     t0 = time.monotonic()
@@ -166,5 +167,5 @@ def agent(sweep_id: str, count: int | None, gpus: str | list[str] | None, *, sta
         if code:
             print(f"agent on gpu {gpu} (pid {p.pid}) exited with code {code}", file=sys.stderr, flush=True)
     if expired or (not procs and not signals):
-        return EXIT_BUDGET
+        return ExitCode.BUDGET_SPENT
     return max(codes, default=128 + signals[0][0] if signals else 0)

@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from lib.config import FIELDS, LR_AUTO, Config
 from lib.files import atomic_write, write_json
+from lib.records import LR_FIND_FILE, LR_FIND_PLOT
 from lib.train import strategies, training
 from lib.train.optim import create_optimizer
 
@@ -59,7 +60,7 @@ MIN_POINTS = 10         # a shorter curve gives no pick
 MIN_DROP = 0.05         # a fall of less than this share of the starting loss is flat: no pick
 EDGE = 0.1              # the descent: from 10% to 90% of the fall from the starting loss to the minimum
 RULE = "descent-midpoint"
-CURVE_FILE, PLOT_FILE = "lr_find.json", "lr_find.png"
+CURVE_FILE, PLOT_FILE = LR_FIND_FILE, LR_FIND_PLOT   # in the run folder (its contract: lib.records)
 
 
 @dataclass

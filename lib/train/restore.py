@@ -11,26 +11,27 @@ import torch
 
 from lib.errors import ExportError, one_line
 from lib.files import read_json
+from lib.records import RUN_FILE, WEIGHTS_FILE, State
 
 
 def load_run_model(run_dir) -> tuple[torch.nn.Module, dict]:
     """The run's best weights in an eval-mode model, and its run.json."""
     run_dir = Path(run_dir)
-    path = run_dir / "run.json"
+    path = run_dir / RUN_FILE
     if not path.is_file():
-        raise ExportError(f"{run_dir} is not a run folder: no run.json")
+        raise ExportError(f"{run_dir} is not a run folder: no {RUN_FILE}")
     try:
         record = read_json(path)
     except (OSError, ValueError) as e:
         raise ExportError(f"{path} cannot be read: {one_line(e)}") from None
-    if record.get("state") != "finished":
+    if record.get("state") != State.FINISHED:
         raise ExportError(f"run {record.get('id', run_dir.name)} is {record.get('state')!r}, not finished: "
                           "only finished runs have final weights and test metrics")
     for key in ("config", "classes", "data_config"):
         if key not in record:
             raise ExportError(f"{path} has no {key!r}: not a complete run record")
     check_record(record, path)
-    weights = run_dir / "model.safetensors"
+    weights = run_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise ExportError(f"run {record.get('id', run_dir.name)} has no weights: {weights} is missing")
     import timm

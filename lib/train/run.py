@@ -18,16 +18,15 @@ from torch import nn
 
 from lib import clock
 from lib import config as config_lib
+from lib import records
 from lib.config import Config
 from lib.errors import ConfigError, DataError, KitError
 from lib.files import atomic_write, run_lock
-from lib.records import RunRecord, RunSummary
+from lib.records import CHECKPOINT_FILE, ExitCode, RunRecord, RunSummary, State
 from lib.train import balance, data, features, lr_find, models, training
 from lib.train.cache import SharedCache
 from lib.train.metrics import test_metrics
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED, EXIT_PRUNED = 0, 1, 2, 3, 4
-CHECKPOINT = "last.ckpt"   # model, optimizer, schedule, RNG states, progress: written every epoch
 CONFIG_HASH = "config_hash"   # in the checkpoint: config_hash of the configuration it was made with
 # What a resumed checkpoint must share with the run: the recipe, and the seed (bookkeeping to the report,
 # which groups seeds of one recipe, but it fixes the split and the order of the data a run resumes into).
@@ -171,7 +170,7 @@ def execute(cfg: Config, env: dict) -> int:
     previous = {sig: signal.signal(sig, lambda n, _f: setattr(stop, "signal", signal.Signals(n).name))
                 for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        with run_lock(Path(cfg.runs_dir) / run_id):   # held until the run ends: one process per run
+        with run_lock(Path(cfg.runs_dir) / run_id, records.LOCK_FILE):   # held until the run ends: one writer
             refuse_finished(cfg, run_id)
             return _execute(cfg, env, run_id, stop)
     finally:
@@ -182,7 +181,7 @@ def execute(cfg: Config, env: dict) -> int:
 def refuse_finished(cfg: Config, run_id: str) -> None:
     """A finished run is a result: training over it takes --overwrite (a sweep runner never reuses one)."""
     record = RunRecord(cfg.runs_dir, run_id)
-    if record.data.get("state") == "finished" and not cfg.overwrite:
+    if record.data.get("state") == State.FINISHED and not cfg.overwrite:
         raise ConfigError(f"run {run_id} already finished ({record.path}): pass --overwrite to train it "
                           "again, or another --run_id")
 
@@ -195,7 +194,7 @@ def _execute(cfg: Config, env: dict, run_id: str, stop: training.StopFlag) -> in
     try:
         cfg = apply_sweep(cfg, tracker)
     except KitError:
-        tracker.finish(exit_code=EXIT_BAD_INPUT)
+        tracker.finish(exit_code=ExitCode.BAD_INPUT)
         raise
     cfg = dataclasses.replace(cfg, run_id=run_id)
     if cfg.time_limit_s:
@@ -208,7 +207,7 @@ def _execute(cfg: Config, env: dict, run_id: str, stop: training.StopFlag) -> in
     try:
         resume = load_checkpoint(record, cfg, defined_by)
     except KitError:
-        tracker.finish(exit_code=EXIT_BAD_INPUT)
+        tracker.finish(exit_code=ExitCode.BAD_INPUT)
         raise
     for note in record.notes:
         print(f"warning: {note}", file=sys.stderr)
@@ -217,7 +216,7 @@ def _execute(cfg: Config, env: dict, run_id: str, stop: training.StopFlag) -> in
     else:
         record.start_fresh()
     started = time.time()
-    record.update(id=run_id, name=cfg.run_name or cfg.default_run_name(), state="running",
+    record.update(id=run_id, name=cfg.run_name or cfg.default_run_name(), state=State.RUNNING,
                   config=cfg.to_dict(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   resumed_from_epoch=resume["progress"]["epoch"] if resume else None,
                   wandb={"mode": env.get("WANDB_MODE"), "run_id": tracker.run.id,
@@ -225,44 +224,44 @@ def _execute(cfg: Config, env: dict, run_id: str, stop: training.StopFlag) -> in
     try:
         summary = train_with_oom_retries(cfg, record, tracker, stop, resume, defined_by)
     except training.Interrupted as e:
-        stop_file = record.dir / "STOP"   # a sweep runner writes "pruned" there before its SIGTERM
-        if stop_file.exists() and stop_file.read_text().strip() == "pruned":
+        stop_file = record.dir / records.STOP_FILE   # a sweep runner writes "pruned" there before its SIGTERM
+        if stop_file.exists() and stop_file.read_text().strip() == State.PRUNED:
             # Pruned by the sweep (hyperband): final, not resumable; the epochs run so far stay recorded.
-            record.update(state="pruned", pruned_by=str(e))
-            (record.dir / CHECKPOINT).unlink(missing_ok=True)
-            tracker.finish(exit_code=EXIT_PRUNED)
+            record.update(state=State.PRUNED, pruned_by=str(e))
+            (record.dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+            tracker.finish(exit_code=ExitCode.PRUNED)
             print(f"run {run_id} pruned by the sweep after {len(record.metrics)} epoch(s)", file=sys.stderr)
-            return EXIT_PRUNED
+            return ExitCode.PRUNED
         # Resumable: the last epoch's checkpoint is on disk; the same run_id continues it.
-        record.update(state="preempted", preempted_by=str(e))
+        record.update(state=State.PREEMPTED, preempted_by=str(e))
         keep_preempted_checkpoint(record, tracker, env)
         tracker.mark_preempting()
-        tracker.finish(exit_code=EXIT_PREEMPTED)
+        tracker.finish(exit_code=ExitCode.PREEMPTED)
         print(f"run {run_id} preempted by {e}: start it again with --run_id={run_id} to resume", file=sys.stderr)
-        return EXIT_PREEMPTED
+        return ExitCode.PREEMPTED
     except KitError as e:
-        record.update(state="failed", error=str(e))
-        tracker.finish(exit_code=EXIT_BAD_INPUT)
+        record.update(state=State.FAILED, error=str(e))
+        tracker.finish(exit_code=ExitCode.BAD_INPUT)
         raise
     except training.TrainingFailed as e:
-        record.update(state="failed", error=str(e))
-        tracker.finish(exit_code=EXIT_FAILED)
+        record.update(state=State.FAILED, error=str(e))
+        tracker.finish(exit_code=ExitCode.FAILED)
         print(f"error: run {run_id} failed: {e}", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     except Exception as e:  # noqa: BLE001 - recorded, then re-raised for the traceback
-        record.update(state="failed", error=f"{type(e).__name__}: {e}")
-        tracker.finish(exit_code=EXIT_FAILED)
+        record.update(state=State.FAILED, error=f"{type(e).__name__}: {e}")
+        tracker.finish(exit_code=ExitCode.FAILED)
         raise
-    record.update(state="finished", summary=summary, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    record.update(state=State.FINISHED, summary=summary, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   wall_time_s=round(time.time() - started, 2))
-    (record.dir / CHECKPOINT).unlink(missing_ok=True)  # large, and only needed to resume
+    (record.dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # large, and only needed to resume
     if cfg.log_model:   # after the record says finished: the artifact carries the final record
-        tracker.log_model(summary, [record.dir / "model.safetensors", record.path])
-    tracker.finish(exit_code=EXIT_OK)
+        tracker.log_model(summary, [record.dir / records.WEIGHTS_FILE, record.path])
+    tracker.finish(exit_code=ExitCode.OK)
     print(f"run {run_id} finished: best_val_acc {summary['best_val_acc']:.4f}"
           + (f", test_acc {summary['test_acc']:.4f}" if summary["test_acc"] is not None else "")
           + f" -> {record.dir}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def train_with_oom_retries(cfg: Config, record: RunRecord, tracker, stop, resume, defined_by: str = "") -> dict:
@@ -311,7 +310,7 @@ class Hooks:
         return self.record.load_weights()
 
     def checkpoint(self, state: dict) -> None:
-        atomic_write(self.record.dir / CHECKPOINT, lambda tmp: torch.save({**state, **self.extra}, tmp))
+        atomic_write(self.record.dir / CHECKPOINT_FILE, lambda tmp: torch.save({**state, **self.extra}, tmp))
 
 
 def _online_sweep(env) -> bool:
@@ -324,11 +323,11 @@ def keep_preempted_checkpoint(record: RunRecord, tracker, env) -> None:
     """Online under a W&B sweep, the checkpoint (and the record) goes to W&B: W&B requeues the run under
     the same run id, and the agent that takes it may be on another machine (lib/train/tracking.py says
     what W&B does, from its source). Offline, the next start is on this disk (`local` resumes it there)."""
-    path = record.dir / CHECKPOINT
+    path = record.dir / CHECKPOINT_FILE
     if not _online_sweep(env) or not path.exists():
         return
     try:
-        tracker.log_checkpoint([path, record.path, record.dir / "metrics.jsonl"], len(record.metrics))
+        tracker.log_checkpoint([path, record.path, record.dir / records.METRICS_FILE], len(record.metrics))
     except Exception as e:  # noqa: BLE001 - the run is still preempted; the next start may begin over
         print(f"warning: checkpoint not uploaded to W&B ({type(e).__name__}: {e})", file=sys.stderr)
 
@@ -339,7 +338,7 @@ def fetch_preempted_checkpoint(record: RunRecord, tracker, env) -> bool:
     (preempted here, or here again after a start elsewhere that got further)."""
     if not _online_sweep(env):
         return False
-    here = len(record.metrics) if (record.dir / CHECKPOINT).exists() else -1
+    here = len(record.metrics) if (record.dir / CHECKPOINT_FILE).exists() else -1
     if tracker.fetch_checkpoint(record.dir, newer_than=here):
         print(f"run {record.dir.name}: checkpoint of its preempted start fetched from W&B", file=sys.stderr)
         return True
@@ -351,8 +350,8 @@ def load_checkpoint(record: RunRecord, cfg: Config | None = None, defined_by: st
     one (a truncated or zeroed file) is noted in the record and the run starts over: there is no older
     checkpoint to fall back to, and a fresh start is always correct. One made with another configuration
     (``defined_by``: ``config_hash``) is refused: resumed, it would be recorded as a run of this one."""
-    path = record.dir / CHECKPOINT
-    if not path.exists() or record.data.get("state") == "finished":
+    path = record.dir / CHECKPOINT_FILE
+    if not path.exists() or record.data.get("state") == State.FINISHED:
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -360,7 +359,7 @@ def load_checkpoint(record: RunRecord, cfg: Config | None = None, defined_by: st
         int(done), state["model"], state["rng"]   # noqa: B018 - what resuming needs is there
     except Exception as e:  # noqa: BLE001 - whatever torch.load raises on a damaged file (Runtime, EOF, Unpickling...)
         detail = " ".join(str(e).split())[:120] or type(e).__name__
-        record.notes.append(f"{CHECKPOINT} was damaged ({detail}): the run starts over from the beginning")
+        record.notes.append(f"{CHECKPOINT_FILE} was damaged ({detail}): the run starts over from the beginning")
         return None
     made_with = state.get(CONFIG_HASH)
     if defined_by and made_with and made_with != defined_by:   # checkpoints from before the hash: trusted
@@ -426,7 +425,7 @@ def _train(cfg: Config, record: RunRecord, tracker, stop: training.StopFlag, res
     fitted = training.fit(cfg, model, loaders, accel, loss_fn, mixup, hooks, stop, resume, store)
     test = training.evaluate(model, loaders["test"], accel, stop)
     test_summary, per_class, cm = test_metrics(test, splits.classes)
-    weights_file = record.dir / "model.safetensors"
+    weights_file = record.dir / records.WEIGHTS_FILE
     summary = RunSummary(**fitted, **test_summary, total_params=total, lr_found=found.get("lr"),
                          model_size_mb=round(weights_file.stat().st_size / 2**20, 3)).to_dict()
     record.update(per_class=per_class, confusion_matrix=cm,
@@ -450,7 +449,7 @@ def main(argv: list[str], env=os.environ) -> int:
 
     if config_lib.wants_help(argv):
         print(config_lib.help_text())
-        return EXIT_OK
+        return ExitCode.OK
     try:
         cfg = resolve_config(argv, env)
         check_can_start(cfg)               # before any run folder exists
@@ -458,4 +457,4 @@ def main(argv: list[str], env=os.environ) -> int:
         return execute(cfg, env)
     except KitError as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return ExitCode.BAD_INPUT

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from lib.errors import ExportError
 from lib.files import read_json, run_lock
-from lib.records import RunRecord, RunSummary
+from lib.records import RUN_FILE, SWEEP_META, SWEEP_RUNS, WEIGHTS_FILE, RunRecord, RunSummary, State
 from lib.runs import load_local
 from lib.train.restore import data_root, decode_recorded, eval_batches, load_run_model
 
@@ -31,8 +31,8 @@ def _family(rec: dict) -> tuple:
 
 def ingredients(source: str | Path) -> list[dict]:
     """The finished runs of the best run's family, best validation accuracy first."""
-    runs = [r for r in load_local(source) if r.get("state") == "finished" and not r.get("soup")
-            and (Path(r["dir"]) / "model.safetensors").is_file() and (r.get("summary") or {}).get("best_val_acc") is not None]
+    runs = [r for r in load_local(source) if r.get("state") == State.FINISHED and not r.get("soup")
+            and (Path(r["dir"]) / WEIGHTS_FILE).is_file() and (r.get("summary") or {}).get("best_val_acc") is not None]
     if not runs:
         raise ExportError(f"{source}: no finished runs with weights to make a soup of")
     runs.sort(key=lambda r: r["summary"]["best_val_acc"], reverse=True)
@@ -62,19 +62,19 @@ def check_out(out: Path) -> None:
         raise ExportError(f"--out {out} is a file: give the soup a folder of its own (e.g. SWEEP_DIR/runs/soup)")
     if not out.is_dir():
         return
-    if (out / "sweep.json").exists() or (out / "runs").is_dir():
+    if (out / SWEEP_META).exists() or (out / SWEEP_RUNS).is_dir():
         raise ExportError(f"--out {out} holds a study (sweep.json or runs/): refused, the soup's run.json there "
-                          f"would hide its runs; give the soup a folder of its own, e.g. {out / 'runs' / 'soup'}")
-    if (out / "run.json").exists():
+                          f"would hide its runs; give the soup a folder of its own, e.g. {out / SWEEP_RUNS / 'soup'}")
+    if (out / RUN_FILE).exists():
         try:
-            record = read_json(out / "run.json")
+            record = read_json(out / RUN_FILE)
         except (OSError, ValueError):
             record = None
         if not (isinstance(record, dict) and record.get("soup")):
             what = f"run {record.get('id')}" if isinstance(record, dict) else "a run record"
             raise ExportError(f"--out {out} holds {what}, not an earlier soup: refused, the soup would replace "
                               f"it; give the soup a folder of its own, e.g. {out.parent / 'soup'}")
-    elif any((child / "run.json").is_file() for child in out.iterdir() if child.is_dir()):
+    elif any((child / RUN_FILE).is_file() for child in out.iterdir() if child.is_dir()):
         raise ExportError(f"--out {out} holds run folders (a runs dir): refused, the soup's run.json there "
                           f"would hide them; give the soup a folder of its own, e.g. {out / 'soup'}")
 
@@ -96,7 +96,7 @@ def _greedy(source: str | Path, out: Path, data_dir: str | None) -> dict:
     model, best = load_run_model(runs[0]["dir"])
     root = data_root(data_dir or best["config"]["data_dir"], Path(runs[0]["dir"]))
     val = eval_batches(decode_recorded(best, "val", root)[0], best["data_config"])
-    states = [load_file(Path(r["dir"]) / "model.safetensors") for r in runs]
+    states = [load_file(Path(r["dir"]) / WEIGHTS_FILE) for r in runs]
     kept, steps, score = [0], [], _evaluate(model, val)["acc"]
     steps.append({"run_id": runs[0]["id"], "val_acc": score, "added": True})
     for i in range(1, len(runs)):
@@ -129,7 +129,7 @@ def _write(model, soup, best, runs, kept, steps, val_acc, root, out: Path, secon
                          trainable_params=max(u.get("trainable_params") or 0 for u in used),
                          model_size_mb=round(weights.stat().st_size / 2**20, 3), epochs_run=0,
                          train_time_s=round(seconds + sum(u.get("train_time_s") or 0 for u in used), 2)).to_dict()
-    record.update(id=out.name, name=f"soup-{len(kept)}-{best['config']['model']}", state="finished",
+    record.update(id=out.name, name=f"soup-{len(kept)}-{best['config']['model']}", state=State.FINISHED,
                   # strategy `soup`: a configuration of its own in reports (model / soup), not a seed of the best
                   config={**best["config"], "run_id": out.name, "run_name": "", "strategy": "soup",
                           "soup": "+".join(names)},

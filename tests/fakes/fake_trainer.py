@@ -15,7 +15,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from lib.config import parse_args  # noqa: E402
-from lib.records import RunRecord  # noqa: E402
+from lib.records import ExitCode, RunRecord, State  # noqa: E402
 
 params = {k: v["value"] for k, v in yaml.safe_load(open(os.environ["WANDB_SWEEP_PARAM_PATH"])).items()
           if isinstance(v, dict)}
@@ -23,19 +23,19 @@ _, cli = parse_args(sys.argv[1:])
 cfg = {**cli, **params}
 if cfg.get("fail") in (True, "true", "True"):
     print("boom: this trial was told to fail", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(ExitCode.FAILED)
 record = RunRecord(cfg["runs_dir"], os.environ["WANDB_RUN_ID"])
 resuming = cfg.get("resume") in (True, "true", "True") and record.data.get("state") in ("running", "preempted")
 if not resuming:
     record.start_fresh()
 # The environment the runner gave it (which GPU it may see): a test reads it back from run.json.
-record.update(id=os.environ["WANDB_RUN_ID"], state="running", config=cfg, argv=sys.argv[1:],
+record.update(id=os.environ["WANDB_RUN_ID"], state=State.RUNNING, config=cfg, argv=sys.argv[1:],
               env={k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")})
 
 
 def preempted(_signum, _frame):   # as finetune_resnet.py: SIGTERM or Ctrl-C -> recorded preempted, exit code 3
-    record.update(state="preempted")
-    sys.exit(3)
+    record.update(state=State.PREEMPTED)
+    sys.exit(ExitCode.PREEMPTED)
 
 
 ignore = cfg.get("ignore_sigterm") in (True, "true", "True")
@@ -49,5 +49,5 @@ for epoch in range(len(record.metrics) + 1, epochs + 1):
     best = max(best, acc)
     record.log_epoch({"epoch": epoch, "val_acc": acc, "best_val_acc": best})
 time.sleep(float(cfg.get("linger", 0.0)))
-record.update(state="finished", summary={"best_val_acc": best})
+record.update(state=State.FINISHED, summary={"best_val_acc": best})
 print(json.dumps({"finished": record.dir.name}))

@@ -38,12 +38,13 @@ class FakeArtifact:
 
 
 class FakeApi:
-    def __init__(self, runs, artifacts: dict[str, FakeArtifact] | None = None):
-        self.runs, self.artifacts, self.asked = runs, artifacts or {}, []
+    def __init__(self, runs, artifacts: dict[str, FakeArtifact] | None = None, config: dict | None = None):
+        self.runs, self.artifacts, self.config, self.asked = runs, artifacts or {}, config, []
 
     def sweep(self, path):
+        """W&B's Sweep: its runs and, where given, its config (the sweep YAML as the server keeps it)."""
         self.asked.append(path)
-        return type("Sweep", (), {"runs": self.runs})()
+        return type("Sweep", (), {"runs": self.runs, **({"config": self.config} if self.config else {})})()
 
     def artifact(self, name, type=None):
         self.asked.append((name, type))

@@ -450,6 +450,32 @@ def test_report_of_a_wandb_sweep_ranks_by_its_config_metric(tmp_path, capsys, mo
     assert "run `w_loss`" in out and "selection metric: `test_loss` (minimize)" in (tmp_path / "r" / "report.md").read_text()
 
 
+def test_a_wandb_sweep_without_a_goal_is_ranked_as_wandb_ran_it_and_the_report_says_so(tmp_path, capsys, monkeypatch):
+    """W&B minimizes a metric whose sweep names no goal (its schema's default): the report ranks the runs the
+    same way, and its reviewer says so, loudly, for an accuracy (the search looked for the worst runs)."""
+    import lib.runs
+
+    api = FakeApi([FakeRun(rid, "finished", {"model": "resnet18", "strategy": st, "lr": 1e-3}, summ(val, 100), [])
+                   for rid, st, val in (("w_high", "full", 0.95), ("w_low", "freeze", 0.80))],
+                  config={"method": "bayes", "metric": {"name": "best_val_acc"}})
+    runs, meta = lib.runs.read_wandb("ent/proj/sw2", api=api)
+    assert meta == {"metric": "best_val_acc", "goal": "minimize", "goal_defaulted": True}
+    monkeypatch.setattr(lib.runs, "public_api", lambda: api)
+    code, out, err = cli(["report", "ent/proj/sw2", "--out", tmp_path / "r"], capsys)
+    assert code == 0, err
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "run `w_low`" in out and "selection metric: `best_val_acc` (minimize)" in md
+    assert "has no goal: W&amp;B minimized it (its default)" in md   # the page escapes the &
+    res = build_report(runs, tmp_path / "r2", sweep=meta)
+    (warning,) = [w for w in res["warning_details"] if w["kind"] == "goal"]
+    assert warning == {"level": "critical", "kind": "goal", "text": (
+        "the W&B sweep's metric `best_val_acc` has no goal: W&B minimized it (its default) and this report ranks "
+        "the runs the same way; but higher `best_val_acc` is better, so its search looked for the worst runs: add "
+        "`goal: maximize` to the sweep and run it again")}
+    named = build_report(runs, tmp_path / "r3", sweep={**meta, "goal": "maximize", "goal_defaulted": False})
+    assert named["best_run_id"] == "w_high" and not [w for w in named["warning_details"] if w["kind"] == "goal"]
+
+
 @pytest.mark.parametrize("case, message", ids=["missing", "empty", "a file", "metric typo"], argvalues=[
     ("missing", r"^error: no such folder: .*missing"),
     ("empty", r"^error: no runs in .*empty: expected a sweep dir"),

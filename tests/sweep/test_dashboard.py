@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 import finetune_sweep
+from lib.records import JOURNAL_FILE
 from lib.sweep import dashboard
 from lib.sweep import runner as sweep_runner
 from lib.sweep import status as sweep_status
@@ -146,7 +147,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, swept, capsys):
             assert finetune_sweep.main(["dashboard", *args]) == 2
             err = capsys.readouterr().err
             assert needle in err and err.count("\n") == 1, (args, err)
-    assert not (tmp_path / "none.db").exists() and not (tmp_path / "plain" / dashboard.JOURNAL).exists()
+    assert not (tmp_path / "none.db").exists() and not (tmp_path / "plain" / JOURNAL_FILE).exists()
 
 
 def test_several_studies_open_on_their_list_unless_one_is_named():

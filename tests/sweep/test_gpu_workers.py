@@ -13,6 +13,7 @@ import yaml
 
 import finetune_sweep
 from lib.files import read_json
+from lib.records import ExitCode
 from lib.sweep import budget, wandb_sweep
 from lib.sweep import gpus as sweep_gpus
 from lib.sweep import runner as sweep_runner
@@ -164,7 +165,7 @@ def test_agent_gpus_that_are_not_there_start_nothing(tmp_path, two_gpus):
 def test_agent_is_not_started_when_the_budget_is_below_one_trial(tmp_path, two_gpus, capsys):
     code = wandb_sweep.agent("me/dogs/abc123", None, "all", stagger_s=0.0, popen=fake_popen(tmp_path),
                        time_budget_s=60, trial_estimate_s=600)
-    assert code == budget.EXIT_BUDGET and not list(tmp_path.glob("gpu*.jsonl"))
+    assert code == ExitCode.BUDGET_SPENT and not list(tmp_path.glob("gpu*.jsonl"))
     assert "below one trial (--trial_estimate 10m): no agent started" in capsys.readouterr().err
 
 
@@ -172,7 +173,7 @@ def test_agents_get_sigterm_at_the_deadline(tmp_path, two_gpus, capsys):
     t = time.monotonic()
     code = wandb_sweep.agent("me/dogs/abc123", None, "all", stagger_s=0.2, popen=fake_popen(tmp_path),
                        time_budget_s=1.5)
-    assert code == budget.EXIT_BUDGET and time.monotonic() - t < 20
+    assert code == ExitCode.BUDGET_SPENT and time.monotonic() - t < 20
     assert [events(tmp_path / f"gpu{g}.jsonl")[-1]["event"] for g in "01"] == ["got SIGTERM"] * 2
     assert "time budget spent: SIGTERM to the agents" in capsys.readouterr().out
 
@@ -207,7 +208,7 @@ def test_a_real_trial_at_the_deadline_checkpoints_is_preempted_and_resumes(tmp_p
         runner.deadline = time.monotonic()
 
     threading.Thread(target=deadline_after_the_first_epoch, daemon=True).start()
-    assert runner.run() == budget.EXIT_BUDGET
+    assert runner.run() == ExitCode.BUDGET_SPENT
     [run_dir] = [p.parent for p in out.glob("runs/*/run.json")]
     assert read_json(run_dir / "run.json")["state"] == "preempted" and (run_dir / "last.ckpt").exists()
     df, _ = sweep_status.trials_frame(out)

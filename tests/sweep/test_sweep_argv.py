@@ -24,6 +24,7 @@ import finetune_sweep
 from lib.files import read_json
 from lib.sweep import spec as sweep_spec
 from lib.sweep import study as sweep_study
+from lib.sweep import trial as sweep_trial
 from lib.sweep.spec import SweepError
 from lib.train import run as run_lib
 
@@ -101,7 +102,7 @@ def test_a_trial_is_started_as_wandb_agent_starts_it(macro, tmp_path, monkeypatc
     assert sweep.run_args(params) == wandb_first.config
     assert wandb_first.config["optim"] == {"value": {"lr": 0.01, "nesterov": True, "optimizer": "sgd"}}
 
-    ours = sweep_spec.build_command(sweep, params, tmp_path, ROOT)
+    ours = sweep_trial.build_command(sweep, params, tmp_path, ROOT)
     theirs, their_params, their_json = agent_run(monkeypatch, tmp_path, command, "finetune_resnet.py",
                                                  wandb_first.config)
     # The only differences, on purpose: this Python for `python`, the program and JSON file paths resolved.
@@ -110,7 +111,7 @@ def test_a_trial_is_started_as_wandb_agent_starts_it(macro, tmp_path, monkeypatc
     assert ours[:3] == ["/usr/bin/env", sys.executable, PROGRAM] and ours[-1] == "--run_name=x1"
     if macro == "args_json_file":
         assert (tmp_path / "sweep-args.json").read_text() == their_json.read_text()
-    sweep_spec.write_params_file(tmp_path / "params.yaml", sweep, params, {})
+    sweep_trial.write_params_file(tmp_path / "params.yaml", sweep, params, {})
     assert (tmp_path / "params.yaml").read_text() == their_params          # W&B's writer, W&B's nested form
     assert yaml.safe_load(their_params)["optim"] == {"value": {"lr": 0.01, "nesterov": True, "optimizer": "sgd"}}
 
@@ -131,7 +132,7 @@ def test_other_programs_get_every_macro_wandb_has(tmp_path, monkeypatch, animals
     spec = nested_spec(command, animals, program=FAKE)
     sweep = sweep_spec.load(write(tmp_path, spec))
     params = sweep.flat(sweep.grid()[1])
-    ours = sweep_spec.build_command(sweep, params, tmp_path, ROOT)
+    ours = sweep_trial.build_command(sweep, params, tmp_path, ROOT)
     theirs, _, _ = agent_run(monkeypatch, tmp_path, command, FAKE, sweeps.next_runs(spec, [], n=2)[1].config)
     assert ours == [{"python": sys.executable}.get(t, t) for t in theirs]
     assert "++optim={'lr': 0.003, 'nesterov': True, 'optimizer': 'sgd'}" in ours and "--epochs" in ours

@@ -18,6 +18,7 @@ from lib.sweep import runner as sweep_runner
 from lib.sweep import spec as sweep_spec
 from lib.sweep import status as sweep_status
 from lib.sweep import storage
+from lib.sweep import trial as sweep_trial
 from lib.sweep.options import Options
 from lib.sweep.spec import SweepError
 from tests.procs import started, wait_for
@@ -67,7 +68,7 @@ def test_command_macros(tmp_path, monkeypatch):
     sweep = sweep_spec.parse(fake_sweep("grid", {"lr": {"value": 0.1}}, command=[
         "${env}", "${interpreter}", "${program}", "${args}", "${args_no_boolean_flags}", "${args_no_hyphens}",
         "${args_json}", "${args_json_file}", "--tag=${envvar:MY_TAG}"]), tmp_path / "s.yaml", {})
-    argv = sweep_spec.build_command(sweep, {"lr": 0.1, "amp": True, "train_bn": False}, tmp_path, ROOT)
+    argv = sweep_trial.build_command(sweep, {"lr": 0.1, "amp": True, "train_bn": False}, tmp_path, ROOT)
     assert argv[:3] == ["/usr/bin/env", sys.executable, FAKE]
     assert argv[3:6] == ["--lr=0.1", "--amp=True", "--train_bn=False"]
     assert argv[6:8] == ["--lr=0.1", "--amp"]                               # false flags are dropped
@@ -84,7 +85,7 @@ def test_command_macros(tmp_path, monkeypatch):
     ({"program": "finetune_resnet.py", "method": "random", "parameters": {"strategy": {"values": ["x"]}}},
      "strategy='x'"),
     ({"program": "finetune_resnet.py", "method": "bayes", "parameters": {"lr": {"min": 0.1, "max": 1.0}}},
-     "needs metric.name"),
+     "method bayes needs a metric"),
     ({"program": "finetune_resnet.py", "method": "grid", "metric": {"name": "speed"},
       "parameters": {"lr": {"value": 0.1}}}, "metric 'speed'"),
     ({"program": "finetune_resnet.py", "method": "grid", "parameters": {"lr": {"value": 0.1}},
@@ -358,11 +359,11 @@ def test_a_storage_password_is_never_written(tmp_path, monkeypatch, capsys):
     """A password in --storage connects the runner, and appears in no file of the sweep dir and no output
     (the database itself is SQLite here; only the URL's way through the kit is under test)."""
     url, secret = "postgresql://alice:s3cret-pw@db.example/studies", "s3cret-pw"
-    seen = []
+    seen, real = [], storage.open_rdb
 
-    def sqlite(u, **heartbeat):
+    def sqlite(u, **how):   # the runner's way (creating tables) and status's (reading only) alike
         seen.append(u)
-        return optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}", **heartbeat)
+        return real(f"sqlite:///{tmp_path / 'study.db'}", **how)
 
     monkeypatch.setattr(storage, "open_rdb", sqlite)
     f = write(tmp_path, fake_sweep("grid", {"lr": {"values": [0.1]}, "fail": {"values": [False, True]}}))
