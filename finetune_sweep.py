@@ -18,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from lib import sources
 from lib.cli import Parser
 from lib.errors import KitError, SweepError
 from lib.records import ExitCode
@@ -77,33 +78,35 @@ def cmd_local(a):
     return runner.run_local(a.sweep_file, opts, _fixed(a.set))
 
 
+def _source(a, where: str | None = None):
+    """SOURCE as every command reads it (lib.sources), with a database's --study and --artifacts."""
+    return sources.resolve(where or a.source, study=getattr(a, "study", None), artifacts=getattr(a, "artifacts", None))
+
+
 def cmd_report(a):
     from lib import report
 
+    source = _source(a)
     out = Path(a.out) if a.out else default_out(a.source, "report", a.study)
-    if _is_database(a.source):   # the runs from the study and its artifact store, wherever they ran
-        db = _database(a)
-        result = report.build_report(db.runs(), out, metric=a.metric, sweep={**db.meta, "source": db.source})
-    else:
-        result = report.build_report(a.source, out, metric=a.metric)   # metric None: the sweep's own
+    result = report.build_report(source, out, metric=a.metric, goal=a.goal)   # metric None: the sweep's own
     print(result["verdict"])
-    print(f"report: {out / 'report.html'}\n        {out / 'report.md'}\n        {out / 'runs.csv'}")
+    if result["recommended"]:
+        print(f"recommended: run {result['recommended']['run_id']}: {result['recommended']['reason']}")
+    print(f"report: {out / 'report.html'}\n        {out / 'report.md'}\n        {out / 'report.json'}"
+          f"\n        {out / 'runs.csv'}")
     return ExitCode.OK
 
 
 def cmd_export(a):
-    from lib import runs
-
-    api = runs.public_api() if runs.is_sweep_path(a.source) else None   # no key: one line before torch loads
-    db = _database(a) if _is_database(a.source) else None   # the winner's files from the artifact store
-    chosen = db.exportable() if db else None
+    source = _source(a)
+    source.meta()   # a W&B sweep without a key, a database without the study: one line before torch loads
     from lib.ship import export
 
     out = Path(a.out) if a.out else default_out(a.source, "export", a.study)
-    result = export.export_best(db.source if db else a.source, out, metric=a.metric,
+    result = export.export_best(source, out, metric=a.metric, goal=a.goal, run_id=a.run,
                                 max_size_mb=a.max_size_mb, max_latency_ms=a.max_latency_ms, quantize=a.quantize,
-                                attributions=a.attributions, data_dir=a.data_dir, api=api, runs=chosen,
-                                fetch=db.fetch if db else None)
+                                attributions=a.attributions, data_dir=a.data_dir)
+    print(f"ships run {result['run_id']}: {result['reason']} [recommendation: {result['recommended_by']}]")
     if result.get("wandb_export_run"):
         print(f"logged to W&B as run {result['wandb_export_run']} (job_type=export)")
     print(f"exported run {result['run_id']} -> {out / 'model.onnx'}"
@@ -129,11 +132,14 @@ def cmd_predict(a):
 
 
 def cmd_soup(a):
+    from lib.selection import selection
     from lib.train import soup
 
-    record = soup.greedy_soup(a.source, Path(a.out), data_dir=a.data_dir)
+    source = _source(a)
+    sel = selection(source.meta(), a.metric, a.goal, source.runs())
+    record = soup.greedy_soup(source, Path(a.out), data_dir=a.data_dir, sel=sel)
     if record["id"] is None:
-        print(f"no soup: adding any other run to {record['soup']['best_single']} lowered validation accuracy "
+        print(f"no soup: adding any other run to {record['soup']['best_single']} lowered its {record['soup']['by']} "
               f"({len(record['soup']['steps']) - 1} tried); nothing written")
         return ExitCode.OK
     s = record["summary"]
@@ -143,8 +149,9 @@ def cmd_soup(a):
 
 
 def cmd_status(a):
-    source = a.sweep_dir if _is_database(a.sweep_dir) else Path(a.sweep_dir)   # a folder, or the database's URL
-    print(status.status_table(source, a.storage, a.study))
+    source = _source(a, a.sweep_dir)   # a sweep dir, or the database's URL
+    source.require(sources.STUDY_FORMS, "status")
+    print(status.status_table(source.location, a.storage, a.study))
     return ExitCode.OK
 
 
@@ -154,22 +161,21 @@ def default_out(source: str, name: str, study: str | None = None) -> Path:
     URL gives only its database name, or --study)."""
     if Path(source).exists():
         return Path(source) / name
-    if _is_database(source):
+    if sources.form_of(source) == "database":
         from urllib.parse import urlsplit
 
         source = study or urlsplit(source).path.rstrip("/").rsplit("/", 1)[-1] or "study"
     return Path(f"{name}s") / "".join(c if c.isalnum() or c in "._-" else "-" for c in source).strip(".-")
 
 
-def _is_database(source: str) -> bool:
-    return "://" in source
+def _database_source(url: str, study: str | None = None, artifacts: str | None = None, **_):
+    from lib.sweep.study_db import DatabaseSource  # optuna's storage, only for a database URL
+
+    return DatabaseSource(url, study, artifacts)
 
 
-def _database(a):
-    """The study of a database URL (``--study``, by default its only one) with its artifact store."""
-    from lib.sweep import study_db
-
-    return study_db.open_database(a.source, a.study, a.artifacts)
+sources.register("database", _database_source)   # lib.sources is shared: the sweep layer's reader is added here
+FOLDERS = ("sweep dir", "runs dir", "run folder")
 
 
 def cmd_dashboard(a):
@@ -188,6 +194,12 @@ def _add_budget(p):
 
 
 _SPELLING = "\nOptions are written --flag_name; --flag-name is the same option.\n"
+
+
+def _add_selection(p):
+    p.add_argument("--metric", help="what ranks the runs (default: the sweep's own metric, else best_val_acc)")
+    p.add_argument("--goal", choices=("maximize", "minimize"),
+                   help="the metric's direction (default: the sweep's for its metric; else minimize for a *loss*)")
 
 
 def parser():
@@ -238,7 +250,7 @@ def parser():
     r.add_argument("source", help="a local sweep dir, a runs dir, a W&B sweep path ENTITY/PROJECT/SWEEP_ID, or the "
                                   "database URL of a study shared by machines")
     r.add_argument("--out", help="default: SOURCE/report (a W&B path or database URL: reports/<sweep or study>)")
-    r.add_argument("--metric", help="what ranks the runs (default: the sweep's metric, else best_val_acc)")
+    _add_selection(r)
     r.add_argument("--study", help="with a database URL: the study (default: the database's only one)")
     r.add_argument("--artifacts", metavar="DIR|s3://BUCKET|gs://BUCKET",
                    help="with a database URL: the study's artifact store, where it is on this machine (the one the "
@@ -252,7 +264,9 @@ def parser():
                    help="where the run's images are here (parity uses its test images); by default its config's "
                         "data_dir, except for a run from W&B or a database URL, whose record chooses no local files")
     e.add_argument("--out", help="default: SOURCE/export (a W&B path or database URL: exports/<sweep or study>)")
-    e.add_argument("--metric", default="best_val_acc")
+    e.add_argument("--run", metavar="RUN_ID", help="ship this run (default: the run the report recommends, among "
+                                                   "those that meet --max_size_mb / --max_latency_ms)")
+    _add_selection(e)
     e.add_argument("--max_size_mb", type=float)
     e.add_argument("--max_latency_ms", type=float)
     e.add_argument("--quantize", action="store_true", help="also model.int8.onnx (static, calibrated on training images)")
@@ -269,9 +283,14 @@ def parser():
     pr.add_argument("--csv")
     pr.set_defaults(fn=cmd_predict)
     sp = sub.add_parser("soup", help="greedy model soup of the finished runs that share a pretrained start")
-    sp.add_argument("source", help="a local sweep dir or runs dir")
+    sp.add_argument("source", help="a local sweep dir or runs dir, or a study's database URL (the runs' files from "
+                                   "its artifact store)")
     sp.add_argument("--out", required=True, help="the soup's run folder (inside SOURCE/runs so report/export see it)")
     sp.add_argument("--data_dir", help="where the runs' images are, if moved")
+    _add_selection(sp)
+    sp.add_argument("--study", help="with a database URL: the study (default: the database's only one)")
+    sp.add_argument("--artifacts", metavar="DIR|s3://BUCKET|gs://BUCKET",
+                    help="with a database URL: the study's artifact store, where it is on this machine")
     sp.set_defaults(fn=cmd_soup)
     s = sub.add_parser("status", help="table of a local sweep's trials and the best so far")
     s.add_argument("sweep_dir", help="a sweep dir, or the database URL of a study shared by machines")

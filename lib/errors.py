@@ -39,6 +39,12 @@ class SweepError(KitError, ValueError):
     says what; an edited sweep's refusal lists what changed on the lines after it."""
 
 
+class SourceError(KitError, ValueError):
+    """SOURCE is none of the forms a command reads (lib.sources), or not one this command reads."""
+
+    one_line = True
+
+
 class ReportError(KitError, ValueError):
     """The report cannot be made from what was given (no runs, unknown metric, ...)."""
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from lib import records, yamls
 from lib.config import LR_AUTO
-from lib.errors import ReportError, SweepError
+from lib.errors import ExportError, ReportError, SweepError
 from lib.files import read_json, read_jsonl, tail
 from lib.records import GOALS, RUN_FILE, State, wandb_default_goal
 
@@ -224,6 +224,28 @@ def read_wandb(path: str, api=None, history: bool = True) -> tuple[list[dict], d
             rec["error"] = raw.get("error") or (f"W&B state {wandb_state}" if wandb_state != rec["state"] else None)
         runs.append(rec)
     return runs, _wandb_metric(sweep)
+
+
+MODEL_FILES = (records.WEIGHTS_FILE, records.RUN_FILE)   # a finished run's model artifact `model-<run_id>:best`
+
+
+def artifact_name(sweep_path: str, run_id: str) -> str:
+    entity, project, _ = sweep_path.split("/")
+    return f"{entity}/{project}/model-{run_id}:best"
+
+
+def download_run(sweep_path: str, run_id: str, dest: Path, api) -> Path:
+    """The run's model artifact as a run folder in ``dest``."""
+    name = artifact_name(sweep_path, run_id)
+    try:
+        folder = Path(api.artifact(name, type="model").download(root=str(dest)))
+    except Exception as e:  # noqa: BLE001 - no such artifact, no access, no network
+        raise ExportError(f"cannot fetch {name} for run {run_id}: {' '.join(str(e).split())[:300]} "
+                          "(runs log it unless log_model=false)") from None
+    missing = [f for f in MODEL_FILES if not (folder / f).is_file()]
+    if missing:
+        raise ExportError(f"{name} lacks {', '.join(missing)}: not an artifact of finetune_resnet.py")
+    return folder
 
 
 # --------------------------------------------------------------------------- frames

@@ -121,8 +121,8 @@ def test_what_a_run_measures_is_declared_once(tmp_path):
     import yaml
 
     from lib import config, records, runs
-    from lib.report.build import _selection
     from lib.report.table import NOISE_KEYS
+    from lib.selection import selection
     from lib.sweep import spec
 
     assert records.RUN_METRICS == {f for f in records.RunSummary.__dataclass_fields__
@@ -133,7 +133,7 @@ def test_what_a_run_measures_is_declared_once(tmp_path):
         path.write_text(yaml.safe_dump({"method": "grid", "metric": {"name": metric, "goal": goal},
                                         "parameters": {"lr": {"values": [0.1]}}}))
         assert spec.load(str(path)).metric == metric
-        assert _selection([], metric, None, {})[0] == metric
+        assert selection({}, metric, None, []).metric == metric
     assert {"seed", "run_id", "runs_dir", "device"} <= NOISE_KEYS and not NOISE_KEYS & {"lr", "strategy", "model"}
     assert set(config.RECIPE_KEYS) == set(config.FIELDS) - config.BOOKKEEPING
     assert set(runs.STATE_MAP.values()) <= set(records.STATES)

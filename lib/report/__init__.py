@@ -1,8 +1,9 @@
 """The report of a sweep: which fine-tuning recipe won, by how much, and whether to believe it.
 
-Reads run records (a local sweep dir, a plain runs dir, or a W&B sweep), and writes to ``out_dir``:
-``runs.csv`` (one row per run), ``report.md`` (tables + PNG links), a self-contained ``report.html``
-(the same, plots embedded as base64 PNG) and the plots as PNG files.
+Reads run records (any SOURCE: lib.sources), and writes to ``out_dir``: ``runs.csv`` (one row per run),
+``report.md`` (tables + PNG links), a self-contained ``report.html`` (the same, plots embedded as base64
+PNG), ``report.json`` (the verdict and the recommended run, for programs: lib.report.result) and the plots
+as PNG files.
 
 The statistics are the ones a careful reviewer asks for on small data:
 - accuracy on ``n`` test images is a binomial proportion: its 95% **Wilson** score interval says how
@@ -18,8 +19,9 @@ May import the shared modules of lib/ only (runs come from lib.runs, or as a lis
 study read from a database by lib.sweep): never lib.train, lib.sweep or lib.ship.
 """
 from lib.report.build import build_report
+from lib.report.result import recommend
 from lib.report.stats import eta_squared, importance, mcnemar, pareto_front, wilson_interval
 from lib.runs import STATE_MAP, ReportError, load_local, load_wandb, read_wandb, runs_frame
 
-__all__ = ["build_report", "STATE_MAP", "ReportError", "load_local", "load_wandb", "read_wandb", "runs_frame",
-           "eta_squared", "importance", "mcnemar", "pareto_front", "wilson_interval"]
+__all__ = ["build_report", "recommend", "STATE_MAP", "ReportError", "load_local", "load_wandb", "read_wandb",
+           "runs_frame", "eta_squared", "importance", "mcnemar", "pareto_front", "wilson_interval"]

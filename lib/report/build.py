@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
 import html
 import math
 import time
@@ -13,8 +12,8 @@ import pandas as pd
 
 from lib.cells import csv_cell
 from lib.errors import ReportError
-from lib.files import atomic_write, read_json
-from lib.records import EPOCH_METRICS, RUN_METRICS, SWEEP_META, State
+from lib.files import atomic_write, write_json
+from lib.records import State
 from lib.report.expected import MIN_TRIALS, study_curve
 from lib.report.page import CSS, Doc, ci, count, hp, isnan, met, num, pct
 from lib.report.plots import (
@@ -26,9 +25,11 @@ from lib.report.plots import (
     params_plot,
     tradeoff_plot,
 )
-from lib.report.review import GAP_OVERFIT, LEVELS, Review, defaulted_goal, predictions, review, state_text
-from lib.report.table import NOISE_KEYS, RunTable, run_table
-from lib.runs import is_sweep_path, load_local, read_wandb
+from lib.report.result import REPORT_JSON, assess, result
+from lib.report.review import GAP_OVERFIT, LEVELS, Review, defaulted_goal, predictions, state_text
+from lib.report.table import NOISE_KEYS, RunTable
+from lib.selection import selection
+from lib.sources import Source, resolve
 
 MAX_TABLE_ROWS = 100
 MAX_CLASSES = 1000        # a confusion matrix from labels alone (no class names recorded) stops here
@@ -89,55 +90,20 @@ def _per_class(run: dict, cmc) -> list[dict]:
 
 
 def _load_source(source_runs, sweep: dict | None = None) -> tuple[list[dict], str, dict]:
-    """The runs, a name for the source, and the sweep's own metric ({"metric", "goal"} or {})."""
-    if isinstance(source_runs, (str, Path)):
-        path = Path(source_runs)
-        if path.exists():
-            meta = {}
-            if (path / SWEEP_META).exists():
-                with contextlib.suppress(Exception):
-                    meta = read_json(path / SWEEP_META)
-            return load_local(path), str(path), meta
-        if is_sweep_path(source_runs):
-            runs, meta = read_wandb(source_runs)
-            return runs, f"W&B sweep {source_runs}", meta
-        raise ReportError(f"no such folder: {source_runs} (and not a W&B sweep path ENTITY/PROJECT/SWEEP_ID)")
+    """The runs, a name for the source, and what the sweep says of itself ({"metric", "goal"} or {})."""
+    if isinstance(source_runs, (str, Path, Source)):
+        source = resolve(source_runs)
+        return source.runs(), source.name, source.meta()
     runs, sweep = list(source_runs), sweep or {}
     return runs, sweep.get("source") or f"{len(runs)} run records", sweep
-
-
-def _recorded_metrics(runs: list[dict]) -> set[str]:
-    """Numeric keys of the runs' summaries and per-epoch rows: what a report can rank by."""
-    keys = set()
-    for run in runs:
-        for row in [run.get("summary") or {}, *(run.get("history") or [])]:
-            keys |= {k for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return keys
-
-
-def _selection(runs: list[dict], metric: str | None, goal: str | None, meta: dict) -> tuple[str, str]:
-    """The metric and goal to rank by: as asked, else the sweep's own (sweep.json or the W&B sweep
-    config), else best_val_acc. A metric no run records and no run of the kit can record is a typo."""
-    sweep_metric = meta.get("metric") if isinstance(meta.get("metric"), str) else None
-    metric = metric or sweep_metric or "best_val_acc"
-    known = _recorded_metrics(runs) | RUN_METRICS | set(EPOCH_METRICS) | ({sweep_metric} if sweep_metric else set())
-    if metric not in known:
-        close = difflib.get_close_matches(metric, sorted(known), n=1)
-        raise ReportError(f"unknown metric {metric!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                          + f": the runs record {', '.join(sorted(known))}")
-    if goal not in ("maximize", "minimize"):
-        goal = meta.get("goal") if metric == sweep_metric and meta.get("goal") in ("maximize", "minimize") else \
-            ("minimize" if "loss" in metric else "maximize")
-    return metric, goal
 
 
 def build_report(source_runs, out_dir, metric: str | None = None, latency: dict | None = None,
                  goal: str | None = None, title: str | None = None, sweep: dict | None = None) -> dict:
     """Write runs.csv, report.md, report.html and the plots to ``out_dir``.
 
-    ``source_runs``: a list of run dicts (from ``load_local``/``load_wandb``), a local sweep or runs dir,
-    or a W&B sweep path. ``metric``/``goal``: what ranks the runs (default: the sweep's own metric, else
-    best_val_acc; the goal: the sweep's, else minimize for a metric named *loss*). ``latency``: run_id ->
+    ``source_runs``: a list of run dicts (from ``load_local``/``load_wandb``) or any SOURCE
+    (``lib.sources``). ``metric``/``goal``: what ranks the runs (``lib.selection``). ``latency``: run_id ->
     CPU latency in ms (adds a latency/accuracy front). ``sweep``: with a list of runs, what sweep.json says
     of their sweep ({"metric", "goal", "source"}: a study read from a database, say). Raises ReportError (one line) on no runs or an
     unknown metric, before writing anything: an earlier report in ``out_dir`` stays as it was.
@@ -146,9 +112,9 @@ def build_report(source_runs, out_dir, metric: str | None = None, latency: dict 
     if not runs:
         raise ReportError(f"no runs in {source}: expected a sweep dir (sweep.json and runs/), a runs dir "
                           "(<run_id>/run.json) or one run folder")
-    metric, goal = _selection(runs, metric, goal, meta)
-    s = run_table(runs, metric, goal, {str(k): float(v) for k, v in (latency or {}).items()})
-    r = review(s)
+    sel = selection(meta, metric, goal, runs)
+    metric, goal = sel.metric, sel.goal
+    s, r = assess(runs, sel, {str(k): float(v) for k, v in (latency or {}).items()})
     if meta.get("goal_defaulted") and metric == meta.get("metric") and goal == meta.get("goal"):
         defaulted_goal(r, metric, goal)
     cmc = _confusion(s.by_id[r.best_id]) if r.best_id is not None else None
@@ -173,7 +139,8 @@ def build_report(source_runs, out_dir, metric: str | None = None, latency: dict 
         _params_section(doc, s, r, files)
     _failed_section(doc, s)
     _methods_section(doc, s)
-    paths = _write(out, s, doc, title, files)
+    outcome = result(s, r, source)
+    paths = _write(out, s, doc, title, files, outcome)
     plots = {name.rsplit(".", 1)[0]: str(out / name) for name in files}
     pareto = s.fin.loc[s.fin["pareto_size"], "run_id"].tolist() if not s.fin.empty else []
     return {"verdict": "\n".join(r.verdict), "best_run_id": r.best_id, "runner_up_id": r.runner_id,
@@ -181,7 +148,8 @@ def build_report(source_runs, out_dir, metric: str | None = None, latency: dict 
             "seed_groups": [{k: v for k, v in g.items() if k != "_group"} for g in r.seed_groups],
             "pareto_size": pareto, "importance": r.importance, "metric": metric, "goal": goal,
             "other_data": s.other_data or [],
-            "n_runs": len(s.df), "n_finished": len(s.fin), "expected_best": curve, "more_trials": more,
+            "n_runs": len(s.df), "n_finished": len(s.fin), "trust": r.trust, "recommended": r.recommended,
+            "expected_best": curve, "more_trials": more,
             "paths": paths, "plots": plots, **paths}
 
 
@@ -190,6 +158,8 @@ def _verdict_section(doc: Doc, r: Review, more: dict | None) -> None:
     doc.verdict(r.verdict)
     if more:
         doc.p(more["text"])
+    if r.recommended:
+        doc.p(f"Recommended: `{r.recommended['run_id']}`: {r.recommended['reason']} (report.json; `export` ships it).")
     doc.h(2, f"What a careful reviewer would say ({len(r.warnings)})", "warnings")
     if r.warnings:
         doc.bullets([(w["level"], w["text"]) for w in r.warnings], cls="warnings")
@@ -372,7 +342,7 @@ def _methods_section(doc: Doc, s: RunTable) -> None:
     ])
 
 
-def _write(out: Path, s: RunTable, doc: Doc, title: str | None, files: dict[str, bytes]) -> dict:
+def _write(out: Path, s: RunTable, doc: Doc, title: str | None, files: dict[str, bytes], outcome: dict) -> dict:
     """Every file at the end, each one atomically: a report that fails on the way writes nothing, and
     plots an earlier report had but this one has not are removed (they would show other runs)."""
     csv_df = s.df.copy()
@@ -399,8 +369,9 @@ def _write(out: Path, s: RunTable, doc: Doc, title: str | None, files: dict[str,
         (out / name).unlink(missing_ok=True)
     for name, text in texts.items():
         atomic_write(out / name, lambda tmp, text=text: Path(tmp).write_text(text))
+    write_json(out / REPORT_JSON, outcome)
     return {"runs_csv": str(out / "runs.csv"), "report_md": str(out / "report.md"),
-            "report_html": str(out / "report.html")}
+            "report_html": str(out / "report.html"), "report_json": str(out / REPORT_JSON)}
 
 
 def _image(doc: Doc, files: dict, name: str, png: bytes, alt: str) -> None:

@@ -25,6 +25,7 @@ ALPHA = 0.05
 DUPLICATE_RE = re.compile(r"exact cop|duplicate", re.I)
 LEVELS = {"critical": 0, "warning": 1, "info": 2}
 PLAIN_ACCURACY = ("best_val_acc", "val_acc", "test_acc")   # selection metrics blind to that
+TRUST = {"HIGH": "HIGH", "MEDIUM": "MEDIUM — trust with the caveats", "LOW": "LOW — do not trust the ranking"}
 
 
 @dataclass
@@ -39,6 +40,8 @@ class Review:
     paired_note: str = ""
     importance: list[dict] = field(default_factory=list)
     soups: list[dict] = field(default_factory=list)       # each soup against its best single ingredient
+    trust: str | None = None                              # HIGH | MEDIUM | LOW
+    recommended: dict | None = None                       # {"run_id", "reason"}: the run to ship
 
     def warn(self, level: str, kind: str, text: str) -> None:
         self.warnings.append({"level": level, "kind": kind, "text": text})
@@ -417,7 +420,16 @@ def _runner_line(s: RunTable, best, runner) -> str:
             f"({lead}{on_test}).")
 
 
+def _cheaper(best, runner):
+    """Of two runs the test set cannot tell apart: the smaller model, then fewer trained parameters, then
+    less training time (the winner where nothing is recorded)."""
+    inf = lambda v: np.inf if isnan(v) else v  # noqa: E731
+    return min((best, runner), key=lambda x: (inf(x["model_size_mb"]), inf(x["trainable_params"]),
+                                              inf(x["train_time_s"])))
+
+
 def _trust_line(s: RunTable, r: Review, best, runner) -> str:
+    """The trust line of the verdict; sets ``r.trust`` and ``r.recommended``."""
     n_test = best["n_test"]
     against = []
     if runner is not None and r.distinguishable is False:
@@ -436,16 +448,27 @@ def _trust_line(s: RunTable, r: Review, best, runner) -> str:
         against.append(f"the winner overfits (train–val gap {100 * best['train_val_gap']:.1f} points)")
     tail = ""
     if runner is not None and r.distinguishable is False:
-        trust = "LOW — do not trust the ranking"
-        inf = lambda v: np.inf if isnan(v) else v  # noqa: E731
-        cheaper = min((best, runner), key=lambda x: (inf(x["model_size_mb"]), inf(x["trainable_params"]),
-                                                     inf(x["train_time_s"])))
+        r.trust = "LOW"
+        cheaper = _cheaper(best, runner)
         tail = (f"; treat as a tie and prefer the cheaper `{cheaper['run_id']}` ({cheaper['model']}/"
                 f"{cheaper['strategy']}: {num(cheaper['model_size_mb'], '{:.1f}')} MB, "
                 f"{count(cheaper['trainable_params'])} trainable parameters, {time_text(cheaper)})")
+        tested = (f"McNemar p = {r.mcnemar['p_value']:.3g}, Holm-corrected p = {r.mcnemar['p_holm']:.3g}"
+                  if r.mcnemar else "their 95% test intervals overlap")
+        r.recommended = {"run_id": cheaper["run_id"],
+                         "reason": f"the top two by {s.metric}, `{r.best_id}` and `{r.runner_id}`, are not "
+                                   f"distinguishable on the test set ({tested}): a tie, and `{cheaper['run_id']}` "
+                                   f"is the cheaper ({num(cheaper['model_size_mb'], '{:.1f}')} MB, "
+                                   f"{count(cheaper['trainable_params'])} trainable parameters)"}
     elif against:
-        trust = "MODERATE — trust with the caveats"
+        r.trust = "MEDIUM"
     else:
-        trust = "HIGH"
+        r.trust = "HIGH"
         tail = f" ({r.paired_note})" if r.mcnemar else (" (95% intervals do not overlap)" if runner is not None else "")
+    if r.recommended is None:
+        r.recommended = {"run_id": r.best_id,
+                         "reason": f"the best {s.metric} ({s.goal}) of {len(s.fin)} finished run(s), "
+                                   f"{met(best[s.metric])}; trust {r.trust}"
+                                   + (f": {against[0]}" if against else "")}
+    trust = TRUST[r.trust]
     return f"Trust: {trust}" + (": " + "; ".join(against) if against else "") + tail + "."

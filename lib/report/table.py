@@ -6,7 +6,6 @@ import json
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from lib.config import BOOKKEEPING
@@ -16,6 +15,7 @@ from lib.report import datasets
 from lib.report.page import hp, isnan
 from lib.report.stats import pareto_front, wilson_interval
 from lib.runs import as_scalar, given_config, runs_frame
+from lib.selection import Selection, rank_by
 
 # Config keys that are bookkeeping, not part of the recipe (declared in lib.config): they never define a
 # "configuration". "config" is the --config file a run was given: its keys are in the config themselves.
@@ -29,7 +29,7 @@ class RunTable:
     runs: list[dict]
     by_id: dict[str, dict]
     df: pd.DataFrame            # every run
-    fin: pd.DataFrame           # finished runs with a value of the metric, best first (ties: smaller, faster)
+    fin: pd.DataFrame           # finished runs with a value of the metric, best first (lib.selection's order)
     metric: str
     goal: str                   # maximize | minimize
     varying: list[str]          # recipe keys that differ between finished runs whose strategy reads them
@@ -113,10 +113,10 @@ def run_table(runs: list[dict], metric: str, goal: str, latency: dict[str, float
     df["_group"] = [json.dumps({k: as_scalar(given_config(r).get(k)) for k in recipe_keys
                                 if strategy_uses(str(given_config(r).get("strategy")), k)}, sort_keys=True,
                                default=str) for r in runs] if runs else []
-    fin = df[(df["state"] == State.FINISHED) & df[metric].notna()].copy()
-    fin["_size_key"] = fin["model_size_mb"].fillna(np.inf)
-    fin = fin.sort_values([metric, "_size_key", "train_time_s"], ascending=[not maximize, True, True],
-                          na_position="last")
+    fin = df[(df["state"] == State.FINISHED) & df[metric].notna()]
+    order = rank_by(range(len(fin)), Selection(metric, goal), lambda i: fin[metric].iloc[i],
+                    lambda i: fin["model_size_mb"].iloc[i], lambda i: fin["run_id"].iloc[i])
+    fin = fin.iloc[order].copy()   # the kit's one order (lib.selection)
     fin, data, other_data = datasets.one_dataset(fin)
     if not fin.empty:
         fin["pareto_size"] = pareto_front(fin["model_size_mb"], fin[metric], maximize)

@@ -42,6 +42,9 @@ def model_card(result: dict, record: dict) -> str:
         _params_line(s),
         f"- exported: {result['exported_at']} with the {result.get('exporter', 'n/a')} exporter "
         f"(ONNX opset {result.get('opset', 'n/a')})", "",
+        "## Why this run", "",
+        md_text(result.get("reason") or "exported as asked (export_run: no run was chosen)")
+        + (f" (recommendation: {md_text(result['recommended_by'])})" if result.get("recommended_by") else ""), "",
         "## Training configuration", "",
         "| key | value |", "|---|---|",
         *[f"| {k} | {md_cell(cfg[k])} |" for k in keys if k in cfg], "",

@@ -23,13 +23,14 @@ import torch
 
 from lib.errors import ExportError, one_line
 from lib.files import atomic_write, write_json
-from lib.runs import is_sweep_path, public_api
+from lib.selection import selection
 from lib.ship import ATTR_DIR, CARD_FILE, EXPORT_FILE, INT8_FILE, ONNX_FILE
 from lib.ship.card import model_card
 from lib.ship.latency import LATENCY_IMAGES, LATENCY_WARMUP, latency_ms
 from lib.ship.onnx_model import PARITY_MAX_ABS_DIFF, onnx_accuracy, ort_session, parity, write_onnx
 from lib.ship.quantize import quantize_int8
-from lib.ship.select import candidates, check_request
+from lib.ship.select import asked, check_request, recommended
+from lib.sources import resolve
 from lib.train.restore import data_root, decode_recorded, eval_batches, load_run_model, model_inputs
 
 # ---------------------------------------------------------------------------------------------
@@ -37,11 +38,12 @@ from lib.train.restore import data_root, decode_recorded, eval_batches, load_run
 # ---------------------------------------------------------------------------------------------
 
 def export_run(run_dir, out_dir, *, quantize=False, attributions=0, calibration_images=64,
-               data_dir=None) -> dict:
+               data_dir=None, why: dict | None = None) -> dict:
     """Export a finished run to ``out_dir`` (see the module docstring); returns export.json's dict.
     ``data_dir`` overrides the run's ``config.data_dir`` (the images moved). Raises ExportError
     (one line) when the run cannot be exported or ONNX Runtime disagrees with PyTorch; the files
-    written so far stay in ``out_dir`` to look at."""
+    written so far stay in ``out_dir`` to look at. ``why``: {"reason", "recommended_by"}, why this run was
+    chosen (export.json and the model card keep it)."""
     run_dir, out = Path(run_dir), Path(out_dir)
     started = time.time()
     model, record = load_run_model(run_dir)
@@ -60,7 +62,8 @@ def export_run(run_dir, out_dir, *, quantize=False, attributions=0, calibration_
                           f"({len(skipped)} skipped): parity cannot be checked")
     dc = record["data_config"]
 
-    result: dict = {"run_id": record["id"], "model": record["config"]["model"], "config": record["config"],
+    result: dict = {"run_id": record["id"], **(why or {}), "model": record["config"]["model"],
+                    "config": record["config"],
                     "classes": record["classes"], "metrics": record.get("summary", {}),
                     "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "versions": _versions(), "parity_split": split, "parity_images": len(decoded.labels),
@@ -163,59 +166,47 @@ def _versions() -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Model card
+# The run to ship
 # ---------------------------------------------------------------------------------------------
 
-def _nothing_to_export(source, metric: str, max_size_mb: float | None, api, runs) -> str:
-    """Why no run can be exported; under a size limit, the smallest size there is (the limit to ask for)."""
-    limit = f" within {max_size_mb} MB" if max_size_mb is not None else ""
-    line = f"no finished run with {metric} and weights{limit} in {source}"
-    sizes = [(r["summary"]["model_size_mb"], r["id"]) for r in (candidates(source, metric, None, api, runs)
-                                                                 if max_size_mb is not None else [])
-             if isinstance(r["summary"].get("model_size_mb"), (int, float))]
-    if sizes:
-        size, run_id = min(sizes)
-        line += f": the smallest is {size:g} MB (run {run_id}; --max_size_mb {size:g} or more exports it)"
-    return line
-
-
-def export_best(source, out_dir, *, metric: str = "best_val_acc", max_size_mb: float | None = None,
-                max_latency_ms: float | None = None, quantize: bool = False, attributions: int = 0,
-                data_dir=None, api=None, runs: list[dict] | None = None, fetch=None) -> dict:
-    """Export the best run that meets the constraints. Latency is what the exported ONNX model
-    measures here, so a candidate over ``max_latency_ms`` is exported, measured, and passed over.
-    From a W&B sweep the run's model artifact is fetched into ``out_dir/source_run/`` and the export
-    is logged back to W&B (lib.ship.wandb_export); ``api`` stands in for ``wandb.Api()``. ``runs`` and
-    ``fetch``: the candidates of another source (``source`` then only names it) and ``fetch(run, dest)``,
-    which puts a run's folder (run.json, weights) at ``dest`` and returns it: a study's artifact store."""
-    check_request(source, out_dir, max_size_mb, max_latency_ms, attributions, runs)
-    from_wandb = is_sweep_path(source)
-    if (from_wandb or fetch is not None) and not data_dir:
+def export_best(source, out_dir, *, metric: str | None = None, goal: str | None = None, run_id: str | None = None,
+                max_size_mb: float | None = None, max_latency_ms: float | None = None, quantize: bool = False,
+                attributions: int = 0, data_dir=None, api=None, study: str | None = None,
+                artifacts: str | None = None) -> dict:
+    """Export the recommended run (lib.ship.select: the report's recommendation, by the source's own metric
+    unless ``metric``/``goal`` say otherwise) among the runs that meet the constraints, or ``run_id``.
+    Latency is what the exported ONNX model measures here, so a run over ``max_latency_ms`` is exported,
+    measured, and passed over for the recommendation among the rest. ``source``: any SOURCE
+    (lib.sources; ``api`` stands in for ``wandb.Api()``, ``study``/``artifacts`` pick a database's). The
+    run's files are fetched into ``out_dir/source_run/`` when they are elsewhere; from a W&B sweep the
+    export is logged back (lib.ship.wandb_export). export.json and the model card say why this run."""
+    check_request(out_dir, max_size_mb, max_latency_ms, attributions)
+    source = resolve(source, api=api, study=study, artifacts=artifacts)
+    if source.form in ("W&B sweep", "database") and not data_dir:
         # its config.data_dir is whatever was written there: it must not choose which local files are read
         # (for parity) and drawn (attribution grids, which go back to W&B)
-        raise ExportError(f"a run from {'W&B' if from_wandb else 'a study database'} brings its own data_dir, which "
-                          "decides nothing here: pass --data_dir, the folder of its images on this machine")
-    if from_wandb and api is None:
-        api = public_api()
-    given, runs = runs, candidates(source, metric, max_size_mb, api, runs)
-    if not runs:
-        raise ExportError(_nothing_to_export(source, metric, max_size_mb, api, given))
-    out = Path(out_dir)
-    for run in runs:
-        if from_wandb:
-            from lib.ship import wandb_export
-
-            run_dir = wandb_export.download_run(source, run["id"], out / "source_run" / run["id"], api)
-        elif fetch is not None:
-            run_dir = fetch(run, out / "source_run" / run["id"])
-        else:
-            run_dir = run["dir"]
-        result = export_run(run_dir, out, quantize=quantize, attributions=attributions, data_dir=data_dir)
+        raise ExportError(f"a run from {'W&B' if source.form == 'W&B sweep' else 'a study database'} brings its own "
+                          "data_dir, which decides nothing here: pass --data_dir, the folder of its images on this "
+                          "machine")
+    sel = selection(source.meta(), metric, goal, source.runs())   # what the report reads: the same answer
+    out, passed = Path(out_dir), ()
+    while True:
+        choice = asked(source, run_id) if run_id is not None else recommended(source, sel, max_size_mb, passed)
+        run = choice.run
+        run_dir = source.fetch(run, out / "source_run" / str(run["id"]))
+        result = export_run(run_dir, out, quantize=quantize, attributions=attributions, data_dir=data_dir,
+                            why={"reason": choice.reason, "recommended_by": choice.recommended_by})
         latency = (result.get("latency_ms_per_image") or {}).get("onnx_int8" if quantize else "onnx_fp32")
         if max_latency_ms is None or (latency is not None and latency <= max_latency_ms):
-            if from_wandb:
-                result["wandb_export_run"] = wandb_export.log_export(source, run["id"], out, result)
-                write_json(out / EXPORT_FILE, result)
-            return result
-        print(f"run {run['id']}: {latency:.2f} ms per image > {max_latency_ms} ms, trying the next best")
-    raise ExportError(f"no run meets max_latency_ms={max_latency_ms} (fastest tried: see {out_dir}/export.json)")
+            break
+        if run_id is not None:
+            raise ExportError(f"run {run_id}: {latency:.2f} ms per image > --max_latency_ms {max_latency_ms:g} "
+                              f"(see {out / EXPORT_FILE})")
+        passed += (str(run["id"]),)
+        print(f"run {run['id']}: {latency:.2f} ms per image > {max_latency_ms:g} ms: the recommendation among the rest")
+    if source.form == "W&B sweep":
+        from lib.ship import wandb_export
+
+        result["wandb_export_run"] = wandb_export.log_export(source.text, run["id"], out, result)
+        write_json(out / EXPORT_FILE, result)
+    return result

@@ -1,4 +1,5 @@
-"""Exporting from a W&B sweep: fetch the chosen run's model artifact, then log the export back.
+"""Exporting from a W&B sweep: the chosen run's model artifact is fetched by its source (lib.runs); the
+export is logged back here.
 
 Every finished run logs ``model-<run_id>:best`` (type ``model``): its ``model.safetensors`` and its
 final ``run.json`` (config, classes, preprocessing, split) - all ``lib.ship.export`` needs besides the
@@ -11,30 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lib.errors import ExportError
-from lib.records import RUN_FILE, WEIGHTS_FILE
+from lib.runs import artifact_name
 from lib.ship import ATTR_DIR, CARD_FILE, EXPORT_FILE, INT8_FILE, ONNX_FILE
-
-MODEL_FILES = (WEIGHTS_FILE, RUN_FILE)
-
-
-def artifact_name(sweep_path: str, run_id: str) -> str:
-    entity, project, _ = sweep_path.split("/")
-    return f"{entity}/{project}/model-{run_id}:best"
-
-
-def download_run(sweep_path: str, run_id: str, dest: Path, api) -> Path:
-    """The run's model artifact as a run folder in ``dest``."""
-    name = artifact_name(sweep_path, run_id)
-    try:
-        folder = Path(api.artifact(name, type="model").download(root=str(dest)))
-    except Exception as e:  # noqa: BLE001 - no such artifact, no access, no network
-        raise ExportError(f"cannot fetch {name} for run {run_id}: {' '.join(str(e).split())[:300]} "
-                          "(runs log it unless log_model=false)") from None
-    missing = [f for f in MODEL_FILES if not (folder / f).is_file()]
-    if missing:
-        raise ExportError(f"{name} lacks {', '.join(missing)}: not an artifact of finetune_resnet.py")
-    return folder
 
 
 def _summary(result: dict) -> dict:

@@ -11,7 +11,7 @@ from lib.errors import SweepError
 from lib.sweep import spec as sweep_spec
 from lib.sweep.options import Options
 from lib.sweep.spec import Sweep
-from lib.sweep.study import counted, flat, plain, point
+from lib.sweep.study import counted, flat, plain, point, ranked
 
 
 def check_confirm(sweep: Sweep, opts: Options) -> None:
@@ -46,9 +46,7 @@ def enqueue_confirm(study: optuna.Study, sweep: Sweep, opts: Options) -> None:
         print(f"confirm: once the grid's {left} remaining trial(s) are done, its top {opts.confirm_top} "
               f"configuration(s) by {sweep.metric} run with {opts.repeats} seeds")
         return
-    done = [t for t in grid_trials(study) if t.state == TrialState.COMPLETE and t.value is not None]
-    sign = -1 if sweep.goal == "maximize" else 1
-    top = sorted(done, key=lambda t: (sign * t.value, t.number))[:opts.confirm_top]
+    top = ranked(grid_trials(study), sweep.metric, sweep.goal)[:opts.confirm_top]
     known = {json.dumps(point(t), sort_keys=True) for t in counted(study)}
     name = next((p.name for p in sweep.params if sweep_spec.leaf_name(p.name) == "seed"), "seed")
     added = 0

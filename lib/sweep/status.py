@@ -12,10 +12,11 @@ from typing import Any
 from lib import config as config_lib
 from lib.cells import terminal_text
 from lib.records import SWEEP_COPY
+from lib.selection import rank_by, selection
 from lib.sweep import plan, storage
 from lib.sweep import study as sweep_study
 from lib.sweep.recovery import gone
-from lib.sweep.study import counted
+from lib.sweep.study import counted, kept_size
 
 
 def trial_rows(sweep_dir: Path | str, storage_url: str | None = None,
@@ -31,7 +32,8 @@ def trial_rows(sweep_dir: Path | str, storage_url: str | None = None,
         rows.append({"trial": t.number, "state": "interrupted" if gone(t, stale, opts.host) else t.state.name.lower(),
                      "run_id": t.user_attrs.get("run_id"), "config": config, "value": t.value,
                      "duration_s": round(duration, 1) if duration else None, "error": t.user_attrs.get("error"),
-                     "gpu": t.user_attrs.get("gpu")})
+                     "gpu": t.user_attrs.get("gpu"),
+                     "model_size_mb": kept_size(t)})
     meta = {**meta, "plan": study.user_attrs.get("plan")}
     return rows, meta
 
@@ -77,7 +79,8 @@ def status_table(sweep_dir: Path, storage_url: str | None = None, study_name: st
     planned = plan.status_lines(meta["plan"], time.time()) if meta.get("plan") else []   # plan, time left
     if not rows:
         return "\n".join(["no trials yet", *planned])
-    metric = meta["metric"]
+    sel = selection(meta)   # the study's metric and goal, read as every command reads them
+    metric = sel.metric
     varying = varying_keys([r["config"] for r in rows])
     gpu = ["gpu"] if any(r["gpu"] is not None for r in rows) else []
     table = pd.DataFrame([[str(r["trial"]), r["state"], cell(r["run_id"] or "-"),
@@ -90,9 +93,10 @@ def status_table(sweep_dir: Path, storage_url: str | None = None, study_name: st
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     lines = [table.to_string(index=False), "", "trials: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))]
-    done = [r for r in rows if r["state"] == "complete" and r["value"] is not None]
-    if done:
-        best = (max if meta["goal"] == "maximize" else min)(done, key=lambda r: r["value"])
+    done = rank_by([r for r in rows if r["state"] == "complete" and r["value"] is not None], sel,
+                   lambda r: r["value"], lambda r: r["model_size_mb"], lambda r: r["run_id"] or f"{r['trial']:09d}")
+    if done:   # the kit's one rule (lib.selection): the metric, then the smaller model, then the run id
+        best = done[0]
         shown = ", ".join(f"{cell(k)}={cell(best['config'].get(k))}" for k in varying)
         lines.append(f"best: trial {best['trial']} ({cell(best['run_id'])}) {cell(metric)} = {best['value']:.4f}"
                      + (f"  [{shown}]" if shown else ""))

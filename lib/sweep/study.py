@@ -16,6 +16,7 @@ from lib import yamls
 from lib.errors import SweepError
 from lib.records import SWEEP_COPY
 from lib.run_id import RUN_ID_RULE, valid_run_id
+from lib.selection import Selection, rank_by
 from lib.sweep import spec as sweep_spec
 from lib.sweep.options import Options
 from lib.sweep.spec import Sweep
@@ -132,6 +133,19 @@ def counted(study: optuna.Study) -> list:
     superseded = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
     return [t for t in trials if not t.user_attrs.get("surplus") and not t.user_attrs.get("requeued")
             and t.number not in superseded]
+
+
+def kept_size(t) -> float | None:
+    """The model size a finished trial's record kept (TrialProcess.keep_record), if any."""
+    return ((t.user_attrs.get("run") or {}).get("summary") or {}).get("model_size_mb")
+
+
+def ranked(trials: list, metric: str, goal: str) -> list:
+    """Finished trials with a value, best first by the kit's one rule (lib.selection): the metric, then the
+    smaller model (the size the trial's record kept), then the run id."""
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    return rank_by(done, Selection(metric, goal), lambda t: t.value, kept_size,
+                   lambda t: t.user_attrs.get("run_id") or f"{t.number:09d}")
 
 
 def trial_params(trial: optuna.Trial, sweep: Sweep, versions: dict | None = None) -> dict[str, Any]:

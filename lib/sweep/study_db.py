@@ -25,6 +25,7 @@ from lib.errors import SweepError
 from lib.files import write_json
 from lib.records import METRICS_FILE, RUN_FILE, State
 from lib.runs import load_local
+from lib.sources import Source
 from lib.sweep import artifacts
 from lib.sweep.storage import public_url, study_in_database
 from lib.sweep.study import check_run_ids, counted, trial_config
@@ -80,21 +81,6 @@ class DatabaseStudy:
             rows = [{"epoch": step, metric: value} for step, value in sorted(t.intermediate_values.items())]
             (folder / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    def exportable(self) -> list[dict]:
-        """export's candidates: the finished runs whose weights are in the store. Finished runs without
-        any are one line saying why (none finished at all: export says that itself)."""
-        finished = [r for r in self.runs(full=False) if r["state"] == State.FINISHED]
-        runs = [r for r in finished if artifacts.WEIGHTS in r["artifacts"]] if self.store else []
-        if finished and not runs and self.unread:
-            raise SweepError(f"{self.source} keeps its weights in the artifact store {self.unread}: pass --artifacts "
-                             f"{self.unread} to fetch them from there (a study does not choose which local files "
-                             "are copied)")
-        if finished and not runs:
-            raise SweepError(f"{self.source}: none of its {len(finished)} finished run(s) has weights in an artifact "
-                             f"store, so export cannot fetch them: run `local` with --artifacts DIR (a folder every "
-                             f"machine mounts) to keep them there")
-        return runs
-
     def fetch(self, run: dict, dest: Path) -> Path:
         """The run's weights and run.json from the store into ``dest``: a run folder export can read."""
         ids = run.get("artifacts") or {}
@@ -141,3 +127,45 @@ def open_database(url: str, name: str | None = None, store: str | None = None, c
     opened = artifacts.reader(study, store, confirm)
     unread = artifacts.recorded(study) if opened is None else None
     return DatabaseStudy(study, meta, opened, unread)
+
+
+class DatabaseSource(Source):
+    """A study's database URL as a SOURCE (lib.sources): opened when its runs or its sweep are asked for.
+    Its runs come from the study and its artifact store; a run's weights from the store."""
+
+    form = "database"
+
+    def __init__(self, url: str, study: str | None = None, artifacts: str | None = None, **_):
+        super().__init__(url)
+        self.study_name, self.artifacts, self._db = study, artifacts, None
+
+    @property
+    def db(self) -> DatabaseStudy:
+        if self._db is None:
+            self._db = open_database(self.text, self.study_name, self.artifacts)
+        return self._db
+
+    @property
+    def no_weights(self) -> str:
+        """Why none of its finished runs has weights here: a store the study names but nobody confirmed, or none."""
+        if self.db.unread:
+            return (f"they are in the artifact store {self.db.unread}: pass --artifacts {self.db.unread} to fetch "
+                    "them from there (a study does not choose which local files are copied)")
+        return ("no weights in an artifact store, so export cannot fetch them: run `local` with --artifacts DIR "
+                "(a folder every machine mounts) to keep them there")
+
+    @property
+    def name(self) -> str:
+        return self._db.source if self._db is not None else public_url(self.text, hide=True)
+
+    def _load(self, full: bool) -> list[dict]:
+        return self.db.runs(full)
+
+    def meta(self) -> dict:
+        return {**self.db.meta, "source": self.db.source}
+
+    def has_weights(self, run: dict) -> bool:
+        return self.db.store is not None and artifacts.WEIGHTS in (run.get("artifacts") or {})
+
+    def fetch(self, run: dict, dest: Path) -> Path:
+        return self.db.fetch(run, dest)

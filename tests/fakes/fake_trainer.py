@@ -49,5 +49,6 @@ for epoch in range(len(record.metrics) + 1, epochs + 1):
     best = max(best, acc)
     record.log_epoch({"epoch": epoch, "val_acc": acc, "best_val_acc": best})
 time.sleep(float(cfg.get("linger", 0.0)))
-record.update(state=State.FINISHED, summary={"best_val_acc": best})
+size = {"model_size_mb": float(cfg["size"])} if "size" in cfg else {}   # a model's size, where a test gives one
+record.update(state=State.FINISHED, summary={"best_val_acc": best, **size})
 print(json.dumps({"finished": record.dir.name}))

@@ -631,3 +631,42 @@ def test_imbalance_is_read_from_the_test_labels_when_the_record_has_no_counts(tm
     assert not [w for w in res["warning_details"] if w["kind"] == "imbalance"]
     assert not [w for w in build_report(tmp_path / "even", tmp_path / "out3", metric="best_val_acc")["warning_details"]
                 if w["kind"] == "imbalance"]
+
+
+# ---------------------------------------------------------------- the recommendation as a result
+def test_report_json_holds_the_verdict_and_the_recommended_run(tmp_path, capsys):
+    """A tie on the test set (Holm p > 0.05): trust LOW, and the cheaper of the top two is the run to ship,
+    in report.json as in the verdict's "prefer the cheaper"; a clear lead: the winner."""
+    runs = tmp_path / "runs"
+    for run_id, lr, seed, val, pred, size in (("win", 0.1, 42, 0.95, wrong(2), 90.0),
+                                              ("win-s2", 0.1, 43, 0.94, wrong(2), 90.0),
+                                              ("run", 0.01, 42, 0.93, wrong(8), 10.0),
+                                              ("r1", 0.001, 42, 0.90, wrong(4, offset=50), 5.0),
+                                              ("r2", 0.0001, 42, 0.89, wrong(3, offset=60), 5.0)):
+        write_run(runs, run_id, config={"model": "resnet18", "strategy": "full", "lr": lr, "seed": seed},
+                  summary=summ(val, 125 - sum(a != b for a, b in zip(pred, Y_TRUE)), size=size), y_pred=pred)
+    code, out, err = cli(["report", runs, "--out", tmp_path / "out"], capsys)
+    assert code == 0, err
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["verdict"]["winner"] == "win" and saved["verdict"]["runner_up"] == "run"
+    assert saved["verdict"]["trust"] == "LOW" and saved["verdict"]["p"]["raw"] == pytest.approx(2 / 64)
+    assert saved["verdict"]["p"]["holm"] == pytest.approx(3 * 2 / 64)
+    assert "treat as a tie and prefer the cheaper `run`" in " ".join(saved["verdict"]["text"])
+    assert saved["recommended"]["run_id"] == "run" and "a tie, and `run` is the cheaper (10.0 MB" in \
+        saved["recommended"]["reason"]
+    (group,) = saved["seeds"]
+    assert group["run_ids"] == ["win", "win-s2"] and group["best_val_acc_mean"] == pytest.approx(0.945)
+    assert [r["run_id"] for r in saved["ranking"]] == ["win", "win-s2", "run", "r1", "r2"]
+    assert f"recommended: run run: {saved['recommended']['reason']}" in out.splitlines()
+    assert "Recommended: `run`" in (tmp_path / "out" / "report.md").read_text()
+
+    clear = tmp_path / "clear"
+    for run_id, lr, val, pred in (("good", 0.1, 0.95, wrong(0)), ("bad", 0.01, 0.70, wrong(40))):
+        write_run(clear, run_id, config={"model": "resnet18", "strategy": "full", "lr": lr},
+                  summary=summ(val, 125 - sum(a != b for a, b in zip(pred, Y_TRUE))), y_pred=pred)
+    res = build_report(clear, tmp_path / "clear_out")
+    saved = json.loads((tmp_path / "clear_out" / "report.json").read_text())
+    assert saved["verdict"]["trust"] == res["trust"] == "MEDIUM" and "Trust: MEDIUM" in res["verdict"]
+    assert saved["recommended"] == res["recommended"] and saved["recommended"]["run_id"] == "good"
+    assert saved["recommended"]["reason"].startswith("the best best_val_acc (maximize) of 2 finished run(s), "
+                                                     "0.9500; trust MEDIUM: small test set")

@@ -261,7 +261,9 @@ def test_the_best_run_under_constraints_is_chosen(tmp_path):
     """Selection: best metric first, ties to the smaller model, runs over the size limit left out,
     unfinished runs and runs without weights never chosen."""
     from lib.files import write_json
+    from lib.selection import Selection, rank
     from lib.ship.select import candidates
+    from lib.sources import resolve
 
     def fake(run_id, acc, size, state="finished", weights=True):
         d = tmp_path / "runs" / run_id
@@ -276,8 +278,9 @@ def test_the_best_run_under_constraints_is_chosen(tmp_path):
     fake("worse", 0.85, 2.0)
     fake("crashed", 0.99, 1.0, state="failed")
     fake("no-weights", 0.95, 1.0, weights=False)
-    assert [r["id"] for r in candidates(tmp_path / "runs")] == ["small", "big", "worse"]
-    assert [r["id"] for r in candidates(tmp_path / "runs", max_size_mb=5)] == ["worse"]
+    sel, source = Selection("best_val_acc", "maximize"), resolve(tmp_path / "runs")
+    assert [r["id"] for r in rank(candidates(source, sel), sel)] == ["small", "big", "worse"]
+    assert [r["id"] for r in candidates(source, sel, max_size_mb=5)] == ["worse"]
 
 
 def test_export_from_a_wandb_sweep_fetches_the_artifact_and_logs_back(trained, tmp_path, monkeypatch):
@@ -523,3 +526,68 @@ def test_export_without_out_writes_into_the_source_and_says_where(trained, tmp_p
     assert code == 0, err
     assert (tmp_path / "sweep" / "export" / "model.onnx").is_file()
     assert f"exported run exp1 -> {tmp_path / 'sweep' / 'export' / 'model.onnx'}" in stdout
+
+
+# ---------------------------------------------------------------- the run it ships: the report's recommendation
+@pytest.fixture(scope="module")
+def three(trained, tmp_path_factory):
+    """A sweep dir of three configurations of the real run (its weights and test predictions, so the test
+    set cannot tell them apart), ranked by the sweep's own metric test_loss: A < B < C, sizes 3:2:1."""
+    root = tmp_path_factory.mktemp("three")
+    (root / "sweep.json").write_text(json.dumps({"name": "three", "metric": "test_loss", "goal": "minimize"}))
+    size = read_json(trained / "run.json")["summary"]["model_size_mb"]
+    for run_id, lr, loss, val, times in (("A", 0.03, 0.30, 0.99, 3), ("B", 0.02, 0.31, 0.98, 2),
+                                         ("C", 0.01, 0.5, 0.97, 1)):
+        shutil.copytree(trained, root / "runs" / run_id)
+        record = read_json(trained / "run.json")
+        record.update(id=run_id, config={**record["config"], "run_id": run_id, "lr": lr},
+                      summary={**record["summary"], "test_loss": loss, "best_val_acc": val,
+                               "model_size_mb": times * size})
+        (root / "runs" / run_id / "run.json").write_text(json.dumps(record))
+    return root, size
+
+
+def test_export_ships_the_run_the_report_recommends(three, tmp_path, capsys):
+    """By the sweep's own metric (not best_val_acc), the top two A and B tie on the test set: the report
+    says prefer the cheaper B, and export ships B, says why, and records it; with no report it makes the
+    same recommendation itself; within a size limit it is the recommendation among the runs that fit."""
+    from lib.selection import selection
+    from lib.ship.select import recommended
+    from lib.sources import resolve
+
+    root, size = three
+    code, out, err = cli(["export", root, "--out", tmp_path / "e1"], capsys)
+    assert code == 0, err
+    shipped = read_json(tmp_path / "e1" / "export.json")
+    assert shipped["run_id"] == "B" and shipped["recommended_by"] == "made by export: no report.json"
+    assert shipped["reason"].startswith("the top two by test_loss, `A` and `B`, are not distinguishable on the "
+                                        "test set (McNemar p = 1, Holm-corrected p = 1): a tie, and `B` is the cheaper")
+    assert f"ships run B: {shipped['reason']} [recommendation: made by export: no report.json]" in out.splitlines()
+    card = (tmp_path / "e1" / "model_card.md").read_text()
+    assert "## Why this run" in card and "a tie, and `B` is the cheaper" in card
+
+    code, out, err = cli(["report", root], capsys)
+    assert code == 0, err
+    report = read_json(root / "report" / "report.json")
+    assert report["recommended"] == {"run_id": "B", "reason": shipped["reason"]}     # the same function
+    assert f"recommended: run B: {shipped['reason']}" in out.splitlines()
+    choice = recommended(resolve(root), selection(resolve(root).meta()))
+    assert choice.run["id"] == "B" and choice.recommended_by == str(root / "report" / "report.json")
+
+    code, out, err = cli(["export", root, "--out", tmp_path / "e2", "--max-size-mb", 2.5 * size], capsys)
+    assert code == 0, err
+    shipped = read_json(tmp_path / "e2" / "export.json")
+    assert shipped["run_id"] == "C" and "`B` and `C`, are not distinguishable" in shipped["reason"]
+    assert shipped["reason"].endswith(f"(among the runs within {2.5 * size:g} MB)")
+
+
+def test_export_run_ships_that_run(three, tmp_path, capsys):
+    root, _ = three
+    code, out, err = cli(["export", root, "--out", tmp_path / "nope", "--run", "nope"], capsys)
+    assert code == 2 and err == [f"error: --run nope: {root} has no such run; its runs: A, B, C"] and out == ""
+    assert not (tmp_path / "nope").exists()
+    code, out, err = cli(["export", root, "--out", tmp_path / "a", "--run", "A"], capsys)
+    assert code == 0, err
+    shipped = read_json(tmp_path / "a" / "export.json")
+    assert shipped["run_id"] == "A" and shipped["reason"] == "asked for with --run"
+    assert "ships run A: asked for with --run [recommendation: --run]" in out

@@ -133,3 +133,40 @@ def test_an_artifact_store_is_a_folder_every_machine_mounts_or_a_bucket(tmp_path
     with pytest.raises(SweepError, match="not a folder on this machine: mount the shared folder"):
         artifacts.reader(study, None, confirm=lambda where: True)
     assert artifacts.reader(study, str(tmp_path)) is not None                # mounted elsewhere: --artifacts
+
+
+def test_every_command_takes_the_database_url_soup_too(tmp_path, animals, cache_dir, monkeypatch, elsewhere, capsys):
+    """One resolver for SOURCE: a study in SQLite (the same storage code as PostgreSQL) with its files in an
+    artifact store, read from a folder that holds none of its runs: status, report, export and soup take the
+    URL; export ships the run report.json recommends; soup fetches the runs' weights from the store."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    f = _sweep(tmp_path, "lite", "finetune_resnet.py", {"model": {"value": "small_cnn"}, "strategy": {"value": "full"},
+                                                        "lr": {"values": [3e-3, 1e-3]}})
+    fixed = {"data_dir": str(animals), "image_size": "32", "min_image_side": "16", "epochs": "1", "batch_size": "16",
+             "augment": "none", "val_fraction": "0.25", "test_fraction": "0.25", "device": "cpu",
+             "cache_dir": cache_dir}
+    url, host = f"sqlite:///{tmp_path / 'study.db'}", tmp_path / "host"
+    opts = Options(sweep_dir=host, storage=url, artifacts=str(tmp_path / "shared"), poll_s=0.05)
+    assert sweep_runner.run_local(f, opts, fixed) == 0
+    shutil.rmtree(host)
+
+    code, out, _ = _cli(capsys, "status", url)
+    assert code == 0 and "trials: complete 2" in out and "best: trial" in out
+    code, out, _ = _cli(capsys, "report", url, "--out", "report")
+    assert code == 0, out
+    recommended = read_json(elsewhere / "report" / "report.json")["recommended"]
+    assert f"recommended: run {recommended['run_id']}: {recommended['reason']}" in out.splitlines()
+    code, out, err = _cli(capsys, "export", url, "--out", "export")
+    assert code == 0, err
+    assert read_json(elsewhere / "export" / "export.json")["run_id"] == recommended["run_id"]
+    assert f"ships run {recommended['run_id']}: {recommended['reason']}" in out
+
+    code, out, err = _cli(capsys, "soup", url, "--out", "soup")   # one family: small_cnn, the same seed
+    assert code == 0, err
+    if out.startswith("soup of 2 run(s)"):
+        record = read_json(elsewhere / "soup" / "run.json")
+        assert record["state"] == "finished" and (elsewhere / "soup" / "model.safetensors").is_file()
+    else:
+        assert out.startswith("no soup: adding any other run to ") and not (elsewhere / "soup").exists()
+    code, _, err = _cli(capsys, "soup", "nowhere", "--out", "soup2")
+    assert code == 2 and "SOURCE is a sweep dir, a runs dir, one run folder, a database URL" in err

@@ -55,3 +55,15 @@ def test_confirm_that_cannot_run_is_refused_before_any_trial(tmp_path, method, p
     with pytest.raises(SweepError, match=needle):
         local(write(tmp_path, fake_sweep(method, params)), tmp_path / "out", **opts)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_tie_goes_to_the_smaller_model_in_status_and_confirm(tmp_path, capsys):
+    """Both trials reach the same metric (lr 2 caps at 1.0), the second with the smaller model: it is the
+    configuration confirmed and the best in status (lib.selection: the metric, then size, then the run id)."""
+    grid = {"lr": {"value": 2.0}, "size": {"values": [9.0, 3.0]}, "seed": {"value": 7}, "epochs": {"value": 1}}
+    f, out = write(tmp_path, fake_sweep("grid", grid)), tmp_path / "out"
+    assert local(f, out, confirm_top=1, repeats=2) == 0
+    assert "(trials 1) with 2 seeds: 1 trial(s) enqueued" in capsys.readouterr().out
+    assert sorted(zip(trials(out)["size"], trials(out)["seed"])) == [(3.0, 7), (3.0, 8), (9.0, 7)]
+    best = [line for line in sweep_status.status_table(out).splitlines() if line.startswith("best:")]
+    assert best == ["best: trial 1 (s-001) best_val_acc = 1.0000  [seed=7, size=3]"], best

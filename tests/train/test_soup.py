@@ -48,11 +48,13 @@ def test_greedy_soup_of_one_family(study, tmp_path):
 
 
 def test_the_soup_is_a_candidate_for_report_and_export(study):
+    from lib.selection import selection
     from lib.ship.select import candidates
+    from lib.sources import resolve
     from lib.train.restore import load_run_model
 
     soup.greedy_soup(study, study / "soup")
-    assert "soup" in {c["id"] for c in candidates(study)}
+    assert "soup" in {c["id"] for c in candidates(resolve(study), selection())}
     model, record = load_run_model(study / "soup")
     assert record["soup"]["best_single"] in ("frz", "par", "bad", "twin")
 
@@ -113,3 +115,21 @@ def test_soup_out_replaces_an_earlier_soup_under_the_run_lock(study, tmp_path, c
     assert read_json(out / "run.json") == first
     assert main(["soup", str(study), "--out", str(out)]) == 0     # an earlier soup is the soup's to replace
     assert read_json(out / "run.json")["soup"]["ingredients"] == first["soup"]["ingredients"]
+
+
+def test_ingredients_rank_by_the_sweeps_own_metric(study, tmp_path):
+    """The soup takes its runs best first by the kit's one rule (lib.selection): here a sweep whose metric
+    is test_loss (minimize), set so that it ranks the runs the other way round from validation accuracy."""
+    sweep = tmp_path / "sweep"
+    write_json(sweep / "sweep.json", {"name": "s", "metric": "test_loss", "goal": "minimize"})
+    by_val = sorted(("frz", "par", "bad", "twin"),
+                    key=lambda r: -read_json(study / r / "run.json")["summary"]["best_val_acc"])
+    for loss, run_id in enumerate(reversed(by_val)):
+        shutil.copytree(study / run_id, sweep / "runs" / run_id)
+        record = read_json(study / run_id / "run.json")
+        write_json(sweep / "runs" / run_id / "run.json",
+                   {**record, "summary": {**record["summary"], "test_loss": loss}})
+    assert [r["id"] for r in soup.ingredients(sweep)] == list(reversed(by_val))
+    from lib.selection import Selection
+
+    assert [r["id"] for r in soup.ingredients(sweep, Selection("test_loss", "maximize"))] == by_val
