@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TypeVar
 
 from lib.errors import ReportError
-from lib.records import EPOCH_METRICS, RUN_METRICS, metric_value
+from lib.records import EPOCH_METRICS, RUN_METRICS, State, metric_value
 
 GOALS = ("maximize", "minimize")
 DEFAULT_METRIC = "best_val_acc"
@@ -112,7 +112,7 @@ def size_of(run: dict) -> float | None:
 
 def rank(runs: Iterable[dict], sel: Selection) -> list[dict]:
     """The finished runs with a value of the metric, best first."""
-    return rank_by([r for r in runs if r.get("state") == "finished"], sel, lambda r: value_of(r, sel), size_of,
+    return rank_by([r for r in runs if r.get("state") == State.FINISHED], sel, lambda r: value_of(r, sel), size_of,
                    lambda r: r.get("id"))
 
 

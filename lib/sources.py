@@ -18,10 +18,10 @@ from typing import Callable
 from lib import runs as runs_lib
 from lib.errors import SourceError
 from lib.files import read_json
+from lib.records import RUN_FILE, SWEEP_META, WEIGHTS_FILE, State
 
 ACCEPTED = ("a sweep dir, a runs dir, one run folder, a database URL (postgresql://USER@HOST/DB, "
             "sqlite:///FILE) or a W&B sweep path ENTITY/PROJECT/SWEEP_ID")
-WEIGHTS = "model.safetensors"
 
 
 class Source:
@@ -84,8 +84,8 @@ class FolderSource(Source):
         self.path = Path(text)
         if not self.path.is_dir():
             raise SourceError(f"{self.path} is a file, not a folder: SOURCE is {ACCEPTED}")
-        self.form = ("run folder" if (self.path / "run.json").exists() else
-                     "sweep dir" if (self.path / "sweep.json").exists() else "runs dir")
+        self.form = ("run folder" if (self.path / RUN_FILE).exists() else
+                     "sweep dir" if (self.path / SWEEP_META).exists() else "runs dir")
 
     @property
     def location(self) -> Path:
@@ -96,12 +96,12 @@ class FolderSource(Source):
 
     def meta(self) -> dict:
         with contextlib.suppress(OSError, ValueError):
-            meta = read_json(self.path / "sweep.json")
+            meta = read_json(self.path / SWEEP_META)
             return meta if isinstance(meta, dict) else {}
         return {}
 
     def has_weights(self, run: dict) -> bool:
-        return bool(run.get("dir")) and (Path(run["dir"]) / WEIGHTS).is_file()
+        return bool(run.get("dir")) and (Path(run["dir"]) / WEIGHTS_FILE).is_file()
 
     def fetch(self, run: dict, dest: Path) -> Path:
         if not self.has_weights(run):
@@ -138,7 +138,7 @@ class WandbSource(Source):
         return self._meta
 
     def has_weights(self, run: dict) -> bool:
-        return run.get("state") == "finished"   # every finished run logs its model artifact (log_model)
+        return run.get("state") == State.FINISHED   # every finished run logs its model artifact (log_model)
 
     def fetch(self, run: dict, dest: Path) -> Path:
         return runs_lib.download_run(self.text, run["id"], Path(dest), self.api)

@@ -25,13 +25,13 @@ def test_every_option_takes_both_spellings_and_help_shows_one(command):
     for action in [a for a in p._actions if a.option_strings and a.dest != "help"]:
         written = [o for o in action.option_strings if o.startswith("--")]
         assert len(written) == 1 and "-" not in written[0][2:], f"{command} {written}: --help shows one --flag_name"
-        value = [] if action.nargs == 0 else ["1"]
+        value = [] if action.nargs == 0 else [str(action.choices[0]) if action.choices else "1"]
         expected = parser().parse_args([command, written[0], *value, *positionals])
         assert getattr(expected, action.dest) not in (None, False)
         hyphens = "--" + written[0][2:].replace("_", "-")
         assert parser().parse_args([command, hyphens, *value, *positionals]) == expected, (command, hyphens)
         if value:
-            assert parser().parse_args([command, f"{hyphens}=1", *positionals]) == expected, (command, hyphens)
+            assert parser().parse_args([command, f"{hyphens}={value[0]}", *positionals]) == expected, (command, hyphens)
 
 
 def test_the_issue_s_flags(tmp_path):
