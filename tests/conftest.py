@@ -18,6 +18,25 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # no hub here: fail in 0.1 s, not after retr
 SESSION = os.environ[procs.SESSION_VAR] = uuid.uuid4().hex
 LEAKED: dict[int, str] = {}   # pid -> the test after which it was first seen running
 
+# The tiers (issue 20): `make check` runs every test not marked slow, in under 3 minutes; `make test` all.
+# A test is slow by what it uses (a fixture below) or by its file's declared kind: a module-level
+# KIND = "training" (real runs in-process), "subprocess" (the real trainer or runner in a child
+# process), "server" (PostgreSQL, the dashboard) or "notebook"; a file without KIND is "unit".
+SLOW_KINDS = {"training", "subprocess", "server", "notebook"}
+SLOW_FIXTURES = {"base_args", "imbalanced", "pg_server", "pg_url"}   # a real run's arguments; a real database
+KINDS = SLOW_KINDS | {"unit"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        kind = getattr(item.module, "KIND", "unit")
+        if kind not in KINDS:
+            raise pytest.UsageError(f"{item.module.__file__}: KIND = {kind!r}, expected one of {sorted(KINDS)}")
+        if kind in SLOW_KINDS or SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("opt_in") and not os.environ.get("RUN_SLOW"):
+            item.add_marker(pytest.mark.skip(reason="opt-in (minutes of one-off work): RUN_SLOW=1 runs it"))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def no_kit_process_left():

@@ -2,7 +2,6 @@
 native (8.0+), fp16 with a grad scaler on V100/T4/P100, fp32 elsewhere; the run record says which."""
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import time
@@ -78,8 +77,7 @@ def test_compiled_training_finishes_and_records_its_compile_time(base_args, monk
     _compiled_run(base_args)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("RUN_SLOW"), reason="inductor compiles for 70+ s on this CPU; RUN_SLOW=1 runs it")
+@pytest.mark.opt_in   # inductor compiles for 70+ s on this CPU
 def test_compiled_training_with_inductor(base_args):
     _compiled_run(base_args)
 
