@@ -98,7 +98,10 @@ def cmd_report(a):
 
 
 def cmd_export(a):
+    from lib.ship.select import check_data_dir
+
     source = _source(a)
+    check_data_dir(source, a.data_dir)   # before anything is asked of W&B or the database
     source.meta()   # a W&B sweep without a key, a database without the study: one line before torch loads
     from lib.ship import export
 

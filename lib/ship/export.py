@@ -29,7 +29,7 @@ from lib.ship.card import model_card
 from lib.ship.latency import LATENCY_IMAGES, LATENCY_WARMUP, latency_ms
 from lib.ship.onnx_model import PARITY_MAX_ABS_DIFF, onnx_accuracy, ort_session, parity, write_onnx
 from lib.ship.quantize import quantize_int8
-from lib.ship.select import asked, check_request, recommended
+from lib.ship.select import asked, check_data_dir, check_request, recommended
 from lib.sources import resolve
 from lib.train.restore import data_root, decode_recorded, eval_batches, load_run_model, model_inputs
 
@@ -182,12 +182,7 @@ def export_best(source, out_dir, *, metric: str | None = None, goal: str | None 
     export is logged back (lib.ship.wandb_export). export.json and the model card say why this run."""
     check_request(out_dir, max_size_mb, max_latency_ms, attributions)
     source = resolve(source, api=api, study=study, artifacts=artifacts)
-    if source.form in ("W&B sweep", "database") and not data_dir:
-        # its config.data_dir is whatever was written there: it must not choose which local files are read
-        # (for parity) and drawn (attribution grids, which go back to W&B)
-        raise ExportError(f"a run from {'W&B' if source.form == 'W&B sweep' else 'a study database'} brings its own "
-                          "data_dir, which decides nothing here: pass --data_dir, the folder of its images on this "
-                          "machine")
+    check_data_dir(source, data_dir)
     sel = selection(source.meta(), metric, goal, source.runs())   # what the report reads: the same answer
     out, passed = Path(out_dir), ()
     while True:

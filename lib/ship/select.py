@@ -93,3 +93,12 @@ def check_request(out_dir, max_size_mb, max_latency_ms, attributions) -> None:
             raise ExportError(f"{name} {value}: expected a number > 0")
     if attributions < 0:
         raise ExportError(f"--attributions {attributions}: expected 0 (none) or more test images")
+
+
+def check_data_dir(source: Source, data_dir) -> None:
+    """A run from W&B or a database brings a config.data_dir that is whatever was written there: it must not
+    choose which local files are read (for parity) and drawn (attribution grids, which go back to W&B)."""
+    if source.form in ("W&B sweep", "database") and not data_dir:
+        raise ExportError(f"a run from {'W&B' if source.form == 'W&B sweep' else 'a study database'} brings its own "
+                          "data_dir, which decides nothing here: pass --data_dir, the folder of its images on this "
+                          "machine")

@@ -465,7 +465,7 @@ def test_a_wandb_sweep_without_a_goal_is_ranked_as_wandb_ran_it_and_the_report_s
     assert code == 0, err
     md = (tmp_path / "r" / "report.md").read_text()
     assert "run `w_low`" in out and "selection metric: `best_val_acc` (minimize)" in md
-    assert "has no goal: W&amp;B minimized it (its default)" in md   # the page escapes the &
+    assert "has no goal: W&B minimized it (its default)" in md   # the page keeps & as written (no entity)
     res = build_report(runs, tmp_path / "r2", sweep=meta)
     (warning,) = [w for w in res["warning_details"] if w["kind"] == "goal"]
     assert warning == {"level": "critical", "kind": "goal", "text": (
