@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
 from lib.errors import ReportError
 from lib.records import EPOCH_METRICS, RUN_METRICS, State, metric_value

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from lib import runs as runs_lib
 from lib.errors import SourceError

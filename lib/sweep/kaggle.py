@@ -279,7 +279,7 @@ def sweep_for_create(sweep_yaml: Path, data_dir: Path, settings: dict, out: Path
     data, for `create`: under a W&B sweep the sweep's parameters win over a run's command line."""
     import yaml
 
-    from lib import yamls   # here, not at the top: the helpers above run before the requirements are installed
+    from lib import yamls  # here, not at the top: the helpers above run before the requirements are installed
 
     spec = yamls.safe_load(Path(sweep_yaml).read_text(), f"sweep file {str(sweep_yaml)!r}", SweepError)
     params = spec.setdefault("parameters", {})

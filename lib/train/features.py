@@ -16,8 +16,8 @@ trains on view e mod K: an approximation of fresh augmentation every epoch, reco
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch

@@ -9,7 +9,7 @@ the config's ``monitor`` names, in its direction).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.optim import lr_scheduler as sched

@@ -16,9 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lib import clock
+from lib import clock, records
 from lib import config as config_lib
-from lib import records
 from lib.config import Config
 from lib.errors import ConfigError, DataError, KitError
 from lib.files import atomic_write, run_lock

@@ -25,8 +25,8 @@ statistics in trainable parts.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from timm.models import group_parameters
 from torch import nn

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import netrc
 import os
+from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any, MutableMapping
+from typing import Any
 from urllib.parse import urlparse
 
 from lib import config as config_lib

@@ -75,7 +75,7 @@ class Accel:
     _compiled: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
-    def for_config(cls, cfg: Config, device: torch.device) -> "Accel":
+    def for_config(cls, cfg: Config, device: torch.device) -> Accel:
         dtype = amp_dtype(device) if cfg.amp else None
         scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
         # channels_last also pays on CPU (oneDNN): a MobileNetV2 training step at 64 px took 212 ms
@@ -137,7 +137,7 @@ def forward_loss(forward, x: torch.Tensor, y: torch.Tensor, loss_fn, mixup, acce
 
 
 def train_epoch(model, loader, opt, schedule, loss_fn, mixup, accel: Accel, desc: str,
-                stop: "StopFlag | None" = None, after_step=None, may_time_out: bool = False) -> dict:
+                stop: StopFlag | None = None, after_step=None, may_time_out: bool = False) -> dict:
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
     forward, compiling = accel.train_forward(model)
@@ -166,7 +166,7 @@ def train_epoch(model, loader, opt, schedule, loss_fn, mixup, accel: Accel, desc
 
 
 @torch.no_grad()
-def evaluate(model, loader, accel: Accel, stop: "StopFlag | None" = None) -> dict:
+def evaluate(model, loader, accel: Accel, stop: StopFlag | None = None) -> dict:
     model.eval()
     total_loss, preds, labels = 0.0, [], []
     for x, y in loader:
@@ -295,7 +295,7 @@ def _tuplify(x):
 
 
 def cached_phase(cfg: Config, model: nn.Module, phase_name: str, epochs: int, loaders: dict,
-                 store: "features.Store | None", accel: Accel) -> "features.Cached | str":
+                 store: features.Store | None, accel: Accel) -> features.Cached | str:
     """Loaders over the stored output of the phase's frozen front, or why the phase trains on images."""
     reason = "no store" if store is None else features.why_not(cfg, phase_name)
     if reason:
@@ -315,7 +315,7 @@ class PhaseRun:
     schedule: Schedule
     stopper: EarlyStopping
     net: nn.Module
-    cached: "features.Cached | None"
+    cached: features.Cached | None
     cache_mode: str
 
     def train_loader(self, loaders: dict, phase_epoch: int):
@@ -363,7 +363,7 @@ def _checkpoint(p: Progress, model: nn.Module, run: PhaseRun, index: int, loader
 
 def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.Module,
         mixup: Mixup | None, hooks, stop: StopFlag | None = None, resume: dict | None = None,
-        store: "features.Store | None" = None) -> dict:
+        store: features.Store | None = None) -> dict:
     """Run every phase of the strategy, from the start or from a checkpoint (``resume``).
     ``hooks`` has ``epoch(row)``, ``best(state_dict)``, ``checkpoint(dict)`` and ``load_best()``;
     with a ``store``, phases with a frozen front train on its stored output (lib.train.features)."""

@@ -13,8 +13,17 @@ from lib.report import build_report, load_local
 from lib.report.expected import expected_best
 from lib.report.plots import tradeoff_figure
 from lib.report.table import run_table
-from tests.report.test_report import (CLASSES, TEST_FILES, Y_TRUE, curve, guide_report, guide_sweep,  # noqa: F401
-                                      summ, write_run, wrong)
+from tests.report.test_report import (  # noqa: F401
+    CLASSES,
+    TEST_FILES,
+    Y_TRUE,
+    curve,
+    guide_report,
+    guide_sweep,
+    summ,
+    write_run,
+    wrong,
+)
 
 
 def _strategy_runs(root: Path) -> Path:
