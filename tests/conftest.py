@@ -9,6 +9,10 @@ import pytest
 
 from tests import procs
 
+# Fixtures shared across folders, registered once (a test names them; no import): a real PostgreSQL
+# server and database (pg_server, pg_url), the guide's sweep for the report tests (guide_sweep, guide_report).
+pytest_plugins = ["tests.pg", "tests.report.guide"]
+
 # W&B must never reach the network from tests; set before anything imports wandb.
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")

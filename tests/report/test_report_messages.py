@@ -13,17 +13,7 @@ from lib.report import build_report, load_local
 from lib.report.expected import expected_best
 from lib.report.plots import tradeoff_figure
 from lib.report.table import run_table
-from tests.report.test_report import (  # noqa: F401
-    CLASSES,
-    TEST_FILES,
-    Y_TRUE,
-    curve,
-    guide_report,
-    guide_sweep,
-    summ,
-    write_run,
-    wrong,
-)
+from tests.report.guide import curve, summ, write_run, wrong
 
 
 def _strategy_runs(root: Path) -> Path:
@@ -121,7 +111,7 @@ def test_training_time_says_what_it_counted(tmp_path):
     assert "| train s | wall s |" in md and "| 0.4 | 9.2 |" in md
 
 
-def test_the_100_percent_line_names_its_runs_and_markdown_reads_as_written(guide_report):  # noqa: F811
+def test_the_100_percent_line_names_its_runs_and_markdown_reads_as_written(guide_report):
     res, out = guide_report
     assert ("Runs `r50_freeze`, `r50_partial`, `r50_full` score 100% test accuracy on n=125, which only shows "
             "≥ 97.0% at 95% confidence.") in res["verdict"]

@@ -27,7 +27,7 @@ from lib.sweep import dashboard
 from lib.sweep import runner as sweep_runner
 from lib.sweep import status as sweep_status
 from lib.sweep.options import Options
-from tests.pg import PASSWORD, pg_server, pg_url  # noqa: F401 - fixtures
+from tests.pg import PASSWORD
 from tests.procs import started
 
 FAKE = str(Path(__file__).parents[1] / "fakes" / "fake_trainer.py")

@@ -16,7 +16,7 @@ from lib.sweep import status as sweep_status
 from lib.sweep import storage
 from lib.sweep import study as sweep_study
 from lib.sweep.options import Options
-from tests.pg import PASSWORD, ROLE, pg_server, pg_url  # noqa: F401 - fixtures
+from tests.pg import PASSWORD, ROLE
 from tests.procs import started, wait_for
 
 FAKE = str(Path(__file__).parents[1] / "fakes" / "fake_trainer.py")

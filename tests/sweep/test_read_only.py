@@ -17,7 +17,7 @@ from lib.records import JOURNAL_FILE, SWEEP_META
 from lib.sweep import dashboard, status, storage, study_db
 from lib.sweep import runner as sweep_runner
 from lib.sweep.options import Options
-from tests.pg import PASSWORD, pg_server, pg_url  # noqa: F401 - fixtures
+from tests.pg import PASSWORD
 
 FAKE = str(Path(__file__).parents[1] / "fakes" / "fake_trainer.py")
 READERS = {"status": [], "report": ["--out", "report"], "export": ["--out", "export"], "dashboard": ["--port", "0"]}

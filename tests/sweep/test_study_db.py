@@ -17,7 +17,7 @@ from lib.sweep import runner as sweep_runner
 from lib.sweep import storage
 from lib.sweep import study as sweep_study
 from lib.sweep.options import Options
-from tests.pg import PASSWORD, pg_server, pg_url  # noqa: F401 - fixtures
+from tests.pg import PASSWORD
 
 FAKE = str(Path(__file__).parents[1] / "fakes" / "fake_trainer.py")
 

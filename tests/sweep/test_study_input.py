@@ -14,7 +14,7 @@ from optuna.trial import TrialState, create_trial
 
 import finetune_sweep
 from lib.sweep import storage
-from tests.pg import PASSWORD, pg_server, pg_url  # noqa: F401 - fixtures
+from tests.pg import PASSWORD
 
 SWEEP = {"yaml": {"method": "grid", "metric": {"name": "best_val_acc", "goal": "maximize"}}, "set": {}}
 
