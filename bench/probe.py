@@ -23,16 +23,17 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")   # before timm: the weights come from pip, never the hub
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script: lib/ is one folder up
+
+import numpy as np
+import torch
+
+from lib.config import build
+from lib.errors import DataError
+from lib.files import write_json
+from lib.train import data, models
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from lib.config import build  # noqa: E402
-from lib.errors import DataError  # noqa: E402
-from lib.files import write_json  # noqa: E402
-from lib.train import data, models  # noqa: E402
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 

@@ -33,11 +33,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script: lib/ is one folder up
 
-from bench.datasets import REGISTRY, MissingPackage, materialise  # noqa: E402
-from lib.files import read_json, write_json  # noqa: E402
+from bench.datasets import REGISTRY, MissingPackage, materialise
+from lib.files import read_json, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # The README's first command as a new user types it (no --set for small images: the plan handles them),
 # in a sweep dir of its own.

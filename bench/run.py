@@ -25,20 +25,21 @@ from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script: lib/ is one folder up
+
+import timm
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from torchvision import datasets, transforms
+
+from lib.config import build, recipe_as_keys
+from lib.files import read_json, write_json
+from lib.sweep import spec as sweep_spec
+from lib.train import demo_data, strategies
+from lib.train.run import main as kit_main
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import timm  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader, Subset  # noqa: E402
-from torchvision import datasets, transforms  # noqa: E402
-
-from lib.config import build, recipe_as_keys  # noqa: E402
-from lib.files import read_json, write_json  # noqa: E402
-from lib.sweep import spec as sweep_spec  # noqa: E402
-from lib.train import demo_data, strategies  # noqa: E402
-from lib.train.run import main as kit_main  # noqa: E402
 
 DEMO = ROOT / "sweeps" / "demo.yaml"
 FOUR = ("freeze", "partial", "full", "two_phase")   # the demo's strategies the figures below were measured on

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-import finetune_sweep  # noqa: F401 - the composer: registers the database reader with lib.sources
+import finetune_sweep  # the composer: registers the database reader with lib.sources
 from lib import sources
 from lib.errors import ReportError, SourceError
 from lib.files import write_json

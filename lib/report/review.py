@@ -423,7 +423,9 @@ def _runner_line(s: RunTable, best, runner) -> str:
 def _cheaper(best, runner):
     """Of two runs the test set cannot tell apart: the smaller model, then fewer trained parameters, then
     less training time (the winner where nothing is recorded)."""
-    inf = lambda v: np.inf if isnan(v) else v  # noqa: E731
+    def inf(v):
+        return np.inf if isnan(v) else v
+
     return min((best, runner), key=lambda x: (inf(x["model_size_mb"]), inf(x["trainable_params"]),
                                               inf(x["train_time_s"])))
 

@@ -38,7 +38,7 @@ def _to_onnx(model: torch.nn.Module, example: torch.Tensor, tmp: Path) -> tuple[
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
         info["exporter"] = "torchscript"
         return onnx.load(str(tmp)), info
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - whatever the TorchScript exporter raises: one line
         raise ExportError(f"ONNX export failed with both exporters: dynamo: {info['dynamo_error']}; "
                           f"torchscript: {one_line(e)}") from None
     finally:

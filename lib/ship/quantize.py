@@ -45,7 +45,7 @@ def quantize_int8(fp32: Path, out: Path, calibration: list[np.ndarray]) -> dict:
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8))
     except ExportError:
         raise
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - ONNX Runtime's quantizer raises many kinds: one line
         raise ExportError(f"int8 quantization failed: {one_line(e)}") from None
     finally:
         pre.unlink(missing_ok=True)

@@ -25,7 +25,7 @@ def load_arrays() -> tuple[np.ndarray, np.ndarray]:
     with gzip.open(folder / "animal_data_version_3.gz") as f:
         images = pickle.load(f)  # noqa: S301 - the package's own data file, shipped by pip
     with gzip.open(folder / "animal_label_version_3.gz") as f:
-        labels = pickle.load(f)  # noqa: S301
+        labels = pickle.load(f)  # noqa: S301 - as above: the package's own file
     return np.asarray(images, dtype=np.uint8), np.asarray(labels, dtype=np.int64)
 
 

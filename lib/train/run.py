@@ -355,7 +355,7 @@ def load_checkpoint(record: RunRecord, cfg: Config | None = None, defined_by: st
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         done = state["progress"]["epoch"]
-        int(done), state["model"], state["rng"]   # noqa: B018 - what resuming needs is there
+        int(done), state["model"], state["rng"]   # what resuming needs is there (else KeyError)
     except Exception as e:  # noqa: BLE001 - whatever torch.load raises on a damaged file (Runtime, EOF, Unpickling...)
         detail = " ".join(str(e).split())[:120] or type(e).__name__
         record.notes.append(f"{CHECKPOINT_FILE} was damaged ({detail}): the run starts over from the beginning")

@@ -14,8 +14,8 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from lib.config import parse_args  # noqa: E402
-from lib.records import ExitCode, RunRecord, State  # noqa: E402
+from lib.config import parse_args
+from lib.records import ExitCode, RunRecord, State
 
 params = {k: v["value"] for k, v in yaml.safe_load(open(os.environ["WANDB_SWEEP_PARAM_PATH"])).items()
           if isinstance(v, dict)}

@@ -8,15 +8,12 @@ import sys
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+from lib.config import build
+from lib.train import data, training
+from tests.train.test_speed import _ramps
+from tests.train.test_training import run
 
-from lib.config import build  # noqa: E402
-from lib.train import (
-    data,  # noqa: E402
-    training,
-)
-from tests.train.test_speed import _ramps  # noqa: E402
-from tests.train.test_training import run  # noqa: E402
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 CUDA_ARGS = ["--device=cuda", "--model=mobilenetv2_100", "--image_size=64", "--strategy=full", "--epochs=4",
              "--lr=1e-2", "--backbone_lr_mult=0.01", "--optimizer=adam", "--scheduler=constant"]

@@ -209,7 +209,9 @@ def test_gradual_unfreezes_one_unit_from_the_top_each_stage():
     assert [(p.title, p.epochs) for p in plan] == [("freeze", 2), ("partial+1", 2), ("partial+2", 1)]
     model = fresh("resnet50")
     sets = [strategies.trainable_names(model, cfg, p) for p in plan]
-    top = lambda *prefixes: {k for k, _ in model.named_parameters() if k.startswith(prefixes)}  # noqa: E731
+    def top(*prefixes):
+        return {k for k, _ in model.named_parameters() if k.startswith(prefixes)}
+
     assert sets == [top("fc."), top("layer4.", "fc."), top("layer3.", "layer4.", "fc.")]
     strategies.apply(model, sets[2])
     lrs = {g["lr"] for g in create_optimizer(model, cfg, plan[2]).param_groups}

@@ -52,7 +52,9 @@ def test_same_seed_same_result(base_args):
     extra = ["--model=small_cnn", "--strategy=full", "--epochs=2", "--augment=light", "--dropout=0.2"]
     a = run(base_args, extra + ["--run_id=seed-a"])[1]
     b = run(base_args, extra + ["--run_id=seed-b"])[1]
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
+
     assert strip(a) == strip(b)
 
 
