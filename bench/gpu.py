@@ -139,11 +139,11 @@ def augment(device: torch.device, dc: dict, images: torch.Tensor) -> dict:
     # tell a 6% narrower spread of crop positions apart (BatchAugment's first version clamped crops).
     n = len(images)
     se = [s / n ** 0.5 for s in a["image_mean_std"]]
-    mean_diff = [abs(x - y) for x, y in zip(a["mean"], b["mean"])]
-    std_diff = [abs(x - y) / max(x, 1e-2) for x, y in zip(a["std"] + a["image_mean_std"], b["std"] + b["image_mean_std"])]
+    mean_diff = [abs(x - y) for x, y in zip(a["mean"], b["mean"], strict=True)]
+    std_diff = [abs(x - y) / max(x, 1e-2) for x, y in zip(a["std"] + a["image_mean_std"], b["std"] + b["image_mean_std"], strict=True)]
     return {"images": n, "shape": list(on_dev.shape[1:]), "cpu": a, "device": b,
             "max_mean_diff": round(max(mean_diff), 4), "max_std_diff": round(max(std_diff), 4),
-            "equal": all(d <= 4 * s + 1e-3 for d, s in zip(mean_diff, se)) and max(std_diff) <= 4 / n ** 0.5}
+            "equal": all(d <= 4 * s + 1e-3 for d, s in zip(mean_diff, se, strict=True)) and max(std_diff) <= 4 / n ** 0.5}
 
 
 def study(device: torch.device, work: Path, quick: bool) -> dict:

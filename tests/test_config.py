@@ -90,7 +90,7 @@ def test_an_alias_bomb_config_file_is_one_line_at_once(tmp_path):
     in one line, exit 2, before any run folder exists (it used to spin for minutes)."""
     bomb = tmp_path / "bomb.yaml"
     nested = ["&a [x, x, x, x, x, x, x, x, x]"] + [f"&{b} [{', '.join([f'*{a}'] * 9)}]"
-                                                   for a, b in zip("abcdefgh", "bcdefghi")]
+                                                   for a, b in zip("abcdefgh", "bcdefghi", strict=True)]
     bomb.write_text(f"lr: 0.01\ntags: [{', '.join(nested)}]\n")   # a known key: its value is looked at
     proc = subprocess.run([sys.executable, "finetune_resnet.py", "--config", str(bomb), f"--runs_dir={tmp_path}/runs"],
                           capture_output=True, text=True, timeout=60)

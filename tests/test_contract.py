@@ -71,7 +71,7 @@ def literals(path: Path) -> list[str]:
         elif isinstance(node, ast.keyword) and node.arg == "exit_code" and _is_int(node.value):
             add(node.value, f"exit code {node.value.value}")
         elif isinstance(node, ast.Dict):
-            for key, value in zip(node.keys, node.values):
+            for key, value in zip(node.keys, node.values, strict=True):
                 subs = [key] if key is not None else []
                 subs += list(ast.walk(value)) if _is_str(key, {"state"}) else [value]
                 for sub in subs:

@@ -155,7 +155,7 @@ def tradeoff_figure(fin: pd.DataFrame, metric: str, maximize: bool, has_latency:
     FigureCanvasAgg(fig)   # a renderer, to measure the labels
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     labels = []
-    for ax, (col, label, front_col) in zip(axes, panels):
+    for ax, (col, label, front_col) in zip(axes, panels, strict=True):
         sub = fin[fin[col].notna() & fin[metric].notna()]
         on = sub[sub[front_col].astype(bool)]
         off = sub[~sub[front_col].astype(bool)]

@@ -58,9 +58,9 @@ def result(s: RunTable, r: Review, source: str) -> dict:
                     "text": r.verdict},
         "seeds": [{k: v for k, v in g.items() if k != "_group"} for g in r.seed_groups],
         "recommended": r.recommended,
-        **dict(zip(("expected_best", "more_trials"), study_curve(s, r))),
+        **dict(zip(("expected_best", "more_trials"), study_curve(s, r), strict=True)),
         "ranking": [{"run_id": i, "value": v, "model_size_mb": m}
-                    for i, v, m in zip(fin["run_id"], fin[s.metric], fin["model_size_mb"])],
+                    for i, v, m in zip(fin["run_id"], fin[s.metric], fin["model_size_mb"], strict=True)],
     })
 
 

@@ -94,10 +94,10 @@ def _frame(runs: list[dict], metric: str, maximize: bool, latency: dict[str, flo
     for col in (*NUMERIC, metric):
         df[col] = pd.to_numeric(df[col], errors="coerce")
     df["test_k"] = (df["test_acc"] * df["n_test"]).round()
-    intervals = [wilson_interval(k, n) for k, n in zip(df["test_k"], df["n_test"])]
+    intervals = [wilson_interval(k, n) for k, n in zip(df["test_k"], df["n_test"], strict=True)]
     df["test_acc_lo"] = [c[0] for c in intervals]
     df["test_acc_hi"] = [c[1] for c in intervals]
-    df["_label_short"] = [f"{m}/{s}" for m, s in zip(df["model"], df["strategy"])]
+    df["_label_short"] = [f"{m}/{s}" for m, s in zip(df["model"], df["strategy"], strict=True)]
     df["wall_time_s"] = pd.to_numeric(pd.Series([r.get("wall_time_s") for r in runs], index=df.index, dtype=object),
                                       errors="coerce") if runs else []
     df["_soup"] = [isinstance(r.get("soup"), dict) for r in runs] if runs else []

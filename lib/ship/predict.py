@@ -160,7 +160,7 @@ def predict(model_path, paths: list[str], top_k: int = 3) -> list[dict]:
         if not ready:
             return
         probs = softmax(model.logits(np.stack([x for _, x in ready])))
-        for (i, _), p in zip(ready, probs):
+        for (i, _), p in zip(ready, probs, strict=True):
             order = np.argsort(-p, kind="stable")[:k]
             results[i]["top"] = [(model.classes[j], float(p[j])) for j in order]
         ready.clear()
@@ -200,7 +200,7 @@ def format_table(results: list[dict]) -> str:
                                             if not row[1].startswith("error: ")])
 
     def line(cells):
-        return "  ".join(pad(c, w) for c, w in zip(cells, widths)).rstrip()
+        return "  ".join(pad(c, w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
     out = [line(header), line(["-" * w for w in widths])]
     for row in rows:

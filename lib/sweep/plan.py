@@ -195,7 +195,7 @@ def shared_front(keys: list[str]) -> list[bool]:
 
 def screen_seconds(flops: list[Flops], keys: list[str], facts: Facts, epochs: int, rates: Rates) -> list[float]:
     cached = shared_front(keys)
-    return [run_seconds(fl, facts, epochs, rates, j, front_cached=c) for j, (fl, c) in enumerate(zip(flops, cached))]
+    return [run_seconds(fl, facts, epochs, rates, j, front_cached=c) for j, (fl, c) in enumerate(zip(flops, cached, strict=True))]
 
 
 def most_epochs(cost, budget_s: float, low: int, high: int) -> int | None:

@@ -356,7 +356,7 @@ class Runner:
             done = [threading.Event() for _ in gpus]
             threads = [threading.Thread(target=self.work, args=(gpu, d), daemon=True,
                                         name=f"worker-{i}" + (f"-gpu{gpu}" if gpu else ""))
-                       for i, (gpu, d) in enumerate(zip(gpus, done))]
+                       for i, (gpu, d) in enumerate(zip(gpus, done, strict=True))]
             if self.planner is not None:
                 self._start_plan()
             elif self.deadline is not None:
@@ -371,7 +371,7 @@ class Runner:
                 t.start()
                 if i + 1 < len(threads):
                     time.sleep(0.2)  # let the first ask() land before the next worker asks
-            started = [d for d, t in zip(done, threads) if t.ident is not None]
+            started = [d for d, t in zip(done, threads, strict=True) if t.ident is not None]
             while not signals.count and not all(d.is_set() for d in started):
                 next(d for d in started if not d.is_set()).wait(0.5)
                 self._check_deadline()

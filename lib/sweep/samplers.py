@@ -40,7 +40,7 @@ class TrialSeeded:
             try:
                 return sample()
             finally:
-                for s, r in zip(owners, saved):
+                for s, r in zip(owners, saved, strict=True):
                     s._rng = r
 
     def sample_relative(self, study, trial, search_space):

@@ -81,7 +81,7 @@ class Sweep:
             key = tuple(yaml_hash(v) for v in combo)
             if key not in seen:
                 seen.add(key)
-                points.append(dict(zip(names, combo)))
+                points.append(dict(zip(names, combo, strict=True)))
         return points
 
     def flat(self, point: dict[str, Any]) -> dict[str, Any]:
@@ -452,7 +452,7 @@ def _combinations(sweep: Sweep, keys: tuple[str, ...]) -> list[dict[str, Any]]:
     else:
         listed = {leaf_name(p.name): p.config.get("values", [p.config.get("value")]) for p in sweep.params
                   if leaf_name(p.name) in (*keys, "recipe") and ("values" in p.config or "value" in p.config)}
-        rows = [dict(zip(listed, combo)) for combo in itertools.product(*listed.values())]
+        rows = [dict(zip(listed, combo, strict=True)) for combo in itertools.product(*listed.values())]
     out = []
     for row in rows:
         try:

@@ -163,7 +163,7 @@ def agent(sweep_id: str, count: int | None, gpus: str | list[str] | None, *, sta
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    for (gpu, p), code in zip(procs, codes):
+    for (gpu, p), code in zip(procs, codes, strict=True):
         if code:
             print(f"agent on gpu {gpu} (pid {p.pid}) exited with code {code}", file=sys.stderr, flush=True)
     if expired or (not procs and not signals):

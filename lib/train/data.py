@@ -336,15 +336,15 @@ def data_warnings(classes: list[str], decoded: dict[str, Decoded]) -> list[str]:
     counts = Counter(decoded["train"].labels.tolist())
     present = [counts.get(i, 0) for i in range(len(classes))]
     if min(present) == 0:
-        empty = [c for c, n in zip(classes, present) if n == 0]
+        empty = [c for c, n in zip(classes, present, strict=True) if n == 0]
         out.append(f"classes with no usable training image: {', '.join(empty)}")
     elif max(present) / min(present) >= 5:
-        detail = ", ".join(f"{c}={n}" for c, n in zip(classes, present))
+        detail = ", ".join(f"{c}={n}" for c, n in zip(classes, present, strict=True))
         out.append(f"class imbalance {max(present) / min(present):.0f}:1 in train ({detail}); "
                    "consider --class_weighting=balanced or --sampler=balanced, and --monitor=val_balanced_acc")
     train_hashes = set(decoded["train"].hashes)
     for split in ("val", "test"):
-        dup = [p for p, h in zip(decoded[split].paths, decoded[split].hashes) if h in train_hashes]
+        dup = [p for p, h in zip(decoded[split].paths, decoded[split].hashes, strict=True) if h in train_hashes]
         if dup:
             out.append(f"{len(dup)} {split} image(s) are exact copies of training images "
                        f"(e.g. {dup[0]}): {split} accuracy is inflated")

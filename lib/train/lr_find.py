@@ -165,7 +165,7 @@ def _sweep(net, loader, opt, ratios, loss_fn, mixup, accel, lrs, stop) -> Curve:
     for i, lr in enumerate(tqdm(lrs, desc="lr_find", leave=False, disable=None, unit="step")):
         if stop:
             stop.check()
-        for group, ratio in zip(opt.param_groups, ratios):
+        for group, ratio in zip(opt.param_groups, ratios, strict=True):
             group["lr"] = lr * ratio
         x, y = accel.to_device(*next(batches))
         _, loss = training.forward_loss(net, x, y, loss_fn, mixup, accel)

@@ -123,7 +123,7 @@ def decode_recorded(record: dict, split: str, data_dir: Path, limit: int | None 
 
     paths = record.get("split", {}).get(split) or []
     labels = _labels(record, split) if paths else []
-    items = list(zip(paths, labels))
+    items = list(zip(paths, labels, strict=True))
     if limit is not None and len(items) > limit:
         keep = np.sort(np.random.default_rng(seed).choice(len(items), limit, replace=False))
         items = [items[i] for i in keep]

@@ -117,11 +117,11 @@ def _to_timm_layout(model_name: str, original: dict, package: str) -> dict[str, 
     # num_batches_tracked is bookkeeping, absent from some exports; BatchNorm fills it in when loading.
     src = [v for k, v in original.items() if not k.endswith("num_batches_tracked")]
     dst = [(k, v.shape) for k, v in wanted.items() if not k.endswith("num_batches_tracked")]
-    bad = [k for v, (k, shape) in zip(src, dst) if v.shape != shape]
+    bad = [k for v, (k, shape) in zip(src, dst, strict=False) if v.shape != shape]   # counts compared below
     if len(src) != len(dst) or bad:
         raise WeightsError(f"{package} does not fit {model_name}: {len(src)} tensors for {len(dst)}, "
                            f"{len(bad)} shape mismatches (first: {bad[:1]}); pass --weights=none or a weights file")
-    return {k: v.contiguous() for v, (k, _) in zip(src, dst)}
+    return {k: v.contiguous() for v, (k, _) in zip(src, dst, strict=True)}
 
 
 def create_model(model_name: str, weights: str, num_classes: int, cache_dir: str | Path,

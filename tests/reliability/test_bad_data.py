@@ -91,7 +91,7 @@ def test_each_odd_file_is_used_or_skipped_with_its_reason(tmp_path):
                  "anim.gif", "pic.webp", "UPPER.PNG", "ünïcødé name (1).png"):
         assert f"dogs/{name}" in used, name
     assert len(used) + len(reasons) == len(items) + sum(1 for r in reasons.values() if r == "not an image file")
-    img = dict(zip(decoded.paths, decoded.images))
+    img = dict(zip(decoded.paths, decoded.images, strict=True))
     assert img["dogs/sixteen.png"].float().mean().round() == 156           # 40000 / 257, not clipped white
     assert img["dogs/transparent.png"].min() == 255                         # alpha composited on white
 

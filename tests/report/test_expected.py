@@ -52,7 +52,7 @@ def test_ends_and_monotone(values):
 
 def test_minimize_mirrors_maximize():
     v = np.random.default_rng(3).normal(0.3, 0.1, 11)
-    for lo, hi in zip(expected_best(v, maximize=False), expected_best(-v, maximize=True)):
+    for lo, hi in zip(expected_best(v, maximize=False), expected_best(-v, maximize=True), strict=True):
         assert lo["value"] == pytest.approx(-hi["value"], abs=1e-15) and lo["std"] == pytest.approx(hi["std"], abs=1e-15)
 
 

@@ -487,7 +487,7 @@ def test_holm_adjusts_for_the_configurations_the_winner_was_picked_from(tmp_path
     for run_id, lr, val, pred in (("win", 0.1, 0.95, wrong(2)), ("run", 0.01, 0.93, wrong(8)),
                                   ("r1", 0.001, 0.90, wrong(4, offset=50)), ("r2", 0.0001, 0.89, wrong(3, offset=60))):
         write_run(runs, run_id, config={"model": "resnet18", "strategy": "full", "lr": lr},
-                  summary=summ(val, 125 - sum(a != b for a, b in zip(pred, Y_TRUE))), y_pred=pred)
+                  summary=summ(val, 125 - sum(a != b for a, b in zip(pred, Y_TRUE, strict=True))), y_pred=pred)
     res = build_report(runs, tmp_path / "out")
     assert res["runner_up_id"] == "run" and res["mcnemar"]["p_value"] == pytest.approx(2 / 64)
     assert res["mcnemar"]["comparisons"] == 3 and res["mcnemar"]["p_holm"] == pytest.approx(3 * 2 / 64)
@@ -550,7 +550,7 @@ def test_report_json_holds_the_verdict_and_the_recommended_run(tmp_path, capsys)
                                               ("r1", 0.001, 42, 0.90, wrong(4, offset=50), 5.0),
                                               ("r2", 0.0001, 42, 0.89, wrong(3, offset=60), 5.0)):
         write_run(runs, run_id, config={"model": "resnet18", "strategy": "full", "lr": lr, "seed": seed},
-                  summary=summ(val, 125 - sum(a != b for a, b in zip(pred, Y_TRUE)), size=size), y_pred=pred)
+                  summary=summ(val, 125 - sum(a != b for a, b in zip(pred, Y_TRUE, strict=True)), size=size), y_pred=pred)
     code, out, err = cli(["report", runs, "--out", tmp_path / "out"], capsys)
     assert code == 0, err
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -569,7 +569,7 @@ def test_report_json_holds_the_verdict_and_the_recommended_run(tmp_path, capsys)
     clear = tmp_path / "clear"
     for run_id, lr, val, pred in (("good", 0.1, 0.95, wrong(0)), ("bad", 0.01, 0.70, wrong(40))):
         write_run(clear, run_id, config={"model": "resnet18", "strategy": "full", "lr": lr},
-                  summary=summ(val, 125 - sum(a != b for a, b in zip(pred, Y_TRUE))), y_pred=pred)
+                  summary=summ(val, 125 - sum(a != b for a, b in zip(pred, Y_TRUE, strict=True))), y_pred=pred)
     res = build_report(clear, tmp_path / "clear_out")
     saved = json.loads((tmp_path / "clear_out" / "report.json").read_text())
     assert saved["verdict"]["trust"] == res["trust"] == "MEDIUM" and "Trust: MEDIUM" in res["verdict"]

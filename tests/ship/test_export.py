@@ -100,7 +100,7 @@ def test_attribution_grids_are_real_images(exported):
     assert att["cam_layer"] == "bn2"                        # MobileNetV2's last feature map
     assert att["correct"] + att["misclassified"] == 2
     record = read_json(run_dir / "run.json")
-    wrong = sum(t != p for t, p in zip(*record["test_predictions"].values()))
+    wrong = sum(t != p for t, p in zip(*record["test_predictions"].values(), strict=True))
     assert (att["misclassified"] > 0) == (wrong > 0)       # misclassified ones shown when there are any
     names = ["correct.png"] + (["misclassified.png"] if wrong else [])
     assert sorted(p.name for p in (out / "attributions").iterdir()) == names
@@ -411,7 +411,7 @@ def test_model_card_keeps_names_as_text(exported):
     record = read_json(run_dir / "run.json")
     names = ["a|b", "<script>alert(1)</script>", "two\nlines", "back`tick"]
     record = {**record, "classes": names, "name": "x\n# injected heading",
-              "per_class": [{**p, "class": n} for p, n in zip(record["per_class"], names)],
+              "per_class": [{**p, "class": n} for p, n in zip(record["per_class"], names, strict=True)],
               "config": {**record["config"], "augment": "none | <b>x</b>"}}
     card = model_card(result, record)
     from markdown_it import MarkdownIt

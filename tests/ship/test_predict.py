@@ -76,7 +76,7 @@ def test_top_k_is_pytorchs_ranking_and_probabilities(exported, images):
     model, out = exported
     results = P.predict(out / "model.onnx", [str(p) for p in images], top_k=3)
     assert [r["path"] for r in results] == [str(p) for p in images]
-    for r, path in zip(results, images):
+    for r, path in zip(results, images, strict=True):
         probs = torch_probs(model, path)
         order = np.argsort(-probs)[:3]
         assert [c for c, _ in r["top"]] == [CLASSES[i] for i in order], path
@@ -308,7 +308,7 @@ def test_unicode_file_names_keep_the_table_aligned(exported, images, tmp_path, c
 
     _, out = exported
     names = ["猫の写真.png", "😀 smile.png", unicodedata.normalize("NFD", "café crème.png"), "plain.png"]
-    for name, src in zip(names, images):
+    for name, src in zip(names, images, strict=False):   # the first 4 of the 10 images
         shutil.copy(src, tmp_path / name)
     code, stdout, _ = predict_cli(capsys, out, *[tmp_path / n for n in names])
     assert code == 0

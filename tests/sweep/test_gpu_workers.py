@@ -111,7 +111,7 @@ def test_local_runs_one_worker_per_gpu_each_seeing_its_own(tmp_path, two_gpus, c
     assert local(f, tmp_path / "out", "--gpus", "all") == 0
     df, _ = sweep_status.trials_frame(tmp_path / "out")
     assert set(df["state"]) == {"complete"} and len(df) == 4
-    for run_id, gpu in zip(df["run_id"], df["gpu"]):
+    for run_id, gpu in zip(df["run_id"], df["gpu"], strict=True):
         env = read_json(tmp_path / "out" / "runs" / run_id / "run.json")["env"]
         assert env["CUDA_VISIBLE_DEVICES"] == gpu                    # the trial ran where it says it did
     assert set(df["gpu"]) == {"0", "1"}                               # both workers took trials

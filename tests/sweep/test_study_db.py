@@ -72,7 +72,7 @@ def test_report_and_export_from_a_folder_without_the_runs(tmp_path, pg_url, anim
     code, out, _ = _cli(capsys, "report", pg_url, "--out", "report", "--artifacts", store)
     assert code == 0, out
     table = pd.read_csv(elsewhere / "report" / "runs.csv")
-    assert dict(zip(table["run_id"], table["best_val_acc"])) == pytest.approx(values)
+    assert dict(zip(table["run_id"], table["best_val_acc"], strict=True)) == pytest.approx(values)
     assert (elsewhere / "report" / "confusion_matrix.png").is_file()   # the full record: test predictions
 
     # the record's data_dir chooses no local files: the images come from --data_dir only
@@ -106,7 +106,7 @@ def test_several_studies_in_one_database_take_study(tmp_path, pg_url, elsewhere,
     code, out, _ = _cli(capsys, "report", pg_url, "--study", "alpha", "--out", "report")
     assert code == 0, out
     table = pd.read_csv(elsewhere / "report" / "runs.csv")
-    assert dict(zip(table["run_id"], table["best_val_acc"])) == pytest.approx({"alpha-000": 0.1, "alpha-001": 0.3})
+    assert dict(zip(table["run_id"], table["best_val_acc"], strict=True)) == pytest.approx({"alpha-000": 0.1, "alpha-001": 0.3})
     assert "alpha-001" in out                              # the verdict names the winner
 
     code, _, err = _cli(capsys, "export", pg_url, "--study", "alpha", "--out", "export")

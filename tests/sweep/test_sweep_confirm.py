@@ -15,7 +15,7 @@ CONFIRMED = [(0.2, 7), (0.4, 7), (0.6, 7), (0.6, 8), (0.6, 9), (0.8, 7), (0.8, 8
 
 def lr_seed(sweep_dir):
     df = trials(sweep_dir)
-    return sorted((lr, int(seed)) for lr, seed in zip(df["lr"], df["seed"]))   # --set to a fake program: text
+    return sorted((lr, int(seed)) for lr, seed in zip(df["lr"], df["seed"], strict=True))   # --set to a fake program: text
 
 
 def test_the_top_configurations_get_more_seeds_once_the_grid_is_done(tmp_path, capsys):
@@ -64,6 +64,6 @@ def test_a_tie_goes_to_the_smaller_model_in_status_and_confirm(tmp_path, capsys)
     f, out = write(tmp_path, fake_sweep("grid", grid)), tmp_path / "out"
     assert local(f, out, confirm_top=1, repeats=2) == 0
     assert "(trials 1) with 2 seeds: 1 trial(s) enqueued" in capsys.readouterr().out
-    assert sorted(zip(trials(out)["size"], trials(out)["seed"])) == [(3.0, 7), (3.0, 8), (9.0, 7)]
+    assert sorted(zip(trials(out)["size"], trials(out)["seed"], strict=True)) == [(3.0, 7), (3.0, 8), (9.0, 7)]
     best = [line for line in sweep_status.status_table(out).splitlines() if line.startswith("best:")]
     assert best == ["best: trial 1 (s-001) best_val_acc = 1.0000  [seed=7, size=3]"], best

@@ -107,7 +107,7 @@ def test_grid_runs_every_point_exactly_once_with_two_workers(tmp_path):
     f = write(tmp_path, fake_sweep("grid", {"lr": {"values": [0.1, 0.2, 0.3]}, "epochs": {"values": [1, 2]}}))
     assert local(f, tmp_path / "out", workers=2) == 0
     df = trials(tmp_path / "out")
-    assert sorted(zip(df["lr"], df["epochs"])) == sorted((lr, e) for lr in (0.1, 0.2, 0.3) for e in (1, 2))
+    assert sorted(zip(df["lr"], df["epochs"], strict=True)) == sorted((lr, e) for lr in (0.1, 0.2, 0.3) for e in (1, 2))
     assert set(df["state"]) == {"complete"}
     assert len(list((tmp_path / "out" / "runs").glob("*/run.json"))) == 6
 
@@ -128,11 +128,11 @@ def test_random_search_is_repeatable_with_a_seed(tmp_path):
     draws = []
     for out in ("a", "b"):
         assert local(f, tmp_path / out, count=4, seed=7) == 0
-        draws.append(list(zip(trials(tmp_path / out)["lr"], trials(tmp_path / out)["epochs"])))
+        draws.append(list(zip(trials(tmp_path / out)["lr"], trials(tmp_path / out)["epochs"], strict=True)))
     assert draws[0] == draws[1] and len(set(draws[0])) == 4
     assert all(0.01 <= lr <= 1.0 and e in (1, 2, 3) for lr, e in draws[0])
     assert local(f, tmp_path / "c", count=4, seed=8) == 0
-    assert list(zip(trials(tmp_path / "c")["lr"], trials(tmp_path / "c")["epochs"])) != draws[0]
+    assert list(zip(trials(tmp_path / "c")["lr"], trials(tmp_path / "c")["epochs"], strict=True)) != draws[0]
 
 
 def test_bayes_search_improves_on_a_known_objective(tmp_path):
@@ -201,7 +201,7 @@ def test_real_trials_run_finetune_resnet_like_wandb_agent(tmp_path, animals):
     assert local(write(tmp_path, spec), tmp_path / "out", fixed, workers=2) == 0
     df = trials(tmp_path / "out")
     assert sorted(df["lr"]) == [0.003, 0.01] and set(df["state"]) == {"complete"}
-    for run_id, lr in zip(df["run_id"], df["lr"]):
+    for run_id, lr in zip(df["run_id"], df["lr"], strict=True):
         rec = read_json(tmp_path / "out" / "runs" / run_id / "run.json")
         assert rec["config"]["lr"] == lr and rec["config"]["group"] == "s" and rec["state"] == "finished"
         assert rec["wandb"]["sweep_id"] == "s" and rec["wandb"]["mode"] == "offline"
@@ -398,7 +398,7 @@ def test_repeats_run_every_grid_point_with_k_seeds(tmp_path):
     f = write(tmp_path, fake_sweep("grid", {"lr": {"values": [0.1, 0.2]}, "seed": {"value": 7}}))
     assert local(f, tmp_path / "out", repeats=3) == 0
     df = trials(tmp_path / "out")
-    assert sorted(zip(df["lr"], df["seed"])) == [(lr, s) for lr in (0.1, 0.2) for s in (7, 8, 9)]
+    assert sorted(zip(df["lr"], df["seed"], strict=True)) == [(lr, s) for lr in (0.1, 0.2) for s in (7, 8, 9)]
     stored = yaml.safe_load((tmp_path / "out" / "sweep.yaml").read_text())
     assert stored["parameters"]["seed"] == {"values": [7, 8, 9]}      # what the same study is on W&B
     with pytest.raises(SweepError, match="needs a grid sweep"):

@@ -261,5 +261,5 @@ def test_real_duplicate_files_share_their_decoded_hash(animals, tmp_path):
     shutil.copy(root / first, root / "bear" / "copy.png")
     os.utime(root / "bear" / "copy.png", ns=(1, 1))                 # another mtime: only the bytes matter
     d = data.decode_split(root, [(p, 0) for p in pngs(root, "bear")], 37, "bilinear", 16, [], "t")
-    by_path = dict(zip(d.paths, d.hashes))
+    by_path = dict(zip(d.paths, d.hashes, strict=True))
     assert by_path["bear/copy.png"] == by_path[first] != by_path[second]

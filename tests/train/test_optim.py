@@ -112,7 +112,7 @@ def test_sgd_without_momentum_is_not_nesterov():
 def lrs(cfg, epochs: int, steps_per_epoch: int, base=(1.0, 0.1)) -> list[list[float]]:
     """The learning rate of each group before every batch of the phase."""
     params = [nn.Parameter(torch.zeros(1)) for _ in base]
-    opt = torch.optim.SGD([{"params": [p], "lr": lr} for p, lr in zip(params, base)], lr=base[0])
+    opt = torch.optim.SGD([{"params": [p], "lr": lr} for p, lr in zip(params, base, strict=True)], lr=base[0])
     schedule = Schedule(opt, cfg, epochs, steps_per_epoch)
     out = []
     for _ in range(epochs * steps_per_epoch):
@@ -164,7 +164,7 @@ def test_onecycle_rises_to_each_groups_rate_then_anneals():
     got = lrs(config.build({"scheduler": "onecycle"}), epochs=4, steps_per_epoch=5, base=(1.0, 0.1))
     peak = 0.3 * total - 1                                           # torch's default pct_start = 0.3
     for t, row in enumerate(got):
-        for max_lr, lr in zip((1.0, 0.1), row):
+        for max_lr, lr in zip((1.0, 0.1), row, strict=True):
             start, end = max_lr / 25, max_lr / 25 / 1e4
             if t <= peak:
                 a, b, pct = start, max_lr, t / peak
