@@ -1,15 +1,15 @@
 #!/usr/bin/env python
 """Run fine-tuning sweeps on W&B or fully offline, with the same sweep YAML.
 
-    python finetune_sweep.py create sweeps/strategy_grid.yaml --project dogs      # W&B: create the sweep
-    python finetune_sweep.py agent ENTITY/PROJECT/ID --gpus 0,1                    # W&B: one agent per GPU
-    python finetune_sweep.py local sweeps/demo.yaml --workers 2                     # no W&B server at all
-    python finetune_sweep.py status runs/sweeps/demo                               # table of trials, best so far
-    python finetune_sweep.py report runs/sweeps/demo                               # report.html: who won, can we trust it
+    python finetune_sweep.py create sweeps/strategy_grid.yaml --project dogs    # W&B: create the sweep
+    python finetune_sweep.py agent ENTITY/PROJECT/ID --gpus 0,1                  # W&B: one agent per GPU
+    python finetune_sweep.py local sweeps/demo.yaml --workers 2                   # no W&B server at all
+    python finetune_sweep.py status runs/sweeps/demo                             # table of trials, best so far
+    python finetune_sweep.py report runs/sweeps/demo                             # report.html: who won, can we trust it
     python finetune_sweep.py export runs/sweeps/demo --quantize --attributions 8 --out export/
     python finetune_sweep.py predict export/model.onnx photo.jpg folder/ --top 3
     python finetune_sweep.py soup runs/sweeps/demo --out runs/sweeps/demo/runs/soup   # greedy model soup
-    python finetune_sweep.py dashboard runs/sweeps/demo --port 8080                  # the study live in optuna-dashboard
+    python finetune_sweep.py dashboard runs/sweeps/demo --port 8080                # the study live in optuna-dashboard
 
 Exit codes: 0 done, 1 failed (failures in a row, or no trial of the study completed), 2 bad sweep file or
 arguments, 3 time budget spent with work left (run the same command again), 130 interrupted.
@@ -113,7 +113,8 @@ def cmd_export(a):
     if result.get("wandb_export_run"):
         print(f"logged to W&B as run {result['wandb_export_run']} (job_type=export)")
     print(f"exported run {result['run_id']} -> {out / 'model.onnx'}"
-          f" (parity max |diff| {result['parity_max_abs_diff']:.2e}, top-1 agreement {result['parity_top1_agreement']:.3f})")
+          f" (parity max |diff| {result['parity_max_abs_diff']:.2e},"
+          f" top-1 agreement {result['parity_top1_agreement']:.3f})")
     for name in ("model.int8.onnx", "model_card.md", "export.json", "attributions"):
         if (out / name).exists():
             print(f"  {out / name}")
@@ -261,8 +262,8 @@ def parser():
     r.set_defaults(fn=cmd_report)
     e = sub.add_parser("export", help="ship the best run: ONNX (+ INT8), attributions, model card")
     e.add_argument("source", help="a local sweep dir, a runs dir, one run dir, a W&B sweep path "
-                                  "ENTITY/PROJECT/SWEEP_ID (weights from the run's model artifact; the export is logged "
-                                  "back), or a study's database URL (weights from its artifact store)")
+                                  "ENTITY/PROJECT/SWEEP_ID (weights from the run's model artifact; the export is "
+                                  "logged back), or a study's database URL (weights from its artifact store)")
     e.add_argument("--data_dir",
                    help="where the run's images are here (parity uses its test images); by default its config's "
                         "data_dir, except for a run from W&B or a database URL, whose record chooses no local files")
@@ -272,7 +273,8 @@ def parser():
     _add_selection(e)
     e.add_argument("--max_size_mb", type=float)
     e.add_argument("--max_latency_ms", type=float)
-    e.add_argument("--quantize", action="store_true", help="also model.int8.onnx (static, calibrated on training images)")
+    e.add_argument("--quantize", action="store_true",
+                   help="also model.int8.onnx (static, calibrated on training images)")
     e.add_argument("--attributions", type=int, default=0, metavar="N", help="Captum IG + Grad-CAM for N test images")
     e.add_argument("--study", help="with a database URL: the study (default: the database's only one)")
     e.add_argument("--artifacts", metavar="DIR|s3://BUCKET|gs://BUCKET",

@@ -7,8 +7,8 @@
 the backbone's output changes every epoch, so nothing is cached and every epoch pays a full forward
 pass. Each variant below is run as a user runs it (`finetune_resnet.py` in its own process, the
 kit's defaults otherwise: 224 px, 10 epochs, AdamW at 1e-3, cosine), on small subsets of Animal-MNIST
-(2 and 3 classes) and MNIST-5k (3 look-alike digits), with several seeds (each seed is its own split and initialisation). The study
-cache is off (`shared_cache_dir=none`) so every run pays for its own features.
+(2 and 3 classes) and MNIST-5k (3 look-alike digits), with several seeds (each seed is its own split and
+initialisation). The study cache is off (`shared_cache_dir=none`) so every run pays for its own features.
 Prints one line per run and a summary per variant; writes JSON.
 """
 from __future__ import annotations

@@ -140,10 +140,12 @@ def augment(device: torch.device, dc: dict, images: torch.Tensor) -> dict:
     n = len(images)
     se = [s / n ** 0.5 for s in a["image_mean_std"]]
     mean_diff = [abs(x - y) for x, y in zip(a["mean"], b["mean"], strict=True)]
-    std_diff = [abs(x - y) / max(x, 1e-2) for x, y in zip(a["std"] + a["image_mean_std"], b["std"] + b["image_mean_std"], strict=True)]
+    std_diff = [abs(x - y) / max(x, 1e-2)
+                for x, y in zip(a["std"] + a["image_mean_std"], b["std"] + b["image_mean_std"], strict=True)]
     return {"images": n, "shape": list(on_dev.shape[1:]), "cpu": a, "device": b,
             "max_mean_diff": round(max(mean_diff), 4), "max_std_diff": round(max(std_diff), 4),
-            "equal": all(d <= 4 * s + 1e-3 for d, s in zip(mean_diff, se, strict=True)) and max(std_diff) <= 4 / n ** 0.5}
+            "equal": (all(d <= 4 * s + 1e-3 for d, s in zip(mean_diff, se, strict=True))
+                      and max(std_diff) <= 4 / n ** 0.5)}
 
 
 def study(device: torch.device, work: Path, quick: bool) -> dict:
@@ -195,7 +197,8 @@ def table(res: dict) -> str:
                        ("fp32", "fp32 + channels_last"), ("contiguous", "AMP, contiguous"),
                        ("compiled", "AMP + channels_last + compile")):
         lines.append(f"{label:<34}{tp[key]['images_per_s']:>10.1f}")
-    lines.append(f"data path / synthetic {tp['data_path_vs_synthetic']:.2f} (goal >= 0.90); AMP ({tp['synthetic']['amp_dtype']}) "
+    lines.append(f"data path / synthetic {tp['data_path_vs_synthetic']:.2f} (goal >= 0.90); "
+                 f"AMP ({tp['synthetic']['amp_dtype']}) "
                  f"x{tp['amp_speedup']:.2f}; channels_last x{tp['channels_last_speedup']:.2f}; compile "
                  f"x{tp['compile_speedup']:.2f} after {tp['compiled']['compile_s']:.1f} s")
     au = res["augment"]

@@ -60,7 +60,8 @@ def one(args: list[str], run_id: str, lr: str) -> dict:
     return {"run_id": run_id, "lr_arg": lr, "lr": rec["config"]["lr"], "best_val_acc": rec["summary"]["best_val_acc"],
             "test_acc": rec["summary"]["test_acc"], "wall_s": round(time.time() - started, 2),
             "lr_find": rec.get("lr_find"),
-            "alternatives": read_json(runs_dir / run_id / "lr_find.json")["alternatives"] if rec.get("lr_find") else None}
+            "alternatives": (read_json(runs_dir / run_id / "lr_find.json")["alternatives"]
+                             if rec.get("lr_find") else None)}
 
 
 def main_(argv=None) -> int:

@@ -42,6 +42,7 @@ from lib.train.run import main as kit_main
 ROOT = Path(__file__).resolve().parents[1]
 
 DEMO = ROOT / "sweeps" / "demo.yaml"
+CPU = torch.device("cpu")   # run_baseline's default device
 FOUR = ("freeze", "partial", "full", "two_phase")   # the demo's strategies the figures below were measured on
 
 
@@ -67,7 +68,7 @@ def run_kit(data_dir: Path, runs_dir: Path, common: dict, strategy: str) -> tupl
 
 
 def run_baseline(data_dir: Path, split: dict, common: dict, strategy: str,
-                 device: torch.device = torch.device("cpu")) -> tuple[float, float]:
+                 device: torch.device = CPU) -> tuple[float, float]:
     """The seed scripts' loop: ImageFolder + PIL every epoch, requires_grad freezing, fp32
     (``device``: the model and each batch moved there, as the seed scripts do on a GPU)."""
     t = time.perf_counter()

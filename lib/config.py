@@ -1,13 +1,11 @@
 """The one typed config of a fine-tuning run, and how it is assembled.
 
-Sources, later wins: defaults < ``--config FILE.yaml`` < command line < the W&B sweep's parameters
-(the agent's params file, then ``wandb.config``).
-Keys are flat so W&B's parallel-coordinates and parameter-importance panels can use them; a nested
-sweep group (``optim: {lr: 0.01}``, in any source and any form W&B passes it) only organises: its
-leaves are config keys. Every value is checked before any work starts; a bad one raises
-:class:`ConfigError` with one line naming the key, the value and what is allowed.
-This module imports no torch/timm: ``finetune_resnet.py --help`` and config errors answer at once.
-"""
+Sources, later wins: defaults < ``--config FILE.yaml`` < command line < the W&B sweep's parameters (the agent's
+params file, then ``wandb.config``). Keys are flat so W&B's parallel-coordinates and parameter-importance panels can
+use them; a nested sweep group (``optim: {lr: 0.01}``, in any source and any form W&B passes it) only organises: its
+leaves are config keys. Every value is checked before any work starts; a bad one raises :class:`ConfigError` with one
+line naming the key, the value and what is allowed. This module imports no torch/timm: ``finetune_resnet.py --help``
+and config errors answer at once."""
 from __future__ import annotations
 
 import ast
@@ -47,9 +45,12 @@ def _opt(default, help, choices=None, min=None, max=None, min_exclusive=False, a
 @dataclass(frozen=True)   # checked once, then read everywhere: a run changes it by dataclasses.replace
 class Config:
     # --- data ---
-    data_dir: str = _opt("data/animal_mnist", "ImageFolder root: train/val/test of class folders, or class folders only")
-    val_fraction: float = _opt(0.15, "share of images held out for validation when there is no val/ folder", min=0.0, max=0.9)
-    test_fraction: float = _opt(0.15, "share held out for the test split when there is no test/ folder", min=0.0, max=0.9)
+    data_dir: str = _opt("data/animal_mnist",
+                         "ImageFolder root: train/val/test of class folders, or class folders only")
+    val_fraction: float = _opt(0.15, "share of images held out for validation when there is no val/ folder",
+                               min=0.0, max=0.9)
+    test_fraction: float = _opt(0.15, "share held out for the test split when there is no test/ folder",
+                                min=0.0, max=0.9)
     image_size: int = _opt(0, "input side in pixels; 0 = the model's pretrained size, else at least "
                               "16 and the model's total stride", min=0, max=4096,
                               allowed="0 (the model's size) or an integer in [16, 4096]")
@@ -58,11 +59,13 @@ class Config:
                                 "features: as accurate, many times faster; docs/defaults.md), light for every "
                                 "other strategy", choices=("auto", "none", "light", "strong"))
     batch_size: int = _opt(32, "images per step", min=1, max=65536)
-    num_workers: int = _opt(0, "DataLoader worker processes (0: decode in the main process)", min=0, max=128, bookkeeping=True)
+    num_workers: int = _opt(0, "DataLoader worker processes (0: decode in the main process)", min=0, max=128,
+                            bookkeeping=True)
     # --- a recipe: several keys at once (a W&B grid cannot tie them: no conditional parameters) ---
     recipe: dict = _opt({}, "a mapping of config keys applied together, e.g. {strategy: freeze, lr: 1.0e-3, "
                             "epochs: 15}; keys set explicitly in the same run win over it",
-                        allowed="a mapping of config keys to values (YAML/JSON, or Python's str() of a dict)", bookkeeping=True)
+                        allowed="a mapping of config keys to values (YAML/JSON, or Python's str() of a dict)",
+                        bookkeeping=True)
     # --- model and weights ---
     model: str = _opt("resnet50", "any timm model name, or small_cnn (from scratch, < 2 MB)")
     weights: str = _opt("pretrained", "pretrained | none | path to a .safetensors/.pth file")
@@ -70,8 +73,10 @@ class Config:
     strategy: str = _opt("freeze", "which parameters train (README: Strategies). Default freeze: on a few hundred "
                                    "images a trained head on fixed pretrained features is the safe, fast baseline "
                                    "the others must beat", choices=STRATEGIES)
-    unfreeze_blocks: int = _opt(2, "partial/two_phase: how many last units train besides the head (<= 0 in two_phase: all)")
-    unfreeze_unit: str = _opt("stage", "what unfreeze_blocks counts: timm's coarse stages or fine blocks", choices=("stage", "block"))
+    unfreeze_blocks: int = _opt(2, "partial/two_phase: how many last units train besides the head "
+                                   "(<= 0 in two_phase: all)")
+    unfreeze_unit: str = _opt("stage", "what unfreeze_blocks counts: timm's coarse stages or fine blocks",
+                              choices=("stage", "block"))
     train_bn: bool = _opt(True, "BatchNorm in trainable parts updates its running statistics (frozen parts never do)")
     phase1_epochs: int = _opt(2, "two_phase: epochs of head-only training before unfreezing", min=1)
     surgical_unit: str = _opt("last", "surgical: the one unit that trains (first: input-level shift, "
@@ -82,22 +87,26 @@ class Config:
     lr: float = _opt(1e-3, "learning rate of the head (and of everything in single-LR setups); auto: a range test "
                            "picks it before training (docs/lr-auto.md)", min=0.0, min_exclusive=True,
                      allowed=f"a number > 0 or {LR_AUTO}", words=(LR_AUTO,))
-    backbone_lr_mult: float = _opt(0.1, "backbone LR = lr x this; two_phase phase 2 runs at lr x this", min=0.0, max=1e3, min_exclusive=True)
-    layer_decay: float = _opt(0.0, "layer-wise LR decay per block towards the input (0 = off; e.g. 0.65)", min=0.0, max=1.0)
+    backbone_lr_mult: float = _opt(0.1, "backbone LR = lr x this; two_phase phase 2 runs at lr x this",
+                                   min=0.0, max=1e3, min_exclusive=True)
+    layer_decay: float = _opt(0.0, "layer-wise LR decay per block towards the input (0 = off; e.g. 0.65)",
+                              min=0.0, max=1.0)
     momentum: float = _opt(0.9, "SGD momentum", min=0.0, max=1.0)
     nesterov: bool = _opt(False, "SGD with Nesterov momentum")
     weight_decay: float = _opt(1e-4, "decoupled (adamw) or L2 weight decay; not applied to biases and norms", min=0.0)
-    scheduler: str = _opt("cosine", "LR schedule", choices=("cosine", "step", "exponential", "plateau", "onecycle", "constant"))
+    scheduler: str = _opt("cosine", "LR schedule",
+                          choices=("cosine", "step", "exponential", "plateau", "onecycle", "constant"))
     warmup_epochs: float = _opt(0.0, "linear warmup length in epochs (fractions allowed)", min=0.0)
     step_epochs: int = _opt(7, "step schedule: epochs between LR drops", min=1)
-    gamma: float = _opt(0.1, "step/exponential/plateau: LR factor (exponential: per epoch)", min=0.0, max=1.0, min_exclusive=True)
+    gamma: float = _opt(0.1, "step/exponential/plateau: LR factor (exponential: per epoch)",
+                        min=0.0, max=1.0, min_exclusive=True)
     epochs: int = _opt(10, "total epochs (two_phase: both phases together)", min=1)
     patience: int = _opt(0, "early stopping after this many epochs without a better value of monitor (0 = off)", min=0)
     monitor: str = _opt("val_acc", "the validation metric that picks the kept weights (best epoch; raw or EMA) and "
                                    "drives early stopping and the plateau schedule: val_acc, val_balanced_acc (mean "
-                                   "recall over classes: use it with imbalanced classes) or val_loss (lowest wins); the summary's "
-                                   "best_val_acc and best_val_balanced_acc are the kept weights' either way",
-                         choices=("val_acc", "val_balanced_acc", "val_loss"))
+                                   "recall over classes: use it with imbalanced classes) or val_loss (lowest wins); "
+                                   "the summary's best_val_acc and best_val_balanced_acc are the kept weights' "
+                                   "either way", choices=("val_acc", "val_balanced_acc", "val_loss"))
     # --- regularisation ---
     dropout: float = _opt(0.0, "dropout before the classifier head", min=0.0, max=0.95)
     drop_path: float = _opt(0.0, "stochastic depth rate where the model has it", min=0.0, max=0.95)
@@ -113,15 +122,15 @@ class Config:
                                 choices=("none", "balanced"), formerly={"true": "balanced", "false": "none"})
     sampler: str = _opt("random", "how training batches draw images: random (each once per epoch, shuffled) or "
                                   "balanced (each class equally often: drawn with replacement, weight 1/class count, "
-                                  "same epoch length; with class_weighting=balanced too the correction is applied twice)",
-                        choices=("random", "balanced"))
+                                  "same epoch length; with class_weighting=balanced too the correction is "
+                                  "applied twice)", choices=("random", "balanced"))
     # --- speed ---
-    feature_cache: bool = _opt(True, "the frozen front of freeze/partial phases runs once and is stored; "
-                                      "the rest trains on its output (exact; off with augmentation or mixing)", bookkeeping=True)
+    feature_cache: bool = _opt(True, "the frozen front of freeze/partial phases runs once and is stored; the rest "
+                                     "trains on its output (exact; off with augmentation or mixing)", bookkeeping=True)
     augment_views: int = _opt(0, "with augmentation on: store this many augmented views of the training "
                                  "set and cycle through them (0 = no caching when augmenting)", min=0, max=64)
-    cache_memory_mb: float = _opt(4096.0, "memory budget of a run's caches: larger decoded images are "
-                                          "memory-mapped, larger frozen outputs are not stored", min=0.0, bookkeeping=True)
+    cache_memory_mb: float = _opt(4096.0, "memory budget of a run's caches: larger decoded images are memory-mapped, "
+                                          "larger frozen outputs are not stored", min=0.0, bookkeeping=True)
     shared_cache_dir: str = _opt("", "where the runs of a study share decoded images and frozen outputs "
                                      "('' = <runs_dir>/.cache; none = do not share)", bookkeeping=True)
     # --- run ---
@@ -129,9 +138,11 @@ class Config:
                                     "(at least one epoch done; 0 = no limit); the best weights so far are tested and "
                                     "the run finishes (a time-budgeted study sets it so its runs end in time)",
                                min=0.0, bookkeeping=True)
-    checkpoint_epochs: int = _opt(1, "write the resumable checkpoint (model, optimizer, RNG) every N epochs and "
-                                     "at the end of each phase (0 = phase ends only); a resumed run redoes the rest", min=0, bookkeeping=True)
-    seed: int = _opt(42, "seed of the split, the initialisation and the data order", min=0, max=2**32 - 1, bookkeeping=True)
+    checkpoint_epochs: int = _opt(1, "write the resumable checkpoint (model, optimizer, RNG) every N epochs and at "
+                                     "the end of each phase (0 = phase ends only); a resumed run redoes the rest",
+                                  min=0, bookkeeping=True)
+    seed: int = _opt(42, "seed of the split, the initialisation and the data order",
+                     min=0, max=2**32 - 1, bookkeeping=True)
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N | mps", bookkeeping=True)
     amp: bool = _opt(True, "mixed precision on CUDA: bf16 on compute capability 8.0+, fp16 with a grad "
                            "scaler on 7.x and 6.0 (V100, T4, P100), else fp32; the summary's amp_dtype says which")
@@ -139,9 +150,12 @@ class Config:
                                 "compiling); worth it only for long runs where measured faster", bookkeeping=True)
     channels_last: bool = _opt(True, "channels_last memory format on CUDA and CPU (faster convolutions)")
     runs_dir: str = _opt("runs", "where run records go: <runs_dir>/<run_id>/", bookkeeping=True)
-    cache_dir: str = _opt(str(Path.home() / ".cache" / "finetune-kit"), "converted pip-shipped weights and other caches", bookkeeping=True)
-    run_id: str = _opt("", "run id (default: the W&B sweep run's id, else a new one); an existing id resumes", bookkeeping=True)
-    overwrite: bool = _opt(False, "train again over a finished run with the same run_id (else that is refused)", bookkeeping=True)
+    cache_dir: str = _opt(str(Path.home() / ".cache" / "finetune-kit"),
+                          "converted pip-shipped weights and other caches", bookkeeping=True)
+    run_id: str = _opt("", "run id (default: the W&B sweep run's id, else a new one); an existing id resumes",
+                       bookkeeping=True)
+    overwrite: bool = _opt(False, "train again over a finished run with the same run_id (else that is refused)",
+                           bookkeeping=True)
     run_name: str = _opt("", "readable name (default: model-strategy-lr)", bookkeeping=True)
     project: str = _opt("finetune-study", "W&B project", bookkeeping=True)
     entity: str = _opt("", "W&B entity (team or user); empty = your default", bookkeeping=True)
@@ -165,7 +179,6 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # Not part of a run's recipe (with W&B's own bookkeeping in its config): see _opt's bookkeeping.
 BOOKKEEPING = frozenset({name for name, f in FIELDS.items() if f.metadata["bookkeeping"]} | {"wandb_version"})
 RECIPE_KEYS = tuple(name for name in FIELDS if name not in BOOKKEEPING)   # in the order of the config
-
 
 # Annotations are strings under `from __future__ import annotations`; resolve them once.
 TYPES = {name: {"str": str, "int": int, "float": float, "bool": bool, "dict": dict}[f.type]
@@ -240,26 +253,16 @@ def _coerce(key: str, value: Any) -> Any:
         if text in _TRUE | _FALSE:
             return text in _TRUE
         raise bad
-    if TYPES[key] is int:
+    if TYPES[key] in (int, float):   # one reading of a number: a whole one for an int, a finite one for a float
         if isinstance(value, bool):
             raise bad
         try:
-            as_float = float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise bad from None
-        if not as_float.is_integer():
+        if not (number.is_integer() if TYPES[key] is int else math.isfinite(number)):
             raise bad
-        return int(as_float)
-    if TYPES[key] is float:
-        if isinstance(value, bool):
-            raise bad
-        try:
-            out = float(value)
-        except (TypeError, ValueError):
-            raise bad from None
-        if not math.isfinite(out):
-            raise bad
-        return out
+        return int(number) if TYPES[key] is int else number
     if value is None:
         return ""
     if isinstance(value, (dict, list)):
@@ -273,7 +276,7 @@ def _recipe(value: Any) -> dict[str, Any]:
     if group is None:
         raise ConfigError(f"recipe={value!r} is not valid: expected {_allowed(FIELDS['recipe'])}")
     out = {}
-    for leaf, path, raw in _leaves(group, "recipe."):
+    for leaf, _path, raw in _leaves(group, "recipe."):
         if leaf == "recipe":
             raise ConfigError("a recipe cannot hold another recipe")
         out[leaf] = _coerce(leaf, raw)
@@ -316,8 +319,7 @@ def _mapping(key: str, value: Any) -> dict | None:
             continue
         if isinstance(data, dict):
             return data
-    raise ConfigError(f"{key}={value[:60]!r} is not valid: expected a mapping of config keys "
-                      "(JSON or a Python dict)")
+    raise ConfigError(f"{key}={value[:60]!r} is not valid: expected a mapping of config keys (JSON or a Python dict)")
 
 
 def expand(layer: Mapping[str, Any]) -> dict[str, Any]:
@@ -353,11 +355,10 @@ def _leaves(layer: Mapping[str, Any], prefix: str) -> Iterable[tuple[str, str, A
 
 
 def parse_args(argv: Iterable[str]) -> tuple[str | None, dict[str, Any]]:
-    """Parse every form `wandb agent` passes: ``--key=value`` (``${args}``), ``--key value``
-    (``${args_no_equals}``), bare ``--flag`` for true (``${args_no_boolean_flags}``), ``key=value``
-    (``${args_no_hyphens}``), a JSON object (``${args_json}``) or a .json file of one
-    (``${args_json_file}``). A nested group's value may be a dict's text (see :func:`expand`).
-    Returns (config file, overrides)."""
+    """Parse every form `wandb agent` passes: ``--key=value`` (``${args}``), ``--key value`` (``${args_no_equals}``),
+    bare ``--flag`` for true (``${args_no_boolean_flags}``), ``key=value`` (``${args_no_hyphens}``), a JSON object
+    (``${args_json}``) or a .json file of one (``${args_json_file}``). A nested group's value may be a dict's text
+    (see :func:`expand`). Returns (config file, overrides)."""
     argv = list(argv)
     out: dict[str, Any] = {}
     config_file = None
@@ -492,8 +493,7 @@ def help_text() -> str:
              "Later wins: defaults < --config FILE (flat keys, nested groups, or W&B's config.yaml) < command "
              "line < the W&B sweep's parameters.",
              "A nested sweep group (--optim=\"{'lr': 0.01}\") only organises: its leaves are the keys below.",
-             "Exit codes: 0 finished, 1 failed, 2 bad config or data, 3 preempted, 4 pruned.",
-             "", "Config keys:"]
+             "Exit codes: 0 finished, 1 failed, 2 bad config or data, 3 preempted, 4 pruned.", "", "Config keys:"]
     defaults = Config().to_dict()   # a default made by a factory (recipe's {}) is not in f.default
     for name, f in FIELDS.items():
         lines.append(f"  --{name:<18} {f.metadata['help']} [default: {defaults[name]!r}; {_allowed(f)}]")

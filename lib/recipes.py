@@ -5,9 +5,11 @@ only: the config imports it before torch."""
 # Implemented in lib.train.strategies. The keys only some of them read (every other key: all of them), checked
 # by tests/train/test_strategies.py: freeze trains the classifier alone, so the backbone's keys are nothing to it.
 STRATEGIES = ("freeze", "partial", "full", "two_phase", "surgical", "bitfit", "norm_only", "gradual")
-STRATEGY_KEYS = {"unfreeze_blocks": ("partial", "two_phase"), "unfreeze_unit": ("partial", "two_phase", "surgical", "gradual"),
+STRATEGY_KEYS = {"unfreeze_blocks": ("partial", "two_phase"),
+                 "unfreeze_unit": ("partial", "two_phase", "surgical", "gradual"),
                  "phase1_epochs": ("two_phase",), "surgical_unit": ("surgical",), "unfreeze_every": ("gradual",),
-                 **dict.fromkeys(("train_bn", "backbone_lr_mult", "layer_decay"), tuple(s for s in STRATEGIES if s != "freeze"))}
+                 **dict.fromkeys(("train_bn", "backbone_lr_mult", "layer_decay"),
+                                 tuple(s for s in STRATEGIES if s != "freeze"))}
 
 # What augment=auto is for a strategy (else light). freeze trains a head on a frozen backbone: without
 # augmentation its features are computed once and stored (lib.train.features), which measured as accurate

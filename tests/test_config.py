@@ -305,7 +305,8 @@ def _no_run_folder(runs) -> bool:
     return not runs.exists() or not [p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")]
 
 
-@pytest.mark.parametrize("case, needle", [("missing", "is not a folder"), ("bad sweep value", "lr='fast' is not valid")])
+@pytest.mark.parametrize("case, needle", [("missing", "is not a folder"),
+                                          ("bad sweep value", "lr='fast' is not valid")])
 def test_a_run_that_cannot_start_writes_no_run_folder(case, needle, tmp_path, animals):
     """Checks that fail before any work write nothing: one line, exit 2, no run folder (the real entrypoint)."""
     data_dir = tmp_path / "nowhere" if case == "missing" else animals

@@ -105,8 +105,8 @@ def build_report(source_runs, out_dir, metric: str | None = None, latency: dict 
     ``source_runs``: a list of run dicts (from ``load_local``/``load_wandb``) or any SOURCE
     (``lib.sources``). ``metric``/``goal``: what ranks the runs (``lib.selection``). ``latency``: run_id ->
     CPU latency in ms (adds a latency/accuracy front). ``sweep``: with a list of runs, what sweep.json says
-    of their sweep ({"metric", "goal", "source"}: a study read from a database, say). Raises ReportError (one line) on no runs or an
-    unknown metric, before writing anything: an earlier report in ``out_dir`` stays as it was.
+    of their sweep ({"metric", "goal", "source"}: a study read from a database, say). Raises ReportError (one
+    line) on no runs or an unknown metric, before writing anything: an earlier report in ``out_dir`` stays as it was.
     Returns {"verdict", "best_run_id", "runner_up_id", "warnings", "paths", ...}."""
     runs, source, meta = _load_source(source_runs, sweep)
     if not runs:
@@ -144,8 +144,8 @@ def build_report(source_runs, out_dir, metric: str | None = None, latency: dict 
     plots = {name.rsplit(".", 1)[0]: str(out / name) for name in files}
     pareto = s.fin.loc[s.fin["pareto_size"], "run_id"].tolist() if not s.fin.empty else []
     return {"verdict": "\n".join(r.verdict), "best_run_id": r.best_id, "runner_up_id": r.runner_id,
-            "warnings": [w["text"] for w in r.warnings], "warning_details": r.warnings, "mcnemar": r.mcnemar, "soups": r.soups,
-            "seed_groups": [{k: v for k, v in g.items() if k != "_group"} for g in r.seed_groups],
+            "warnings": [w["text"] for w in r.warnings], "warning_details": r.warnings, "mcnemar": r.mcnemar,
+            "soups": r.soups, "seed_groups": [{k: v for k, v in g.items() if k != "_group"} for g in r.seed_groups],
             "pareto_size": pareto, "importance": r.importance, "metric": metric, "goal": goal,
             "other_data": s.other_data or [],
             "n_runs": len(s.df), "n_finished": len(s.fin), "trust": r.trust, "recommended": r.recommended,
@@ -180,7 +180,8 @@ def _tables(doc: Doc, s: RunTable, r: Review) -> None:
         rows.append([m, st, str(len(g)), str(x["run_id"]), met(x[metric])]
                     + ([pct(x["best_val_acc"])] if metric != "best_val_acc" else [])
                     + [pct(x["test_acc"]), ci(x["test_acc_lo"], x["test_acc_hi"]), num(x["n_test"]),
-                       pct(x["test_balanced_acc"]), num(x["test_mcc"], "{:.3f}"), num(x["test_f1_macro"], "{:.3f}"), count(x["trainable_params"]), count(x["total_params"]),
+                       pct(x["test_balanced_acc"]), num(x["test_mcc"], "{:.3f}"), num(x["test_f1_macro"], "{:.3f}"),
+                       count(x["trainable_params"]), count(x["total_params"]),
                        num(x["model_size_mb"], "{:.1f}"), num(x["train_val_gap"], "{:+.3f}"),
                        num(x["train_time_s"], "{:.3g}"), num(x["wall_time_s"], "{:.3g}")])
     doc.table(header, rows, highlight=0,
@@ -201,7 +202,8 @@ def _tables(doc: Doc, s: RunTable, r: Review) -> None:
             + ([num(x["latency_ms"], "{:.1f}")] if s.latency else []) for _, x in fin.head(MAX_TABLE_ROWS).iterrows()]
     doc.table(header, rows, highlight=0,
               note=("–: the run's strategy does not read the key (or the run is a soup)."
-                    + ("" if len(fin) <= MAX_TABLE_ROWS else f" First {MAX_TABLE_ROWS} of {len(fin)}; all in runs.csv.")))
+                    + ("" if len(fin) <= MAX_TABLE_ROWS
+                       else f" First {MAX_TABLE_ROWS} of {len(fin)}; all in runs.csv.")))
 
     doc.h(2, "Seeds: runs that differ only in seed", "seeds")
     if not r.seed_groups:
@@ -224,7 +226,8 @@ def _expected_section(doc: Doc, s: RunTable, curve: list[dict], more: dict, file
     png = expected_best_plot(curve, s.metric, s.maximize, (more["from_n"], more["to_n"]) if more["flat"] is not None
                              else None) if len(curve) >= MIN_TRIALS else None
     if png:
-        _image(doc, files, "expected_best.png", png, f"expected best {s.metric} of n trials, ± std, n = 1..{len(curve)}")
+        _image(doc, files, "expected_best.png", png,
+               f"expected best {s.metric} of n trials, ± std, n = 1..{len(curve)}")
     picks = sorted({1, 2, 3, 5, len(curve) // 2, len(curve)} & set(range(1, len(curve) + 1)))
     doc.table(["trials n", f"expected best {s.metric}", "std"],
               [[str(n), met(curve[n - 1]["value"]), met(curve[n - 1]["std"])] for n in picks],
@@ -327,11 +330,13 @@ def _failed_section(doc: Doc, s: RunTable) -> None:
 def _methods_section(doc: Doc, s: RunTable) -> None:
     doc.h(2, "Methods", "methods")
     doc.bullets([
-        "Test accuracy k/n gets a 95% Wilson score interval: (p + z²/2n ± z·sqrt(p(1−p)/n + z²/4n²)) / (1 + z²/n), z=1.96.",
+        "Test accuracy k/n gets a 95% Wilson score interval: "
+        "(p + z²/2n ± z·sqrt(p(1−p)/n + z²/4n²)) / (1 + z²/n), z=1.96.",
         "Two runs tested on the same images are compared with the exact McNemar test: a two-sided binomial test "
-        "(scipy.stats.binomtest) of b out of b+c at 1/2, where b and c count the images exactly one of the two gets right.",
-        f"The winner is the finished run with the best `{s.metric}` ({s.goal}); ties go to the smaller model. The runner-up "
-        "is the best run of a different configuration (not just another seed).",
+        "(scipy.stats.binomtest) of b out of b+c at 1/2, where b and c count the images exactly one of the two "
+        "gets right.",
+        f"The winner is the finished run with the best `{s.metric}` ({s.goal}); ties go to the smaller model. "
+        "The runner-up is the best run of a different configuration (not just another seed).",
         f"Seed aggregation groups runs by every config key except {', '.join(sorted(NOISE_KEYS))}, and except the "
         "keys a run's strategy does not read (lib.config declares which: a freeze run has no backbone_lr_mult).",
         "Runs trained on different data (another data_dir or class list) are not ranked together: the dataset "

@@ -67,7 +67,8 @@ def unmeasured_classes(by_id: dict[str, dict], fin: pd.DataFrame) -> list[Warnin
     if run is None:
         return []
     names, counts = run["classes"], run["class_counts"]
-    splits = {sp: c for sp in ("train", "val", "test") if isinstance(c := counts.get(sp), list) and len(c) == len(names)}
+    splits = {sp: c for sp in ("train", "val", "test")
+              if isinstance(c := counts.get(sp), list) and len(c) == len(names)}
     missing = {i: where for i in range(len(names)) if (where := [sp for sp in ("val", "test")
                                                                   if sp in splits and splits[sp][i] == 0])}
     no_test = sum("test" in where for where in missing.values())
@@ -79,7 +80,8 @@ def unmeasured_classes(by_id: dict[str, dict], fin: pd.DataFrame) -> list[Warnin
             effects.append("validation never sees it, so neither the kept epoch nor early stopping weighs it")
         if "test" in where:
             effects.append(f"the test set cannot measure it: its test precision, recall and F1 are 0 by convention "
-                           f"(support 0), not measured, which caps macro F1 at {(len(names) - no_test) / len(names):.3f} "
+                           "(support 0), not measured, which caps macro F1 at "
+                           f"{(len(names) - no_test) / len(names):.3f} "
                            "for every run, while test balanced accuracy leaves it out")
         out.append(("warning", "unmeasured_class",
                     f"class `{names[i]}` has no {' and no '.join(where)} image ({sum(splits[sp][i] for sp in splits)} "

@@ -68,7 +68,8 @@ def expected_best(values, maximize: bool = True) -> list[dict]:
     from ``values`` (non-finite ones left out) and its std; the best is the minimum when not ``maximize``."""
     sign = 1.0 if maximize else -1.0
     means, stds = expected_max(sign * np.asarray(values, dtype=float))
-    return [{"n": n, "value": float(sign * m), "std": float(s)} for n, m, s in zip(range(1, len(means) + 1), means, stds, strict=True)]
+    return [{"n": n, "value": float(sign * m), "std": float(s)}
+            for n, m, s in zip(range(1, len(means) + 1), means, stds, strict=True)]
 
 
 def trial_values(fin, metric: str) -> list[float]:

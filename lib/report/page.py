@@ -131,8 +131,10 @@ def _inline(text: str) -> str:
 
 
 CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1150px;color:#222;padding:0 16px}
-h1{font-size:24px;margin-bottom:4px}h2{font-size:19px;border-bottom:2px solid #e3e6ea;padding-bottom:4px;margin-top:32px}
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1150px;color:#222;\
+padding:0 16px}
+h1{font-size:24px;margin-bottom:4px}\
+h2{font-size:19px;border-bottom:2px solid #e3e6ea;padding-bottom:4px;margin-top:32px}
 h3{font-size:16px}.meta{color:#666}.note{color:#555;font-size:12.5px}
 .verdict{background:#f3f8ff;border-left:5px solid #2f6fdf;padding:8px 16px;margin:12px 0}
 .verdict p{margin:6px 0}

@@ -254,7 +254,8 @@ LOG_X_TRIALS = 30         # beyond this many trials the expected-best curve gets
 
 
 @plain_text
-def expected_best_plot(curve: list[dict], metric: str, maximize: bool, mark: tuple[int, int] | None = None) -> bytes | None:
+def expected_best_plot(curve: list[dict], metric: str, maximize: bool,
+                       mark: tuple[int, int] | None = None) -> bytes | None:
     """The expected best of n trials (± its std) against n; ``mark``: the two n the flatness rule compares."""
     if len(curve) < 2:
         return None

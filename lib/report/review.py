@@ -72,7 +72,8 @@ def _same_test_set(a: dict, b: dict) -> tuple[bool, str]:
 
 def _val_loss_rise(history: list[dict]) -> tuple[int, float] | None:
     """(epoch of min val loss, relative rise at the end) when val loss rose > 10% while train loss fell."""
-    h = [r for r in history if isinstance(r.get("val_loss"), (int, float)) and isinstance(r.get("train_loss"), (int, float))
+    h = [r for r in history
+         if isinstance(r.get("val_loss"), (int, float)) and isinstance(r.get("train_loss"), (int, float))
          and np.isfinite(r["val_loss"]) and np.isfinite(r["train_loss"])]
     if len(h) < 3:
         return None
@@ -131,7 +132,8 @@ def _run_states(s: RunTable, r: Review) -> None:
     unfinished = bad[bad["state"] != State.PRUNED]
     for i, (_, row) in enumerate(unfinished.iterrows()):
         if i == 8:
-            r.warn("warning", "run_state", f"… and {len(unfinished) - 8} more run(s) that did not finish: see the table")
+            r.warn("warning", "run_state",
+                   f"… and {len(unfinished) - 8} more run(s) that did not finish: see the table")
             break
         err = row.get("error")
         err = "" if isnan(err) or not err else f": {str(err)[:300]}"
@@ -270,7 +272,8 @@ def _overfitting(s: RunTable, r: Review, best) -> None:
                    f"{rise[0]} while train loss kept falling — the overfitting signature (the best-val checkpoint "
                    "is what was tested)")
     epochs = best.get("epochs_run", math.nan)
-    if not isnan(best.get("best_epoch", math.nan)) and not isnan(epochs) and best["best_epoch"] == epochs and epochs > 1:
+    if (not isnan(best.get("best_epoch", math.nan)) and not isnan(epochs) and best["best_epoch"] == epochs
+            and epochs > 1):
         r.warn("info", "last_epoch", f"the winner's best epoch was its last ({int(epochs)}): "
                "it may not have converged; more epochs might help")
 
@@ -322,7 +325,8 @@ def class_counts(run: dict) -> tuple[list[int], str] | None:
             candidates.append((np.bincount(y[(y >= 0) & (y < 2**20)], minlength=k).tolist(), "test"))
     for counts, split in candidates:
         if isinstance(counts, list) and len(counts) >= 2 and all(
-                isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c >= 0 for c in counts):
+                isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c >= 0
+                for c in counts):
             return [int(c) for c in counts], split
     return None
 
@@ -362,7 +366,8 @@ def _soups(s: RunTable, r: Review) -> None:
         r.soups.append({"run_id": run_id, "best_single": single["id"], **test})
         r.warn("info", "soup", f"soup `{run_id}` of {len(soup['ingredients'])} run(s) vs its best single run "
                f"`{single['id']}` on test: {pct(test['acc_a'])} vs {pct(test['acc_b'])}, McNemar exact p = "
-               f"{test['p_value']:.3g} ({test['b']} image(s) only the soup gets right, {test['c']} only the single run)")
+               f"{test['p_value']:.3g} ({test['b']} image(s) only the soup gets right, "
+               f"{test['c']} only the single run)")
 
 
 def _best_group(r: Review, best) -> dict | None:
@@ -386,7 +391,8 @@ def _verdict(s: RunTable, r: Review, best, runner, perfect: pd.DataFrame) -> lis
     test = ""
     if not isnan(best["test_acc"]):
         test = f", test accuracy {pct(best['test_acc'])}" + (
-            f" {ci(best['test_acc_lo'], best['test_acc_hi'])} (95% Wilson, n={int(n_test)})" if not isnan(n_test) else "")
+            f" {ci(best['test_acc_lo'], best['test_acc_hi'])} (95% Wilson, n={int(n_test)})"
+            if not isnan(n_test) else "")
     lines = [f"Winner: {s.recipe(best)}, run `{r.best_id}`: {metric} {met(best[metric])}{test}."]
     group = _best_group(r, best)
     if group:
@@ -415,7 +421,8 @@ def _runner_line(s: RunTable, best, runner) -> str:
     on_test = ""
     if not isnan(test_margin):
         on_test = ("; same test accuracy" if test_margin == 0 else
-                   f"; on test the winner is {abs(100 * test_margin):.1f} points {'ahead' if test_margin > 0 else 'behind'}")
+                   f"; on test the winner is {abs(100 * test_margin):.1f} points "
+                   f"{'ahead' if test_margin > 0 else 'behind'}")
     return (f"Runner-up: {s.recipe(runner)}, run `{runner['run_id']}`: {s.metric} {met(runner[s.metric])} "
             f"({lead}{on_test}).")
 

@@ -78,8 +78,8 @@ def eta_squared(groups, values) -> float:
 
 def is_numeric(series: pd.Series) -> bool:
     vals = [v for v in series if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return bool(vals) and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-                              for v in vals)
+    return bool(vals) and all(isinstance(v, (int, float, np.integer, np.floating))
+                              and not isinstance(v, (bool, np.bool_)) for v in vals)
 
 
 def importance(df: pd.DataFrame, keys: list[str], metric: str) -> list[dict]:

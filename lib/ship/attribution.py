@@ -171,8 +171,9 @@ def explain(model: nn.Module, shown, inputs, y_true, y_pred, probs, classes: lis
     """Attributions for ``n`` images chosen among those with labels ``y_true`` and predictions
     ``y_pred`` (``probs``: probability of the prediction). ``shown(indices)`` gives them as uint8
     (N, 3, H, W) as the model sees them (after the crop), ``inputs(indices)`` as the model takes
-    them (normalised); only the chosen ones are made. Written as ``out_dir/correct.png`` and ``out_dir/misclassified.png`` (the latter
-    only when a shown image is misclassified). Returns what was written and the layers used."""
+    them (normalised); only the chosen ones are made. Written as ``out_dir/correct.png`` and
+    ``out_dir/misclassified.png`` (the latter only when a shown image is misclassified). Returns what was written
+    and the layers used."""
     y_true, y_pred, probs = np.asarray(y_true), np.asarray(y_pred), np.asarray(probs)
     right, wrong = choose(y_true, y_pred, n)
     out = {"files": [], "cam_layer": None, "ig_steps": ig_steps, "correct": len(right), "misclassified": len(wrong)}

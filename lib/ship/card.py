@@ -57,7 +57,8 @@ def model_card(result: dict, record: dict) -> str:
         "## Metrics", "",
         "| metric | value |", "|---|---|",
         f"| best validation accuracy | {_fmt(s.get('best_val_acc'))} (epoch {s.get('best_epoch', 'n/a')}) |",
-        f"| test accuracy (PyTorch, at training) | {_fmt(s.get('test_acc'))} (95% CI {_fmt(lo, 3)}-{_fmt(hi, 3)}, n={n_test}) |",
+        f"| test accuracy (PyTorch, at training) | {_fmt(s.get('test_acc'))} "
+        f"(95% CI {_fmt(lo, 3)}-{_fmt(hi, 3)}, n={n_test}) |",
         f"| test macro F1 | {_fmt(s.get('test_f1_macro'))} |",
         f"| test balanced accuracy (mean recall over classes) | {_fmt(s.get('test_balanced_acc'))} |",
         f"| test MCC (Matthews correlation) | {_fmt(s.get('test_mcc'))} |",
@@ -100,8 +101,8 @@ def model_card(result: dict, record: dict) -> str:
               f"- Classifies images into exactly these {len(record['classes'])} classes; any other input still gets "
               "one of them, often with high confidence. There is no \"unknown\" class.",
               f"- The test set has only {n_test} images: the test accuracy is uncertain by about "
-              f"±{_fmt((hi - lo) / 2 if not math.isnan(lo) else math.nan, 3)} (95% Wilson interval); differences between "
-              "models smaller than that are not evidence.",
+              f"±{_fmt((hi - lo) / 2 if not math.isnan(lo) else math.nan, 3)} (95% Wilson interval); "
+              "differences between models smaller than that are not evidence.",
               "- Expect lower accuracy on images unlike the training data (other cameras, lighting, backgrounds, "
               "image sizes); check on your own data before relying on it.",
               "- Validation accuracy picked the checkpoint (and possibly the hyperparameters), so it is optimistic; "

@@ -55,7 +55,8 @@ def write_onnx(model: torch.nn.Module, record: dict, path: Path) -> dict:
             "run_id": str(record["id"]), "model": record["config"]["model"]}
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, meta)
-    proto.doc_string = f"{record['config']['model']} fine-tuned by run {record['id']}; classes and preprocessing in metadata"
+    proto.doc_string = (f"{record['config']['model']} fine-tuned by run {record['id']}; "
+                        "classes and preprocessing in metadata")
     if proto.ByteSize() >= 2**31:
         raise ExportError(f"{record['config']['model']} is over 2 GB: it cannot be one ONNX file")
     atomic_write(path, lambda tmp: onnx.save_model(proto, tmp))

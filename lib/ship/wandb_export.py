@@ -37,7 +37,8 @@ def log_export(sweep_path: str, run_id: str, out: Path, result: dict) -> str:
     run = wandb.init(entity=entity, project=project, job_type="export", name=f"export-{run_id}",
                      mode=os.environ["WANDB_MODE"],   # W&B's process-wide setup may predate the variable
                      group=f"sweep-{sweep_id}", dir=str(out), reinit="finish_previous",
-                     config={"source_run": run_id, "sweep": sweep_path, "source_artifact": artifact_name(sweep_path, run_id)})
+                     config={"source_run": run_id, "sweep": sweep_path,
+                             "source_artifact": artifact_name(sweep_path, run_id)})
     try:
         if not (run.offline or run.disabled):   # lineage needs the server; offline the config names the source
             run.use_artifact(artifact_name(sweep_path, run_id))

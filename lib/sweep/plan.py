@@ -159,8 +159,8 @@ def observe(rates: Rates, fl: Flops, facts: Facts, recipe: int, run: dict) -> Ra
 
     def median(key, prior):
         return statistics.median(s[key]) if s[key] else prior
-    return Rates(fwd=fwd, step=median("step", rates.step * fwd / rates.fwd), per_step=median("per_step", rates.per_step),
-                 startup=median("startup", rates.startup), samples=s)
+    return Rates(fwd=fwd, step=median("step", rates.step * fwd / rates.fwd),
+                 per_step=median("per_step", rates.per_step), startup=median("startup", rates.startup), samples=s)
 
 
 # --- decisions ---------------------------------------------------------------------------------------
@@ -195,7 +195,8 @@ def shared_front(keys: list[str]) -> list[bool]:
 
 def screen_seconds(flops: list[Flops], keys: list[str], facts: Facts, epochs: int, rates: Rates) -> list[float]:
     cached = shared_front(keys)
-    return [run_seconds(fl, facts, epochs, rates, j, front_cached=c) for j, (fl, c) in enumerate(zip(flops, cached, strict=True))]
+    return [run_seconds(fl, facts, epochs, rates, j, front_cached=c)
+            for j, (fl, c) in enumerate(zip(flops, cached, strict=True))]
 
 
 def most_epochs(cost, budget_s: float, low: int, high: int) -> int | None:
@@ -304,7 +305,8 @@ class Last:
     why: str
 
 
-def last_run(prev: dict, fl: Flops, facts: Facts, rates: Rates, recipe: int, left_s: float, pinned: dict) -> Last | None:
+def last_run(prev: dict, fl: Flops, facts: Facts, rates: Rates, recipe: int, left_s: float,
+             pinned: dict) -> Last | None:
     """The last run of the winner: ``prev`` is its latest run (``epochs``, ``best_epoch``, ``gap``). None when
     the time left buys no run longer than that one."""
     rising = still_rising(prev.get("best_epoch"), prev["epochs"])

@@ -356,8 +356,8 @@ class Planner:
             if key not in pinned:
                 point[self.names.get(key, key)] = value
         point = plain(point)
-        study.enqueue_trial({}, user_attrs={"queued": True, "point": point, "config": {**flat(point), **self.sweep.fixed},
-                                            ATTR: attrs})
+        study.enqueue_trial({}, user_attrs={"queued": True, "point": point,
+                                            "config": {**flat(point), **self.sweep.fixed}, ATTR: attrs})
         self._save(study)
 
     def _save(self, study) -> None:

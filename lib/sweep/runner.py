@@ -330,7 +330,8 @@ class Runner:
         configs = {t.number: trial_config(t) for t in trials}
         config, keys = configs.get(trial.number, {}), varying_keys(list(configs.values()))
         recipe = " ".join(f"{k}={cell(config.get(k))}" for k in keys if k in config)
-        return f"trial {trial.number} {state.name.lower()} {self.sweep.metric}={shown}" + (f" [{recipe}]" if recipe else "")
+        return (f"trial {trial.number} {state.name.lower()} {self.sweep.metric}={shown}"
+                + (f" [{recipe}]" if recipe else ""))
 
     def _postfix(self, study: optuna.Study, trials: list) -> str:
         """``4 of 12 finished (complete 3, failed 1, pruned 0), running 1, best 0.9000, 1m35s``; the time
@@ -434,7 +435,8 @@ class Runner:
 
 def run_local(sweep_file: str, opts: Options, fixed: dict[str, str] | None = None) -> int:
     """``finetune_sweep.py local``: the sweep offline, then its status table."""
-    sweep = sweep_spec.load(sweep_file, fixed, 1 if opts.confirm_top else opts.repeats)   # confirm: K seeds for the top N
+    # confirm: K seeds for the top N
+    sweep = sweep_spec.load(sweep_file, fixed, 1 if opts.confirm_top else opts.repeats)
     confirm.check_confirm(sweep, opts)
     sweep_spec.check_here(sweep)   # data_dir, weights: before anything is started or written
     runner = Runner(sweep, opts)

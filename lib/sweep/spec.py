@@ -147,7 +147,8 @@ def parse(raw: dict, path: Path, fixed: dict[str, str]) -> Sweep:
     wandb_schema.check(raw, path)
     method = raw["method"]
     if method not in METHODS:
-        raise SweepError(f"{path.name}: method {method!r} is not supported offline: expected one of {', '.join(METHODS)}")
+        raise SweepError(f"{path.name}: method {method!r} is not supported offline: "
+                         f"expected one of {', '.join(METHODS)}")
     name, goal = _check_metric(raw, path)
     try:
         params = list(HyperParameterSet.from_config(raw.get("parameters", {})))

@@ -119,6 +119,7 @@ def _local_command(sweep_dir: Path, meta: dict, storage_url: str | None, retry: 
     if "://" in str(sweep_dir):   # status URL: the sweep file and folder are the machine's own business
         sweep_dir, meta = "DIR", {**meta, "sweep_file": "SWEEP.yaml"}
     parts = ["python", "finetune_sweep.py", "local", meta.get("sweep_file") or str(Path(sweep_dir) / SWEEP_COPY),
-             "--sweep_dir", str(sweep_dir), *(x for k, v in (meta.get("set") or {}).items() for x in ("--set", f"{k}={v}")),
+             "--sweep_dir", str(sweep_dir),
+             *(x for k, v in (meta.get("set") or {}).items() for x in ("--set", f"{k}={v}")),
              *(["--storage", url] if url else []), *(["--retry_failed"] if retry else [])]
     return shlex.join(parts)

@@ -155,7 +155,8 @@ def trial_params(trial: optuna.Trial, sweep: Sweep, versions: dict | None = None
 
     if trial.user_attrs.get("point") is not None:   # a confirm or a planned seed run keeps its seed over --set
         seeded = trial.user_attrs.get("confirm") or trial.user_attrs.get("plan") or {}
-        return {**flat(trial.user_attrs["point"]), **sweep.fixed, **({"seed": seeded["seed"]} if "seed" in seeded else {})}
+        return {**flat(trial.user_attrs["point"]), **sweep.fixed,
+                **({"seed": seeded["seed"]} if "seed" in seeded else {})}
     values = {}
     for p in sweep.params:
         name = f"{p.name}~{versions[p.name]}" if versions and versions.get(p.name) else p.name

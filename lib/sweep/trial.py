@@ -115,7 +115,8 @@ class TrialProcess:
         return self.outcome(proc.returncode, pruned)
 
     def _argv(self, params: dict) -> list[str]:
-        owned = dict(zip(sweep_spec.RUNNER_KEYS, (self.run_dir.name, str(self.run_dir.parent), self.sweep.name), strict=True))
+        owned = dict(zip(sweep_spec.RUNNER_KEYS, (self.run_dir.name, str(self.run_dir.parent), self.sweep.name),
+                         strict=True))
         write_params_file(self.run_dir / records.PARAMS_FILE, self.sweep, params, owned)   # nested, as W&B writes
         return build_command(self.sweep, params, self.run_dir, PROJECT_ROOT)
 

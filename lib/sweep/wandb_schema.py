@@ -160,7 +160,8 @@ def check(raw: dict, path: Path) -> None:
     except (ValueError, AttributeError, TypeError):   # sweeps assumes every parameter is a mapping
         violations = []
     if readable:   # jsonschema's "not valid under any of the given schemas" for the same parameters
-        vague = {f"{spec!r} is not valid under any of the given schemas" for spec in _parameter_specs(raw["parameters"])}
+        vague = {f"{spec!r} is not valid under any of the given schemas"
+                 for spec in _parameter_specs(raw["parameters"])}
         violations = readable + [v for v in violations if v not in vague
                                  and not v.startswith("invalid hyperparameter configuration:")]
     notices = [v for v in violations if any(v.endswith(m) for m in PARAM_DEPRECATION_MAP.values())]

@@ -105,7 +105,8 @@ def agent(sweep_id: str, count: int | None, gpus: str | list[str] | None, *, sta
         # stagger (minutes with several GPUs), or waits at a login prompt on a terminal.
         if not has_credentials():
             raise SweepError("no W&B API key: `wandb agent` needs the W&B server; run `wandb login` (or set "
-                             "WANDB_API_KEY), or run the sweep offline with `python finetune_sweep.py local SWEEP.yaml`")
+                             "WANDB_API_KEY), or run the sweep offline with "
+                             "`python finetune_sweep.py local SWEEP.yaml`")
         popen = subprocess.Popen
     if isinstance(gpus, str):
         gpus = resolve_gpus(gpus)

@@ -122,7 +122,8 @@ def load_data(cfg: Config, splits: data.Splits, data_cfg: dict, record: RunRecor
             raise DataError(f"no usable {split} images in {cfg.data_dir!r} "
                             f"({len(splits.skipped)} file(s) skipped{why})")
     splits.warnings += data.data_warnings(splits.classes, decoded)
-    splits.items = {s: [(p, int(label)) for p, label in zip(d.paths, d.labels, strict=True)] for s, d in decoded.items()}
+    splits.items = {s: [(p, int(label)) for p, label in zip(d.paths, d.labels, strict=True)]
+                    for s, d in decoded.items()}
     splits.sizes = data.source_sizes(Path(cfg.data_dir), decoded["train"].paths, data_cfg)
     upscaled = data.upscale_warning(splits.sizes, cfg.model, cfg.image_size, models.min_input_side(cfg.model))
     splits.warnings += [upscaled] if upscaled else []

@@ -181,7 +181,8 @@ def evaluate(model, loader, accel: Accel, stop: StopFlag | None = None) -> dict:
     y_pred = torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
     y_true = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
     n = len(y_true)
-    return {"loss": total_loss / n if n else math.nan, "acc": (y_pred == y_true).float().mean().item() if n else math.nan,
+    return {"loss": total_loss / n if n else math.nan,
+            "acc": (y_pred == y_true).float().mean().item() if n else math.nan,
             "balanced_acc": balanced_accuracy(confusion(y_true.numpy(), y_pred.numpy())),
             "y_true": y_true.numpy(), "y_pred": y_pred.numpy()}
 
@@ -435,7 +436,8 @@ def fit(cfg: Config, model: nn.Module, loaders: dict, accel: Accel, loss_fn: nn.
             break
     bar.close()
     model.load_state_dict(hooks.load_best())
-    return {"best_val_acc": p.best_val_acc, "best_val_balanced_acc": p.best_val_balanced_acc, "best_epoch": p.best_epoch,
+    return {"best_val_acc": p.best_val_acc, "best_val_balanced_acc": p.best_val_balanced_acc,
+            "best_epoch": p.best_epoch,
             "train_val_gap": p.best_train_acc - p.best_val_acc, "epochs_run": p.epoch,
             "stopped_early": p.stopped_early, "trainable_params": p.trainable,
             "train_time_s": round(p.train_time, 3),

@@ -192,7 +192,8 @@ def test_unwritable_shared_cache_dir_is_a_clear_error(base_args, tmp_path, capsy
     blocked = tmp_path / "blocked-cache"
     blocked.write_text("a file, not a folder")
     assert main(base_args + [f"--shared_cache_dir={blocked}", "--model=small_cnn"]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: shared_cache_dir='{blocked}' is not writable")
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        f"error: shared_cache_dir='{blocked}' is not writable")
 
 
 def test_out_of_memory_retries_with_half_the_batch(base_args, tmp_path, monkeypatch):

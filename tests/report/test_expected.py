@@ -53,7 +53,8 @@ def test_ends_and_monotone(values):
 def test_minimize_mirrors_maximize():
     v = np.random.default_rng(3).normal(0.3, 0.1, 11)
     for lo, hi in zip(expected_best(v, maximize=False), expected_best(-v, maximize=True), strict=True):
-        assert lo["value"] == pytest.approx(-hi["value"], abs=1e-15) and lo["std"] == pytest.approx(hi["std"], abs=1e-15)
+        assert lo["value"] == pytest.approx(-hi["value"], abs=1e-15)
+        assert lo["std"] == pytest.approx(hi["std"], abs=1e-15)
 
 
 def test_unbiased_where_dodges_with_replacement_estimator_is_not():
@@ -132,7 +133,8 @@ def test_pure_seed_noise_reads_as_flat():
 def test_a_minimized_loss_falls_and_is_not_read_in_points():
     losses = [0.90, 0.70, 0.55, 0.50, 0.45, 0.40, 0.38, 0.36, 0.33, 0.30]
     more = more_trials(curve_of(losses, maximize=False), "best_val_loss", False)
-    assert more["flat"] is False and more["text"].startswith("Still falling: the expected best `best_val_loss` falls 0.")
+    assert more["flat"] is False
+    assert more["text"].startswith("Still falling: the expected best `best_val_loss` falls 0.")
     assert "points" not in more["text"] and "1% of the expected best" in more["text"]
     flat = more_trials(curve_of([0.3001, 0.3002, 0.3000, 0.3001], maximize=False), "best_val_loss", False)
     assert flat["flat"] is True and "falls" in flat["text"]

@@ -238,7 +238,8 @@ def test_single_run_all_failed_and_nans(tmp_path):
 # ---------------------------------------------------------------- W&B
 def test_load_wandb_with_a_fake_api(tmp_path):
     hist = [{"_step": i, "_runtime": 1.0, "epoch": e, "train_loss": 1 / e, "val_acc": 0.5 + 0.1 * e, "train_acc": 0.6,
-             "val_loss": 1.0} for i, e in enumerate((1, 2, 3))] + [{"_step": 9, "test_confusion_matrix": {"_type": "x"}}]
+             "val_loss": 1.0} for i, e in enumerate((1, 2, 3))]
+    hist += [{"_step": 9, "test_confusion_matrix": {"_type": "x"}}]
     runs = [
         FakeRun("w1", "finished", {"model": "resnet50", "strategy": "freeze", "lr": {"value": 1e-3}, "_wandb": {}},
                 {**summ(0.91, 450, n=500), "_wandb": {"runtime": 3}, "val_acc": 0.91, "lr": 1e-5,
@@ -295,8 +296,9 @@ def test_report_from_wandb_runs_mcnemar_on_the_logged_test_predictions(tmp_path)
     """The summary keys lib.train.tracking logs (test_y_true, test_y_pred, classes) are enough for the paired test."""
     def logged(val, errors):
         return {**summ(val, 125 - errors), "classes": CLASSES, "test_y_true": Y_TRUE, "test_y_pred": wrong(errors)}
-    api = FakeApi([FakeRun("a", "finished", {"model": "resnet50", "strategy": "partial", "lr": 1e-3}, logged(0.93, 6), []),
-                   FakeRun("b", "finished", {"model": "resnet50", "strategy": "full", "lr": 1e-4}, logged(0.92, 8), [])])
+    api = FakeApi([
+        FakeRun("a", "finished", {"model": "resnet50", "strategy": "partial", "lr": 1e-3}, logged(0.93, 6), []),
+        FakeRun("b", "finished", {"model": "resnet50", "strategy": "full", "lr": 1e-4}, logged(0.92, 8), [])])
     res = build_report(load_wandb("ent/proj/sw", api=api), tmp_path / "wb")
     assert res["mcnemar"]["runs"] == ["a", "b"]
     expected = stats.binomtest(res["mcnemar"]["b"], res["mcnemar"]["b"] + res["mcnemar"]["c"], 0.5).pvalue
@@ -319,7 +321,8 @@ def two_metric_sweep(root: Path, metric: dict) -> Path:
     root.mkdir(parents=True)
     (root / "sweep.json").write_text(json.dumps({"name": "s", "method": "grid", "storage": None, **metric}))
     for rid, val, loss in (("by_val", 0.95, 0.9), ("by_loss", 0.80, 0.2)):
-        write_run(root / "runs", rid, config={"model": "resnet18", "strategy": "full", "lr": 1e-3 if val > 0.9 else 1e-4},
+        write_run(root / "runs", rid,
+                  config={"model": "resnet18", "strategy": "full", "lr": 1e-3 if val > 0.9 else 1e-4},
                   summary={**summ(val, 100), "test_loss": loss}, y_pred=wrong(25))
     return root
 
@@ -353,7 +356,8 @@ def test_report_of_a_wandb_sweep_ranks_by_its_config_metric(tmp_path, capsys, mo
     monkeypatch.setattr(lib.runs, "public_api", lambda: api)
     code, out, err = cli(["report", "ent/proj/sw1", "--out", tmp_path / "r"], capsys)
     assert code == 0, err
-    assert "run `w_loss`" in out and "selection metric: `test_loss` (minimize)" in (tmp_path / "r" / "report.md").read_text()
+    assert "run `w_loss`" in out
+    assert "selection metric: `test_loss` (minimize)" in (tmp_path / "r" / "report.md").read_text()
 
 
 def test_a_wandb_sweep_without_a_goal_is_ranked_as_wandb_ran_it_and_the_report_says_so(tmp_path, capsys, monkeypatch):
@@ -386,7 +390,8 @@ def test_a_wandb_sweep_without_a_goal_is_ranked_as_wandb_ran_it_and_the_report_s
     ("missing", r"^error: no such folder: .*missing"),
     ("empty", r"^error: no runs in .*empty: expected a sweep dir"),
     ("a file", r"^error: .*run\.json is a file, not a folder"),
-    ("metric typo", r"^error: unknown metric 'test_los' \(did you mean 'test_loss'\?\): the runs record .*best_val_acc"),
+    ("metric typo", r"^error: unknown metric 'test_los' \(did you mean 'test_loss'\?\): "
+                    r"the runs record .*best_val_acc"),
 ])
 def test_report_bad_input_is_one_line_and_keeps_the_earlier_report(tmp_path, capsys, case, message):
     root = two_metric_sweep(tmp_path / "sweep", {"metric": "test_loss", "goal": "minimize"})
@@ -500,7 +505,8 @@ IMBALANCED = {"train": [400, 100, 100, 100, 100], "val": [80, 20, 20, 20, 20], "
 
 
 def imbalanced_runs(root: Path, counts=IMBALANCED, y_true=Y_TRUE) -> Path:
-    """Two configurations on 4:1 data: `acc` wins on accuracy by leaning on the big class, `bal` on balanced accuracy."""
+    """Two configurations on 4:1 data: `acc` wins on accuracy by leaning on the big class, `bal` on balanced
+    accuracy."""
     for rid, model, val, bal, k, t_bal, t_mcc in (("acc", "resnet18", 0.86, 0.55, 104, 0.58, 0.31),
                                                   ("bal", "mobilenetv2_100", 0.80, 0.79, 100, 0.80, 0.62)):
         write_run(root, rid, config={"model": model, "strategy": "freeze", "lr": 0.01, "monitor": "val_acc"},
@@ -550,7 +556,8 @@ def test_report_json_holds_the_verdict_and_the_recommended_run(tmp_path, capsys)
                                               ("r1", 0.001, 42, 0.90, wrong(4, offset=50), 5.0),
                                               ("r2", 0.0001, 42, 0.89, wrong(3, offset=60), 5.0)):
         write_run(runs, run_id, config={"model": "resnet18", "strategy": "full", "lr": lr, "seed": seed},
-                  summary=summ(val, 125 - sum(a != b for a, b in zip(pred, Y_TRUE, strict=True)), size=size), y_pred=pred)
+                  summary=summ(val, 125 - sum(a != b for a, b in zip(pred, Y_TRUE, strict=True)), size=size),
+                  y_pred=pred)
     code, out, err = cli(["report", runs, "--out", tmp_path / "out"], capsys)
     assert code == 0, err
     saved = json.loads((tmp_path / "out" / "report.json").read_text())

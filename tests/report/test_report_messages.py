@@ -24,7 +24,8 @@ def _strategy_runs(root: Path) -> Path:
                                                   ("p1", "partial", 0.01, 0.01, 42, 0.90, 112),
                                                   ("p2", "partial", 0.001, 0.01, 42, 0.88, 110)):
         write_run(root, rid, config={"model": "resnet18", "strategy": strategy, "lr": lr, "backbone_lr_mult": mult,
-                                     "seed": seed}, summary=summ(val, k), y_pred=wrong(125 - k), history=curve(val_acc=val))
+                                     "seed": seed}, summary=summ(val, k), y_pred=wrong(125 - k),
+                  history=curve(val_acc=val))
     return root
 
 
@@ -33,7 +34,7 @@ def test_a_run_is_credited_only_with_the_keys_its_strategy_reads(tmp_path):
     assert res["verdict"].startswith("Winner: **resnet18 / freeze** (lr=0.01), run `f1`")   # no backbone_lr_mult
     assert "Runner-up: **resnet18 / freeze** (lr=0.001)" in res["verdict"]
     assert {x["key"] for x in res["importance"]} == {"strategy", "lr"}      # not ranked from freeze vs partial
-    (group,) = res["seed_groups"]                                            # f1 and f3 differ only in what freeze ignores
+    (group,) = res["seed_groups"]   # f1 and f3 differ only in what freeze ignores
     assert sorted(group["run_ids"]) == ["f1", "f3"] and group["config"] == {"strategy": "freeze", "lr": 0.01}
     md = (tmp_path / "out" / "report.md").read_text()
     assert "backbone_lr_mult" not in md[md.index("## Verdict"):md.index("## Swept parameters")]

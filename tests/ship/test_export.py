@@ -358,7 +358,7 @@ def test_a_record_from_wandb_does_not_choose_the_images_read(trained, tmp_path, 
     assert read_json(out / "export.json")["parity_images"] == len(record["split"]["test"])
 
 
-# ---------------------------------------------------------------- inputs nobody should trust, messages a person can act on
+# ------------------------------------------------- inputs nobody should trust, messages a person can act on
 def cli(args, capsys):
     """finetune_sweep.py as a user runs it: exit code, stdout, stderr lines."""
     import finetune_sweep

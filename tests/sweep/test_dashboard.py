@@ -130,7 +130,8 @@ def test_dashboard_of_a_database_url(tmp_path, pg_url, capsys):
     with _dashboard(pg_url) as (proc, port):
         _shown_as_status_says(port, sweep_dir, "s", pg_url)
         _stopped(proc)
-    assert PASSWORD not in proc.out + proc.err and os.environ["PGPASSWORD"] == PASSWORD   # libpq read it, nobody printed it
+    # libpq read it, nobody printed it
+    assert PASSWORD not in proc.out + proc.err and os.environ["PGPASSWORD"] == PASSWORD
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, swept, capsys):

@@ -35,7 +35,8 @@ def _host(sweep_file, sweep_dir, url, host, env=None, **opts):
     """`local` on another machine: its own folder, its own host name (liveness by heartbeat, not pid);
     a context manager (stopped, with its trainers, when the block ends)."""
     opts = {"poll_s": 0.05, **BEAT, **opts}
-    code = (f"import sys; from pathlib import Path; from lib.sweep import runner as sweep_runner; from lib.sweep.options import Options\n"
+    code = ("import sys; from pathlib import Path; from lib.sweep import runner as sweep_runner; "
+            "from lib.sweep.options import Options\n"
             f"sys.exit(sweep_runner.run_local({sweep_file!r}, Options(sweep_dir=Path({str(sweep_dir)!r}),"
             f" storage={url!r}, host={host!r}, **{opts!r})))")
     return started([sys.executable, "-c", code], group=True, stderr=subprocess.STDOUT, env=env)

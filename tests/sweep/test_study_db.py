@@ -59,7 +59,8 @@ def test_report_and_export_from_a_folder_without_the_runs(tmp_path, pg_url, anim
     f = _sweep(tmp_path, "real", "finetune_resnet.py", {"model": {"value": "small_cnn"}, "strategy": {"value": "full"},
                                                         "lr": {"values": [3e-3, 1e-7]}})
     fixed = {"data_dir": str(animals), "image_size": "32", "min_image_side": "16", "epochs": "1", "batch_size": "16",
-             "augment": "none", "val_fraction": "0.25", "test_fraction": "0.25", "device": "cpu", "cache_dir": cache_dir}
+             "augment": "none", "val_fraction": "0.25", "test_fraction": "0.25", "device": "cpu",
+             "cache_dir": cache_dir}
     host, store = tmp_path / "host-a", tmp_path / "shared" / "artifacts"
     opts = Options(sweep_dir=host, storage=pg_url, artifacts=str(store), poll_s=0.05, workers=2)
     assert sweep_runner.run_local(f, opts, fixed) == 0
@@ -106,7 +107,8 @@ def test_several_studies_in_one_database_take_study(tmp_path, pg_url, elsewhere,
     code, out, _ = _cli(capsys, "report", pg_url, "--study", "alpha", "--out", "report")
     assert code == 0, out
     table = pd.read_csv(elsewhere / "report" / "runs.csv")
-    assert dict(zip(table["run_id"], table["best_val_acc"], strict=True)) == pytest.approx({"alpha-000": 0.1, "alpha-001": 0.3})
+    assert dict(zip(table["run_id"], table["best_val_acc"], strict=True)) == pytest.approx(
+        {"alpha-000": 0.1, "alpha-001": 0.3})
     assert "alpha-001" in out                              # the verdict names the winner
 
     code, _, err = _cli(capsys, "export", pg_url, "--study", "alpha", "--out", "export")

@@ -15,7 +15,8 @@ CONFIRMED = [(0.2, 7), (0.4, 7), (0.6, 7), (0.6, 8), (0.6, 9), (0.8, 7), (0.8, 8
 
 def lr_seed(sweep_dir):
     df = trials(sweep_dir)
-    return sorted((lr, int(seed)) for lr, seed in zip(df["lr"], df["seed"], strict=True))   # --set to a fake program: text
+    # --set to a fake program: text
+    return sorted((lr, int(seed)) for lr, seed in zip(df["lr"], df["seed"], strict=True))
 
 
 def test_the_top_configurations_get_more_seeds_once_the_grid_is_done(tmp_path, capsys):

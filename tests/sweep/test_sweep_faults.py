@@ -152,7 +152,8 @@ def test_retry_failed_with_confirm_top_retries_each_failed_trial_once(tmp_path):
 
 # --- YAML that never ends ------------------------------------------------------------------------------------------
 BOMB = "\n".join(["a: &a [x, x, x, x, x, x, x, x, x]"]
-                 + [f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi", strict=True)]) + "\n"
+                 + [f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]"
+                    for a, b in zip("abcdefgh", "bcdefghi", strict=True)]) + "\n"
 
 
 def test_an_alias_bomb_sweep_file_is_one_line_at_once(tmp_path):

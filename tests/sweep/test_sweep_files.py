@@ -165,8 +165,10 @@ BROKEN = {
     "a number YAML reads as text": ("program: finetune_resnet.py\nmethod: grid\n"
                                     "metric: {name: best_val_acc, goal: maximize}\n"
                                     "parameters: {lr: {values: [1e-3]}}\n",   # YAML 1.1: '1e-3' is a string
-                                    "parameter 'lr': lr: '1e-3' is text in YAML, not a float (write 1.0e-3: YAML reads 1e-3 as text)"),
-    "a quoted number": (_with(parameters={"epochs": {"value": "3"}}), "epochs: '3' is text in YAML, not a int (write it unquoted)"),
+                                    "parameter 'lr': lr: '1e-3' is text in YAML, not a float "
+                                    "(write 1.0e-3: YAML reads 1e-3 as text)"),
+    "a quoted number": (_with(parameters={"epochs": {"value": "3"}}),
+                        "epochs: '3' is text in YAML, not a int (write it unquoted)"),
     "a quoted boolean": (_with(parameters={"ema": {"values": ["true", False]}}),
                          "ema: 'true' is text in YAML, not a bool (write true or false, unquoted)"),
     "text in a recipe": ("program: finetune_resnet.py\nmethod: grid\nmetric: {name: best_val_acc, goal: maximize}\n"

@@ -338,7 +338,8 @@ def test_a_trial_whose_runner_died_on_another_machine_is_requeued_by_its_heartbe
     f = write(tmp_path, fake_sweep("grid", {"lr": {"values": [0.1, 0.2]}, "epochs": {"value": 20},
                                             "sleep": {"value": 0.1}}))
     beat = {"heartbeat_s": 0.2, "grace_s": 1.5}
-    elsewhere = (f"import sys; from pathlib import Path; from lib.sweep import runner as sweep_runner; from lib.sweep.options import Options\n"
+    elsewhere = ("import sys; from pathlib import Path; from lib.sweep import runner as sweep_runner; "
+                 "from lib.sweep.options import Options\n"
                  f"sys.exit(sweep_runner.run_local({f!r}, Options(sweep_dir=Path({str(tmp_path / 'out')!r}),"
                  f" poll_s=0.05, host='another-machine', **{beat!r})))")
     with started([sys.executable, "-c", elsewhere], group=True, stdout=subprocess.DEVNULL,

@@ -47,7 +47,8 @@ def _md5(path: Path) -> str:
 
 
 def _artifact_metadata(run_file: Path, name: str) -> dict:
-    [rec] = [r for r in offline_records(run_file) if r.WhichOneof("record_type") == "artifact" and r.artifact.name == name]
+    [rec] = [r for r in offline_records(run_file)
+             if r.WhichOneof("record_type") == "artifact" and r.artifact.name == name]
     return json.loads(rec.artifact.metadata)
 
 

@@ -176,7 +176,8 @@ CHILD = textwrap.dedent("""
         sys.exit(0)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    write(event="start", gpu=os.environ.get("CUDA_VISIBLE_DEVICES"), spawned=float(os.environ["FAKE_SPAWNED"]), pid=os.getpid(), pgid=os.getpgid(0))
+    write(event="start", gpu=os.environ.get("CUDA_VISIBLE_DEVICES"), spawned=float(os.environ["FAKE_SPAWNED"]),
+          pid=os.getpid(), pgid=os.getpgid(0))
     code = int(os.environ.get("FAKE_EXIT", "-1"))
     if code >= 0:
         sys.exit(code)

@@ -129,7 +129,8 @@ def test_the_budget_is_checked_before_computing_with_the_decoded_images_counted(
     model, _ = frozen_small_cnn(cfg)
     with monkeypatch.context() as m:
         m.setattr(features, "extract", lambda *_a, **_k: pytest.fail("computed over the budget"))
-        cfg_b, cache_b, decoded_b, loaders_b = setup(animals, items, tmp_path / "cache", memory_mb=(held + need - 1) / 2**20)
+        cfg_b, cache_b, decoded_b, loaders_b = setup(animals, items, tmp_path / "cache",
+                                                     memory_mb=(held + need - 1) / 2**20)
         assert sum(cache_b.held.values()) == held                      # every split fits on its own
         why = cached(model, cfg_b, cache_b, decoded_b, loaders_b)
     assert why == (f"the frozen output needs {need / 2**20:.1f} MB > the {(need - 1) / 2**20:.1f} MB "

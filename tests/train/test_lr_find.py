@@ -105,7 +105,8 @@ def setup(animals, **over):
     cfg = config.build({"model": "small_cnn", "strategy": "partial", "unfreeze_blocks": 1, "augment": "none",
                         "batch_size": 16, "image_size": 32, "dropout": 0.1, "seed": 3, "lr": "auto", **over})
     splits = data.discover(animals, 0.25, 0.25, seed=0)
-    dc = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0, "interpolation": "bilinear"}
+    dc = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0,
+          "interpolation": "bilinear"}
     cache = SharedCache(None, 256)
     decoded = {s: data.decode_cached(cache, Path(animals), splits.items[s], 32, "bilinear", 16, [], s)
                for s in data.SPLITS}
@@ -327,7 +328,8 @@ def test_the_pick_trains_at_least_as_well_as_the_recipes_fixed_rate(subset, tmp_
     for seed in (0, 1):
         assert main(args + ["--lr=auto", f"--seed={seed}", f"--run_id=auto{seed}"]) == 0
         assert main(args + ["--lr=1e-3", f"--seed={seed}", f"--run_id=fixed{seed}"]) == 0
-        auto, fixed = read_json(tmp_path / f"auto{seed}" / "run.json"), read_json(tmp_path / f"fixed{seed}" / "run.json")
+        auto = read_json(tmp_path / f"auto{seed}" / "run.json")
+        fixed = read_json(tmp_path / f"fixed{seed}" / "run.json")
         assert auto["lr_find"]["fallback"] is None and auto["lr_find"]["seconds"] < 5   # on cached features
         gaps.append(auto["summary"]["best_val_acc"] - fixed["summary"]["best_val_acc"])
     assert sum(gaps) / len(gaps) >= -0.01, gaps

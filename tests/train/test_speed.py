@@ -139,13 +139,15 @@ def test_a_split_over_budget_is_decoded_straight_into_the_cache_file(animals, tm
     cache = Spy(tmp_path / "c", memory_mb=0.05)       # 50 kB: 40 images of 36 px are 152 kB
     on_disk = data.decode_cached(cache, root, items, 36, "bilinear", 16, skipped_disk, "t")
     assert isinstance(allocated[0].mapped["images"], np.memmap)                  # written into the entry's file
-    assert torch.equal(on_disk.images, in_memory.images) and len(on_disk.images) == 40   # the missing file's row dropped
+    assert torch.equal(on_disk.images, in_memory.images)
+    assert len(on_disk.images) == 40   # the missing file's row dropped
     assert skipped_disk == skipped_mem and skipped_disk[0]["path"] == "cat/missing.png"
     again = data.decode_cached(SharedCache(tmp_path / "c", memory_mb=0.05), root, items, 36, "bilinear", 16, [], "t")
     assert again.reused and torch.equal(again.images, in_memory.images)
 
 
-@pytest.mark.parametrize("name,splits", [("resnet18", True), ("efficientnet_b0", True), ("vit_tiny_patch16_224", False)])
+@pytest.mark.parametrize("name,splits", [("resnet18", True), ("efficientnet_b0", True),
+                                         ("vit_tiny_patch16_224", False)])
 def test_models_are_cut_only_where_the_forward_is_a_plain_sequence(name, splits):
     model = timm.create_model(name, pretrained=False, num_classes=3).eval()
     size = 224 if name.startswith("vit") else 64

@@ -81,7 +81,8 @@ def test_weights_file_from_an_earlier_run_initialises_the_backbone(base_args, tm
     rec, _, _ = run(base_args, ["--model=small_cnn", "--strategy=freeze", "--epochs=1", "--run_id=second",
                                 f"--weights={first / 'model.safetensors'}"])
     from safetensors.torch import load_file
-    a, b = load_file(first / "model.safetensors"), load_file(Path(rec["config"]["runs_dir"]) / "second" / "model.safetensors")
+    a = load_file(first / "model.safetensors")
+    b = load_file(Path(rec["config"]["runs_dir"]) / "second" / "model.safetensors")
     assert rec["weights_source"]["kind"] == "file"
     assert all(a[k].equal(b[k]) for k in a if k.startswith("blocks."))   # frozen backbone = the file's
 

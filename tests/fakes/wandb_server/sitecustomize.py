@@ -1,8 +1,8 @@
 """W&B's server, for a real trainer process (put this folder on its PYTHONPATH): the run believes it is
 online (WANDB_MODE=online), the real SDK records it offline (there is no server here), and ``wandb.Api()``
 is the stand-in of tests/fakes/wandb_api.py holding the artifacts named in FAKE_WANDB_ARTIFACTS (JSON:
-{"NAME:ALIAS": {"files": [...], "metadata": {...}}}, matched on the name's last path part: the entity and project of an offline run
-are not the server's). Each artifact asked for is appended to FAKE_WANDB_LOG."""
+{"NAME:ALIAS": {"files": [...], "metadata": {...}}}, matched on the name's last path part: the entity and project
+of an offline run are not the server's). Each artifact asked for is appended to FAKE_WANDB_LOG."""
 import json
 import os
 import sys
