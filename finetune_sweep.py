@@ -185,6 +185,7 @@ FOLDERS = ("sweep dir", "runs dir", "run folder")
 def cmd_dashboard(a):
     from lib.sweep import dashboard  # optuna-dashboard is imported by this command only
 
+    _source(a).require(sources.STUDY_FORMS, "dashboard")   # what SOURCE is, as status says it
     return dashboard.serve(a.source, host=a.host, port=a.port, study=a.study)
 
 

@@ -47,6 +47,8 @@ class Source:
     def runs(self, full: bool = True) -> list[dict]:
         """Every run as ``lib.runs.load_local`` returns them. ``full``: with per-epoch history and every
         record a report reads; without, enough to rank and pick a run (cheaper from W&B or a database)."""
+        if not full and True in self._runs:   # the full records hold the rest
+            return self._runs[True]
         if full not in self._runs:
             self._runs[full] = self._load(full)
         return self._runs[full]
@@ -90,6 +92,9 @@ class FolderSource(Source):
     @property
     def location(self) -> Path:
         return self.path
+
+    def runs(self, full: bool = True) -> list[dict]:
+        return super().runs(True)   # a folder's records are whole either way: read once
 
     def _load(self, full: bool) -> list[dict]:
         return runs_lib.load_local(self.path)

@@ -183,7 +183,7 @@ def export_best(source, out_dir, *, metric: str | None = None, goal: str | None 
     check_request(out_dir, max_size_mb, max_latency_ms, attributions)
     source = resolve(source, api=api, study=study, artifacts=artifacts)
     check_data_dir(source, data_dir)
-    sel = selection(source.meta(), metric, goal, source.runs())   # what the report reads: the same answer
+    sel = selection(source.meta(), metric, goal, source.runs(full=False))   # what the report reads: the same answer
     out, passed = Path(out_dir), ()
     while True:
         choice = asked(source, run_id) if run_id is not None else recommended(source, sel, max_size_mb, passed)

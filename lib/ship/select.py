@@ -27,7 +27,9 @@ def candidates(source: Source, sel: Selection, max_size_mb: float | None = None,
                passed_over: tuple[str, ...] = ()) -> list[dict]:
     """The finished runs with a value of the metric and weights the source can give, within the size
     limit, less those passed over (over the latency limit). One line when there are none."""
-    finished = [r for r in source.runs(full=True) if r.get("state") == State.FINISHED]
+    # what the study keeps first (cheap, and silent about a store it does not read), every record once a run
+    # with weights is there to rank
+    finished = [r for r in source.runs(full=False) if r.get("state") == State.FINISHED]
     runs = [r for r in finished if value_of(r, sel) is not None and source.has_weights(r)]
     if finished and not runs and source.no_weights:
         raise ExportError(f"{source.name}: none of its {len(finished)} finished run(s) has weights: "
@@ -44,7 +46,8 @@ def candidates(source: Source, sel: Selection, max_size_mb: float | None = None,
                 line += f": the smallest is {size:g} MB (run {run_id}; --max_size_mb {size:g} or more exports it)"
             raise ExportError(line)
         runs = within
-    left = [r for r in runs if r.get("id") not in passed_over]
+    full = {r.get("id"): r for r in source.runs(full=True)}
+    left = [full.get(r.get("id"), r) for r in runs if r.get("id") not in passed_over]
     if not left:
         raise ExportError(f"no run meets the latency limit: {', '.join(passed_over)} measured over it")
     return left

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from lib.errors import SweepError
 from lib.files import read_json
 from lib.records import JOURNAL_FILE, SWEEP_META
+from lib.sources import form_of
 from lib.sweep.options import Options
 from lib.sweep.spec import DEFAULT_METRIC
 from lib.urls import without_query_secrets
@@ -165,7 +166,7 @@ def open_source(source: Path | str, storage_url: str | None = None) -> tuple[opt
     """The storage of a sweep dir (its sweep.json names the study and where it lives; ``storage_url`` where
     it lives if sweep.json's URL, which has no password, is not enough) or of a database URL, opened to read;
     with sweep.json (None for a URL) and the heartbeat settings the study runs with."""
-    if "://" in str(source):
+    if form_of(str(source)) == "database":   # lib.sources: the one answer to what SOURCE is
         opts = Options(sweep_dir=Path("."), storage=str(source))
         return open_to_read(opts), None, opts
     folder = Path(source)

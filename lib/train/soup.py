@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from lib.errors import ExportError
 from lib.files import read_json, run_lock
-from lib.records import RUN_FILE, SWEEP_META, SWEEP_RUNS, WEIGHTS_FILE, RunRecord, RunSummary, State
+from lib.records import LOCK_FILE, RUN_FILE, SWEEP_META, SWEEP_RUNS, WEIGHTS_FILE, RunRecord, RunSummary, State
 from lib.selection import Selection, rank, selection
 from lib.sources import resolve
 from lib.train.restore import data_root, decode_recorded, eval_batches, load_run_model
@@ -102,7 +102,7 @@ def greedy_soup(source, out_dir: str | Path, data_dir: str | None = None, sel: S
     The soup's folder is held as a trainer holds its run's (lib.files.run_lock): one writer at a time."""
     out = Path(out_dir)
     check_out(out)
-    with run_lock(out):
+    with run_lock(out, LOCK_FILE):
         check_out(out)   # as it is now that no one else writes it
         return _greedy(source, out, data_dir, sel)
 

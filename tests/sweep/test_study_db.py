@@ -111,7 +111,7 @@ def test_several_studies_in_one_database_take_study(tmp_path, pg_url, elsewhere,
         {"alpha-000": 0.1, "alpha-001": 0.3})
     assert "alpha-001" in out                              # the verdict names the winner
 
-    code, _, err = _cli(capsys, "export", pg_url, "--study", "alpha", "--out", "export")
+    code, _, err = _cli(capsys, "export", pg_url, "--study", "alpha", "--out", "export", "--data_dir", tmp_path)
     assert code == 2 and "artifact store" in err and "--artifacts" in err and len(err.splitlines()) == 1
 
 
@@ -154,16 +154,17 @@ def test_every_command_takes_the_database_url_soup_too(tmp_path, animals, cache_
 
     code, out, _ = _cli(capsys, "status", url)
     assert code == 0 and "trials: complete 2" in out and "best: trial" in out
-    code, out, _ = _cli(capsys, "report", url, "--out", "report")
+    store = ("--artifacts", tmp_path / "shared")   # named: what a study records is not read unasked
+    code, out, _ = _cli(capsys, "report", url, "--out", "report", *store)
     assert code == 0, out
     recommended = read_json(elsewhere / "report" / "report.json")["recommended"]
     assert f"recommended: run {recommended['run_id']}: {recommended['reason']}" in out.splitlines()
-    code, out, err = _cli(capsys, "export", url, "--out", "export")
+    code, out, err = _cli(capsys, "export", url, "--out", "export", "--data_dir", animals, *store)
     assert code == 0, err
     assert read_json(elsewhere / "export" / "export.json")["run_id"] == recommended["run_id"]
     assert f"ships run {recommended['run_id']}: {recommended['reason']}" in out
 
-    code, out, err = _cli(capsys, "soup", url, "--out", "soup")   # one family: small_cnn, the same seed
+    code, out, err = _cli(capsys, "soup", url, "--out", "soup", *store)   # one family: small_cnn, the same seed
     assert code == 0, err
     if out.startswith("soup of 2 run(s)"):
         record = read_json(elsewhere / "soup" / "run.json")

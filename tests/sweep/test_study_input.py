@@ -73,10 +73,10 @@ def test_a_wrong_password_or_no_server_is_one_line(pg_url, monkeypatch, capsys):
     _study(pg_url, {})
     monkeypatch.setenv("PGPASSWORD", "not-the-password")
     code, _, err = _cli(capsys, "status", pg_url)
-    assert code == 2 and len(err) == 1 and "cannot open the study database" in err[0], err
+    assert code == 2 and len(err) == 1 and "cannot read a study from" in err[0], err
     assert "password authentication failed" in err[0] and "not-the-password" not in err[0]
     code, _, err = _cli(capsys, "report", "postgresql://nobody@127.0.0.1:1/none")   # nothing listens on port 1
-    assert code == 2 and len(err) == 1 and "cannot open the study database" in err[0], err
+    assert code == 2 and len(err) == 1 and "cannot read a study from" in err[0], err
 
 
 def _secret(tmp_path: Path) -> Path:

@@ -196,7 +196,7 @@ def test_status_shows_escape_sequences_in_an_error_escaped(tmp_path):
     program = tmp_path / "hostile.py"
     program.write_text("import sys\nsys.stderr.write('\\x1b]0;owned\\x07\\x1b[2Jboom\\n')\nsys.exit(1)\n")
     f = write(tmp_path, {**fake_sweep("grid", {"lr": {"values": [0.1]}}), "program": str(program)})
-    assert local(f, tmp_path / "out") == 0
+    assert local(f, tmp_path / "out") == 1   # no trial completed
     table = sweep_status.status_table(tmp_path / "out")
     assert "\x1b" not in table and "\x07" not in table
     assert "\\x1b[2Jboom" in table and "\\x1b]0;owned\\x07" in table

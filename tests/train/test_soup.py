@@ -105,11 +105,12 @@ def test_soup_out_never_replaces_a_run_or_hides_a_study(study, tmp_path, capsys,
 def test_soup_out_replaces_an_earlier_soup_under_the_run_lock(study, tmp_path, capsys):
     from finetune_sweep import main
     from lib.files import run_lock
+    from lib.records import LOCK_FILE
 
     out = study / "soup-again"
     soup.greedy_soup(study, out)
     first = read_json(out / "run.json")
-    with run_lock(out):                       # as a trainer or another soup holds it
+    with run_lock(out, LOCK_FILE):            # as a trainer or another soup holds it
         assert main(["soup", str(study), "--out", str(out)]) == 2
         assert "in use by process" in capsys.readouterr().err
     assert read_json(out / "run.json") == first
