@@ -7,7 +7,7 @@ PIP       := .venv/bin/pip
 STAMP     := .venv/.installed
 DEV_STAMP := .venv/.installed-dev
 
-.PHONY: setup dev demo test check lint bench clean postgres worker
+.PHONY: setup dev demo test check lint bench clean postgres worker docs
 
 setup: $(STAMP)
 
@@ -58,6 +58,10 @@ lint: $(DEV_STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py --quick --out bench/results/quick.json
+
+# The generated tables of docs/config.md and docs/run-record.md (tests/test_docs.py fails when they are stale).
+docs: $(STAMP)
+	$(PY) -m lib.reference
 
 clean:
 	rm -rf runs data .venv

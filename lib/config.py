@@ -70,7 +70,7 @@ class Config:
     model: str = _opt("resnet50", "any timm model name, or small_cnn (from scratch, < 2 MB)")
     weights: str = _opt("pretrained", "pretrained | none | path to a .safetensors/.pth file")
     # --- strategy ---
-    strategy: str = _opt("freeze", "which parameters train (README: Strategies). Default freeze: on a few hundred "
+    strategy: str = _opt("freeze", "which parameters train (docs/training.md). Default freeze: on a few hundred "
                                    "images a trained head on fixed pretrained features is the safe, fast baseline "
                                    "the others must beat", choices=STRATEGIES)
     unfreeze_blocks: int = _opt(2, "partial/two_phase: how many last units train besides the head "
@@ -203,7 +203,7 @@ ALIASES = {
 }
 
 
-def _allowed(f) -> str:
+def allowed_text(f) -> str:   # what a key allows, as --help, errors and docs/config.md say it
     m = f.metadata
     if m.get("allowed"):
         return m["allowed"]
@@ -241,7 +241,7 @@ def _coerce(key: str, value: Any) -> Any:
     if key not in FIELDS:
         raise unknown_key(key)
     f = FIELDS[key]
-    bad = ConfigError(f"{key}={value!r} is not valid: expected {_allowed(f)}")
+    bad = ConfigError(f"{key}={value!r} is not valid: expected {allowed_text(f)}")
     if isinstance(value, str) and value.strip().lower() in f.metadata["words"]:
         return value.strip().lower()
     if TYPES[key] is dict:
@@ -274,7 +274,7 @@ def _recipe(value: Any) -> dict[str, Any]:
     """A recipe's keys, checked like any other source's (groups inside it organise, as anywhere)."""
     group = _mapping("recipe", value)
     if group is None:
-        raise ConfigError(f"recipe={value!r} is not valid: expected {_allowed(FIELDS['recipe'])}")
+        raise ConfigError(f"recipe={value!r} is not valid: expected {allowed_text(FIELDS['recipe'])}")
     out = {}
     for leaf, _path, raw in _leaves(group, "recipe."):
         if leaf == "recipe":
@@ -286,7 +286,7 @@ def _recipe(value: Any) -> dict[str, Any]:
 def _check_range(key: str, value: Any) -> None:
     f = FIELDS[key]
     m = f.metadata
-    bad = ConfigError(f"{key}={value!r} is not valid: expected {_allowed(f)}")
+    bad = ConfigError(f"{key}={value!r} is not valid: expected {allowed_text(f)}")
     if value in m["words"]:
         return
     if m["choices"] and value not in m["choices"]:
@@ -471,7 +471,7 @@ def validate(cfg: Config) -> None:
     for key in FIELDS:
         _check_range(key, getattr(cfg, key))
     if 0 < cfg.image_size < MIN_IMAGE_SIZE:
-        raise ConfigError(f"image_size={cfg.image_size} is not valid: expected {_allowed(FIELDS['image_size'])}")
+        raise ConfigError(f"image_size={cfg.image_size} is not valid: expected {allowed_text(FIELDS['image_size'])}")
     if cfg.val_fraction + cfg.test_fraction >= 0.95:
         raise ConfigError(f"val_fraction + test_fraction = {cfg.val_fraction + cfg.test_fraction:g} "
                           "leaves too little to train on: expected a sum below 0.95")
@@ -496,5 +496,5 @@ def help_text() -> str:
              "Exit codes: 0 finished, 1 failed, 2 bad config or data, 3 preempted, 4 pruned.", "", "Config keys:"]
     defaults = Config().to_dict()   # a default made by a factory (recipe's {}) is not in f.default
     for name, f in FIELDS.items():
-        lines.append(f"  --{name:<18} {f.metadata['help']} [default: {defaults[name]!r}; {_allowed(f)}]")
+        lines.append(f"  --{name:<18} {f.metadata['help']} [default: {defaults[name]!r}; {allowed_text(f)}]")
     return "\n".join(lines)
