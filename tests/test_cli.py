@@ -1,5 +1,5 @@
 """One command-line language: every option of every command answers to --flag_name and --flag-name, and
---help and the README show one spelling (--flag_name, as the config keys of finetune_resnet.py)."""
+--help, the README and docs/ show one spelling (--flag_name, as the config keys of finetune_resnet.py)."""
 import argparse
 import re
 from pathlib import Path
@@ -46,9 +46,10 @@ def test_the_issue_s_flags(tmp_path):
 
 
 def test_help_and_readme_write_options_one_way():
-    """The README's commands use --flag_name for every option a command of the kit declares."""
+    """The README's and docs/'s commands use --flag_name for every option a command of the kit declares."""
     declared = {o[2:] for p in commands().values() for a in p._actions for o in a.option_strings if o.startswith("--")}
-    text = (ROOT / "README.md").read_text()
+    text = "".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+    assert "--time_budget" in text and "--confirm_top" in text
     hyphenated = {m for m in re.findall(r"--([a-z]+(?:-[a-z]+)+)", text) if m.replace("-", "_") in declared}
     assert hyphenated == set()
     assert "--flag-name is the same option" in parser().format_help()

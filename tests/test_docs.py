@@ -5,10 +5,54 @@ import shutil
 from pathlib import Path
 
 import pytest
+from markdown_it import MarkdownIt
 
 from lib import config, records, reference
 
 ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "RESULTS.md"]
+MAX_README_LINES = 300
+
+
+def slug(text: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    out, seen = set(), {}
+    tokens = MarkdownIt().parse(path.read_text())
+    for i, tok in enumerate(tokens):
+        if tok.type == "heading_open":
+            base = slug("".join(c.content for c in tokens[i + 1].children or []))
+            n = seen.get(base, 0)
+            seen[base] = n + 1
+            out.add(base if n == 0 else f"{base}-{n}")
+    return out
+
+
+def links(path: Path) -> list[str]:
+    """Every link target of a Markdown page, as a renderer sees them (not inside code)."""
+    out = []
+    for tok in MarkdownIt().parse(path.read_text()):
+        for child in tok.children or []:
+            if child.type == "link_open":
+                out.append(child.attrs["href"])
+    return out
+
+
+def broken_links(path: Path) -> list[str]:
+    bad = []
+    for href in links(path):
+        if re.match(r"^[a-z]+:", href):    # http(s), mailto: not checked offline
+            continue
+        target, _, anchor = href.partition("#")
+        dest = (path.parent / target).resolve() if target else path
+        if not dest.exists():
+            bad.append(f"{path.name}: {href} (no such file)")
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            bad.append(f"{path.name}: {href} (no such heading)")
+    return bad
 
 
 def generated(page: str, name: str) -> str:
@@ -63,3 +107,25 @@ def test_the_run_folder_files_are_the_names_the_code_writes():
              *artifacts.RUN_FILES}
     assert named <= set(reference.RUN_FOLDER_FILES)
     assert all(f"`{name}`" in generated("docs/run-record.md", "run-files") for name in reference.RUN_FOLDER_FILES)
+
+
+def test_the_readme_is_a_front_page():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= MAX_README_LINES
+    for command in ("make demo", "make test", "finetune_sweep.py local sweeps/quickstart.yaml", "finetune_resnet.py"):
+        assert command in text
+    assert "docs/config.md" in text and "docs/lr-auto.md" in text
+
+
+@pytest.mark.parametrize("path", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_resolves(path):
+    assert broken_links(path) == []
+    assert len(links(ROOT / "README.md")) > 20   # the pages are read, not empty
+
+
+def test_a_broken_link_is_found(tmp_path):
+    (tmp_path / "b.md").write_text("# A heading: `code`\n\ntext\n")
+    page = tmp_path / "a.md"
+    page.write_text("[ok](b.md#a-heading-code) [gone](c.md) [nowhere](b.md#other) `[code](x.md)`\n\n"
+                    "    [indented code](y.md)\n")
+    assert broken_links(page) == ["a.md: c.md (no such file)", "a.md: b.md#other (no such heading)"]
