@@ -12,6 +12,7 @@ from lib import config, records, reference
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "RESULTS.md"]
 MAX_README_LINES = 300
+MAX_SWEEP_COMMENT_LINES = 20
 
 
 def slug(text: str) -> str:
@@ -129,3 +130,13 @@ def test_a_broken_link_is_found(tmp_path):
     page.write_text("[ok](b.md#a-heading-code) [gone](c.md) [nowhere](b.md#other) `[code](x.md)`\n\n"
                     "    [indented code](y.md)\n")
     assert broken_links(page) == ["a.md: c.md (no such file)", "a.md: b.md#other (no such heading)"]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_sweep_files_keep_few_comment_lines_and_their_links_resolve(path):
+    lines = path.read_text().splitlines()
+    assert sum(line.lstrip().startswith("#") for line in lines) <= MAX_SWEEP_COMMENT_LINES
+    for ref in re.findall(r"\b(docs/[\w.-]+\.md|bench/RESULTS\.md)(#[\w-]+)?", path.read_text()):
+        target = ROOT / ref[0]
+        assert target.exists(), ref
+        assert not ref[1] or ref[1][1:] in anchors(target), ref
