@@ -1,7 +1,7 @@
 """The reference pages' tables, generated from the declarations they document, so they cannot drift:
 ``docs/config.md`` from :class:`lib.config.Config` (every key: type, default, allowed values, help) and
-``docs/run-record.md`` from :mod:`lib.records` (the run folder's files, ``RunSummary``, the per-epoch
-metrics, the states).
+``docs/run-record.md`` from :mod:`lib.records` (the run folder's and the sweep dir's files, ``RunSummary``,
+the per-epoch metrics, the states).
 
 The prose around a table is written by hand; the table sits between ``<!-- generated: NAME -->`` and
 ``<!-- end generated: NAME -->`` and only that span is rewritten. ``python -m lib.reference`` (``make
@@ -15,33 +15,47 @@ import dataclasses
 import inspect
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from lib import config, records
-from lib.files import LOCK
+from lib.files import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 _GROUP = re.compile(r"^\s*# --- (.+?) ---")
 _FIELD = re.compile(r"^\s*(\w+)\s*:")
 
-# The run folder's files, in the order a run writes them. The names are the constants of the modules
-# that write them (lib.train.run, lib.train.lr_find, lib.sweep.trial: a layer this module may not
-# import); tests/test_docs.py checks each name against its constant.
-RUN_FOLDER_FILES = {
-    LOCK: "held (flock) by the process running the run, whose pid it names; a second process on the same "
-          "run id is refused",
-    "run.json": "the record: id, name, state, config, summary, classes, split, warnings, test predictions, ... "
+# What each file of the contract (lib.records: RUN_FOLDER_FILES, SWEEP_DIR_FILES) holds. Keyed by the
+# contract's own constants: a name is spelled once, there; tests/test_docs.py checks that every file the
+# contract declares is described here, and nothing else.
+R = records
+RUN_FILE_DOCS = {
+    R.LOCK_FILE: "held (flock) by the process running the run, whose pid it names; a second process on the same "
+                 "run id is refused",
+    R.RUN_FILE: "the record: id, name, state, config, summary, classes, split, warnings, test predictions, ... "
                 "(see below)",
-    "metrics.jsonl": "one row per epoch (see below)",
-    "model.safetensors": "the kept weights: best epoch by `monitor` (the test metrics come from them)",
-    "last.ckpt": "while the run is unfinished: what resuming needs (model, best weights, optimizer, schedule, "
-                 "RNG states, early-stopping state); removed once the run finishes",
-    "lr_find.json": "`lr: auto` only: the range test's curve and the rate it picked",
-    "lr_find.png": "`lr: auto` only: the curve's plot",
-    "output.log": "under `finetune_sweep.py local`: the trial's stdout and stderr",
-    "STOP": "under `finetune_sweep.py local`: `pruned`, written by the runner before its SIGTERM",
-    "wandb/": "the offline W&B run (`offline-run-*`), for `wandb sync`",
+    R.METRICS_FILE: "one row per epoch (see below)",
+    R.WEIGHTS_FILE: "the kept weights: best epoch by `monitor` (the test metrics come from them)",
+    R.CHECKPOINT_FILE: "while the run is unfinished: what resuming needs (model, best weights, optimizer, schedule, "
+                       "RNG states, early-stopping state, a hash of what defines the run); removed once the run "
+                       "finishes",
+    R.LR_FIND_FILE: "`lr: auto` only: the range test's curve and the rate it picked",
+    R.LR_FIND_PLOT: "`lr: auto` only: the curve's plot",
+    R.LOG_FILE: "under `finetune_sweep.py local`: the trial's stdout and stderr",
+    R.STOP_FILE: "under `finetune_sweep.py local`: `pruned`, written by the runner before its SIGTERM",
+    R.TRIAL_FILE: "under `finetune_sweep.py local`: the runner's word on how the trial ended (its state and error)",
+    R.PARAMS_FILE: "under `finetune_sweep.py local`: the trial's parameters as `wandb agent` writes them "
+                   "(`WANDB_SWEEP_PARAM_PATH`)",
+    R.ARGS_FILE: "under `finetune_sweep.py local`: the `${args_json_file}`, when the sweep's command asks for it",
+}
+WANDB_DIR_DOC = ("wandb/", "the offline W&B run (`offline-run-*`), for `wandb sync`")   # W&B's folder, not ours
+SWEEP_DIR_DOCS = {
+    R.SWEEP_META: "the study's name, metric, goal, method, storage (no password) and `--set` values",
+    R.SWEEP_COPY: "the sweep file as the study first ran it (an edit is refused, or adopted with `--extend`)",
+    R.JOURNAL_FILE: "the study itself (Optuna's journal), when no `--storage` database holds it",
+    f"{R.SWEEP_RUNS}/": "one run folder per trial: `runs/<run_id>/`, as above",
+    R.LOCK_FILE: "held by a runner while it opens the study (grid enqueued once) and requeues dead runners' "
+                 "trials",
 }
 
 
@@ -88,10 +102,18 @@ def config_table() -> str:
     return "\n".join(rows)
 
 
-def files_table() -> str:
+def _file_rows(docs: dict[str, str]) -> str:
     rows = ["| file | what |", "|---|---|"]
-    rows += [f"| `{name}` | {_cell(what)} |" for name, what in RUN_FOLDER_FILES.items()]
+    rows += [f"| `{name}` | {_cell(what)} |" for name, what in docs.items()]
     return "\n".join(rows)
+
+
+def files_table() -> str:
+    return _file_rows({**RUN_FILE_DOCS, WANDB_DIR_DOC[0]: WANDB_DIR_DOC[1]})
+
+
+def sweep_files_table() -> str:
+    return _file_rows(SWEEP_DIR_DOCS)
 
 
 def summary_table() -> str:
@@ -112,7 +134,8 @@ def states() -> str:
 
 PAGES: dict[str, dict[str, Callable[[], str]]] = {
     "docs/config.md": {"config-keys": config_table},
-    "docs/run-record.md": {"run-files": files_table, "summary": summary_table, "epoch-metrics": epoch_metrics,
+    "docs/run-record.md": {"run-files": files_table, "sweep-files": sweep_files_table,
+                           "summary": summary_table, "epoch-metrics": epoch_metrics,
                            "states": states},
 }
 
@@ -139,7 +162,8 @@ def write(root: Path = ROOT) -> list[str]:
     changed = stale(root)
     for page in changed:
         path = root / page
-        path.write_text(render(path.read_text(), PAGES[page]))
+        text = render(path.read_text(), PAGES[page])
+        atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text))
     return changed
 
 
@@ -151,10 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         pages = stale()
         for page in pages:
             print(f"{page} is stale: run `make docs`", file=sys.stderr)
-        return 1 if pages else 0
+        return records.ExitCode.FAILED if pages else records.ExitCode.OK
     for page in write():
         print(f"wrote {page}")
-    return 0
+    return records.ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -99,15 +99,22 @@ def test_a_stale_page_is_found_and_rewritten(tmp_path):
         reference.stale(tmp_path)
 
 
-def test_the_run_folder_files_are_the_names_the_code_writes():
-    from lib.files import LOCK
-    from lib.sweep import artifacts, trial
-    from lib.train import lr_find, run
+def test_the_file_tables_describe_the_contract_s_files_and_no_other():
+    """The names come from lib.records (the run folder's contract): each one described, nothing invented."""
+    assert set(reference.RUN_FILE_DOCS) == set(records.RUN_FOLDER_FILES)
+    assert set(reference.SWEEP_DIR_DOCS) == {*records.SWEEP_DIR_FILES, records.LOCK_FILE, f"{records.SWEEP_RUNS}/"}
+    run_files = generated("docs/run-record.md", "run-files")
+    sweep_files = generated("docs/run-record.md", "sweep-files")
+    assert all(f"| `{name}` |" in run_files for name in records.RUN_FOLDER_FILES)
+    assert all(f"| `{name}` |" in sweep_files for name in records.SWEEP_DIR_FILES)
 
-    named = {LOCK, run.CHECKPOINT, lr_find.CURVE_FILE, lr_find.PLOT_FILE, trial.STOP_FILE, artifacts.WEIGHTS,
-             *artifacts.RUN_FILES}
-    assert named <= set(reference.RUN_FOLDER_FILES)
-    assert all(f"`{name}`" in generated("docs/run-record.md", "run-files") for name in reference.RUN_FOLDER_FILES)
+
+def test_the_readme_exit_codes_are_the_declared_ones():
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Exit codes"):text.index("\n## ", text.index("## Exit codes") + 3)]
+    codes = {int(m) for m in re.findall(r"^\| (\d+) \|", section, flags=re.M)}
+    assert codes == {int(c) for c in records.ExitCode}
+    assert "ExitCode" in section
 
 
 def test_the_readme_is_a_front_page():
