@@ -101,8 +101,9 @@ def cmd_export(a):
     from lib.ship.select import check_data_dir
 
     source = _source(a)
-    check_data_dir(source, a.data_dir)   # before anything is asked of W&B or the database
-    source.meta()   # a W&B sweep without a key, a database without the study: one line before torch loads
+    source.open()   # a W&B sweep without a key, a database without the study: one line before torch loads
+    check_data_dir(source, a.data_dir)   # before any run is asked of W&B or the database
+    source.meta()
     from lib.ship import export
 
     out = Path(a.out) if a.out else default_out(a.source, "export", a.study)

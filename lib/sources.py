@@ -60,6 +60,10 @@ class Source:
         """What the sweep says of itself ({"metric", "goal", ...}), {} when nothing does."""
         return {}
 
+    def open(self) -> None:
+        """What can be checked before anything is read from it (a W&B key, a database that holds the study):
+        one line when it cannot be opened."""
+
     def has_weights(self, run: dict) -> bool:
         """Whether ``fetch`` can give the run's weights."""
         return False
@@ -132,6 +136,9 @@ class WandbSource(Source):
     @property
     def name(self) -> str:
         return f"W&B sweep {self.text}"
+
+    def open(self) -> None:
+        _ = self.api   # the key, read here: nothing is asked of W&B yet
 
     def _load(self, full: bool) -> list[dict]:
         runs, self._meta = runs_lib.read_wandb(self.text, self.api, history=full)

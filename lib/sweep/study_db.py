@@ -145,6 +145,9 @@ class DatabaseSource(Source):
             self._db = open_database(self.text, self.study_name, self.artifacts)
         return self._db
 
+    def open(self) -> None:
+        _ = self.db   # the database holds the study (read-only: nothing is created)
+
     @property
     def no_weights(self) -> str:
         """Why none of its finished runs has weights here: a store the study names but nobody confirmed, or none."""

@@ -124,6 +124,9 @@ class TrialProcess:
         env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SWEEP_ID": self.sweep.name,
                "WANDB_RUN_ID": self.run_dir.name, "WANDB_SWEEP_PARAM_PATH": str(self.run_dir / records.PARAMS_FILE),
                "WANDB_DIR": str(self.run_dir), "WANDB_ERROR_REPORTING": "false", "WANDB_SILENT": "true"}
+        # Each trainer starts its own wandb-core: one inherited from a process that used W&B (a notebook, a
+        # test run) would outlive a killed trainer and hold its run id, so its resumed run could not start.
+        env.pop("WANDB_SERVICE", None)
         # Parallel trials share the cores: give each its share instead of oversubscribing them all.
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.opts.workers)))
         if gpu is not None:   # this worker's GPU only: the trainer's cuda:0 is it

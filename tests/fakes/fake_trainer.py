@@ -30,7 +30,7 @@ if not resuming:
     record.start_fresh()
 # The environment the runner gave it (which GPU it may see): a test reads it back from run.json.
 record.update(id=os.environ["WANDB_RUN_ID"], state=State.RUNNING, config=cfg, argv=sys.argv[1:],
-              env={k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")})
+              env={k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "WANDB_SERVICE")})
 
 
 def preempted(_signum, _frame):   # as finetune_resnet.py: SIGTERM or Ctrl-C -> recorded preempted, exit code 3

@@ -105,7 +105,10 @@ def test_at_the_deadline_a_trial_is_preempted_and_the_next_local_resumes_it(tmp_
 
 
 # --- local: one worker per GPU -------------------------------------------------------------------------
-def test_local_runs_one_worker_per_gpu_each_seeing_its_own(tmp_path, two_gpus, capsys):
+def test_local_runs_one_worker_per_gpu_each_seeing_its_own(tmp_path, two_gpus, capsys, monkeypatch):
+    # a wandb-core inherited from a process that used W&B (a notebook) would outlive a killed trainer and
+    # hold its run id: every trainer starts its own
+    monkeypatch.setenv("WANDB_SERVICE", "2-1234-unix-/tmp/wandb-service.sock")
     f = sweep_file(tmp_path, {"lr": {"values": [0.1, 0.2, 0.3, 0.4]}, "sleep": {"value": 0.5},
                               "epochs": {"value": 2}})
     assert local(f, tmp_path / "out", "--gpus", "all") == 0
@@ -114,6 +117,7 @@ def test_local_runs_one_worker_per_gpu_each_seeing_its_own(tmp_path, two_gpus, c
     for run_id, gpu in zip(df["run_id"], df["gpu"], strict=True):
         env = read_json(tmp_path / "out" / "runs" / run_id / "run.json")["env"]
         assert env["CUDA_VISIBLE_DEVICES"] == gpu                    # the trial ran where it says it did
+        assert env["WANDB_SERVICE"] is None
     assert set(df["gpu"]) == {"0", "1"}                               # both workers took trials
     table = sweep_status.status_table(tmp_path / "out").splitlines()
     assert table[0].split()[-1] == "gpu" and {line.split()[-1] for line in table[1:5]} == {"0", "1"}
