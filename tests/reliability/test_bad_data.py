@@ -13,6 +13,8 @@ from lib.files import read_json
 from lib.train import data
 from lib.train.run import main
 
+KIND = "training"   # real training in this process: in `make test`, not `make check`
+
 
 def rgb(size=(48, 40), seed=0):
     return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))

@@ -18,6 +18,8 @@ from lib.train.demo_data import prepare
 from lib.train.run import main
 from tests.procs import started
 
+KIND = "subprocess"   # the real trainer or runner in child processes: in `make test`, not `make check`
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

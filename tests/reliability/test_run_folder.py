@@ -9,6 +9,8 @@ from lib.files import read_json, write_json
 from lib.train.run import main
 from tests.procs import started, wait_for
 
+KIND = "training"   # real training in this process: in `make test`, not `make check`
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

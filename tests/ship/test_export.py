@@ -17,6 +17,8 @@ from lib.files import read_json
 from lib.ship.export import export_run
 from lib.train.run import main
 
+KIND = "training"   # real training in this process: in `make test`, not `make check`
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -30,6 +30,8 @@ from lib.sweep.options import Options
 from tests.pg import PASSWORD
 from tests.procs import started
 
+KIND = "server"   # a server process: in `make test`, not `make check`
+
 FAKE = str(Path(__file__).parents[1] / "fakes" / "fake_trainer.py")
 ROOT = Path(__file__).resolve().parents[2]
 LRS = (0.3, 0.8)   # the fake trainer's best_val_acc is lr at its last epoch

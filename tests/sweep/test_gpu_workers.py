@@ -21,6 +21,8 @@ from lib.sweep import status as sweep_status
 from lib.sweep.options import Options
 from tests.sweep.test_wandb_sweep import events, fake_popen
 
+KIND = "subprocess"   # the real trainer or runner in child processes: in `make test`, not `make check`
+
 FAKE = str(Path(__file__).parents[1] / "fakes" / "fake_trainer.py")
 
 

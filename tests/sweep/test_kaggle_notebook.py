@@ -16,6 +16,8 @@ from nbclient import NotebookClient
 from lib.records import read_json
 from lib.sweep import kaggle as kg
 
+KIND = "notebook"   # the Kaggle notebook, executed: in `make test`, not `make check`
+
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "kaggle_agent.ipynb"
 KEY = "kagglefake" + "0123456789abcdef" * 2   # a stand-in W&B key: must appear in no output

@@ -14,6 +14,8 @@ from lib.sweep import spec as sweep_spec
 from lib.sweep.options import Options
 from lib.sweep.planner import ATTR, Planner
 
+KIND = "subprocess"   # the real trainer or runner in child processes: in `make test`, not `make check`
+
 ROOT = Path(__file__).resolve().parents[2]
 MOBILENET = {"freeze": (0.19559, 5.1e-06), "surgical": (0.16746, 0.02813), "partial": (0.13705, 0.05854)}
 LITE0 = {"freeze": (0.25072, 5.1e-06), "surgical": (0.21840, 0.03232), "partial": (0.15887, 0.09185)}

@@ -19,6 +19,8 @@ from lib.sweep.options import Options
 from tests.pg import PASSWORD, ROLE
 from tests.procs import started, wait_for
 
+KIND = "server"   # a server process: in `make test`, not `make check`
+
 FAKE = str(Path(__file__).parents[1] / "fakes" / "fake_trainer.py")
 ROOT = Path(__file__).resolve().parents[2]
 BEAT = {"heartbeat_s": 0.5, "grace_s": 3.0}   # a killed host's trial is requeued within seconds

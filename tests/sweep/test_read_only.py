@@ -19,6 +19,8 @@ from lib.sweep import runner as sweep_runner
 from lib.sweep.options import Options
 from tests.pg import PASSWORD
 
+KIND = "server"   # a server process: in `make test`, not `make check`
+
 FAKE = str(Path(__file__).parents[1] / "fakes" / "fake_trainer.py")
 READERS = {"status": [], "report": ["--out", "report"], "export": ["--out", "export"], "dashboard": ["--port", "0"]}
 

@@ -19,6 +19,8 @@ from lib.sweep import study as sweep_study
 from lib.sweep.options import Options
 from tests.pg import PASSWORD
 
+KIND = "subprocess"   # the real trainer or runner in child processes: in `make test`, not `make check`
+
 FAKE = str(Path(__file__).parents[1] / "fakes" / "fake_trainer.py")
 
 

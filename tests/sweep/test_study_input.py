@@ -16,6 +16,8 @@ import finetune_sweep
 from lib.sweep import storage
 from tests.pg import PASSWORD
 
+KIND = "subprocess"   # the real trainer or runner in child processes: in `make test`, not `make check`
+
 SWEEP = {"yaml": {"method": "grid", "metric": {"name": "best_val_acc", "goal": "maximize"}}, "set": {}}
 
 

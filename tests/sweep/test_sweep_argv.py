@@ -28,6 +28,8 @@ from lib.sweep import trial as sweep_trial
 from lib.sweep.spec import SweepError
 from lib.train import run as run_lib
 
+KIND = "subprocess"   # the real trainer or runner in child processes: in `make test`, not `make check`
+
 ROOT = Path(__file__).resolve().parents[2]
 FAKE = str(Path(__file__).parents[1] / "fakes" / "fake_trainer.py")
 PROGRAM = str(ROOT / "finetune_resnet.py")

@@ -9,6 +9,8 @@ from lib.sweep import status as sweep_status
 from lib.sweep.spec import SweepError
 from tests.sweep.test_sweep_local import fake_sweep, local, trials, write
 
+KIND = "subprocess"   # the real trainer or runner in child processes: in `make test`, not `make check`
+
 GRID = {"lr": {"values": [0.2, 0.8, 0.4, 0.6]}, "seed": {"value": 7}, "epochs": {"value": 2}}
 CONFIRMED = [(0.2, 7), (0.4, 7), (0.6, 7), (0.6, 8), (0.6, 9), (0.8, 7), (0.8, 8), (0.8, 9)]
 

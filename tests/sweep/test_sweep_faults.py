@@ -25,6 +25,8 @@ from lib.sweep.options import Options
 from lib.sweep.trial import TrialProcess
 from tests.procs import started, wait_for
 
+KIND = "subprocess"   # the real trainer or runner in child processes: in `make test`, not `make check`
+
 FAKE = str(Path(__file__).parents[1] / "fakes" / "fake_trainer.py")
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,6 +12,8 @@ from lib.sweep import status as sweep_status
 from tests.procs import started, wait_for
 from tests.sweep.test_sweep_local import ROOT, fake_sweep, local, trials, write
 
+KIND = "subprocess"   # the real trainer or runner in child processes: in `make test`, not `make check`
+
 
 def test_a_study_whose_every_trial_failed_exits_1(tmp_path, capsys):
     """Two failed trials, fewer than --max_failures in a row: the sweep used to end with exit code 0."""

@@ -16,6 +16,8 @@ from lib.sweep import storage
 from lib.sweep.options import Options
 from tests.procs import started
 
+KIND = "subprocess"   # the real trainer or runner in child processes: in `make test`, not `make check`
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -20,6 +20,8 @@ from lib.train.run import fetch_preempted_checkpoint
 from tests.fakes.wandb_api import logged_artifacts, offline_records
 from tests.procs import started
 
+KIND = "subprocess"   # the real trainer or runner in child processes: in `make test`, not `make check`
+
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = ROOT / "tests" / "fakes" / "wandb_server"
 RUN_ID = "prmt0001"

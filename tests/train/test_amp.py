@@ -14,6 +14,8 @@ from lib.config import build
 from lib.train import training
 from tests.train.test_training import run
 
+KIND = "training"   # real training in this process: in `make test`, not `make check`
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

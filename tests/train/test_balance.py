@@ -11,6 +11,8 @@ from timm.loss import SoftTargetCrossEntropy
 from lib.train import balance, data
 from tests.train.test_training import run
 
+KIND = "training"   # real training in this process: in `make test`, not `make check`
+
 FREEZE = ["--model=mobilenetv2_100", "--strategy=freeze", "--epochs=5", "--lr=1e-3", "--monitor=val_balanced_acc"]
 
 

@@ -14,6 +14,8 @@ from lib.train import data, models
 from lib.train.demo_data import CLASSES, load_arrays
 from lib.train.run import main
 
+KIND = "training"   # real training in this process: in `make test`, not `make check`
+
 
 def subset(out: Path, names: tuple[str, ...], per_class: int, seed: int = 3) -> Path:
     images, labels = load_arrays()

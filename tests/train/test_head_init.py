@@ -9,6 +9,8 @@ import torch
 from lib.config import Config
 from lib.train import data, models
 
+KIND = "training"   # real training in this process: in `make test`, not `make check`
+
 # (model, weights, image_size): a pretrained backbone where pip ships one, random weights elsewhere
 # (a zero head gives ln(C) whatever the backbone; the random ones cover the families' own head inits).
 FAMILIES = [("mobilenetv2_100", "pretrained", 64), ("tf_efficientnet_lite0", "pretrained", 64),

@@ -27,6 +27,8 @@ from lib.train.demo_data import prepare
 from lib.train.run import apply_sweep, main, make_loaders, make_loss
 from tests.fakes.wandb_api import FakeApi, FakeRun, offline_records
 
+KIND = "training"   # real training in this process: in `make test`, not `make check`
+
 ROOT = Path(__file__).resolve().parents[2]
 MOBILENET = ["--model=mobilenetv2_100", "--image_size=64", "--strategy=freeze", "--optimizer=adamw"]
 

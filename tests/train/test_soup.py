@@ -8,6 +8,8 @@ from lib.files import read_json, write_json
 from lib.train import soup
 from lib.train.run import main
 
+KIND = "training"   # real training in this process: in `make test`, not `make check`
+
 
 @pytest.fixture(scope="module")
 def study(animals, tmp_path_factory):

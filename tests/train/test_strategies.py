@@ -8,6 +8,8 @@ from lib import config, recipes
 from lib.train import strategies
 from lib.train.optim import create_optimizer
 
+KIND = "training"   # real training in this process: in `make test`, not `make check`
+
 MODELS_EXPECTED = {
     # model: {(strategy, unit, n): prefixes of the parameters that must train}
     "resnet50": {

@@ -8,6 +8,8 @@ import pytest
 from lib.files import read_json
 from lib.train.run import main
 
+KIND = "training"   # real training in this process: in `make test`, not `make check`
+
 
 def run(args, extra):
     assert main(args + extra) == 0
