@@ -166,7 +166,11 @@ def test_hub_probe_is_bounded_when_dns_hangs(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: time.sleep(5))
+    def hanging_lookup(*_args, **_kwargs):   # as a DNS lookup that never answers, then gives up
+        time.sleep(5)
+        raise OSError("name resolution timed out")
+
+    monkeypatch.setattr(socket, "create_connection", hanging_lookup)
     start = time.monotonic()
     assert weights.hub_reachable(timeout=0.3) is False
     assert time.monotonic() - start < 1
