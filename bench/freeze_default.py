@@ -89,7 +89,9 @@ def main() -> None:
     ap.add_argument("--model", default="mobilenetv2_100")
     ap.add_argument("--image_size", type=int, default=0)
     ap.add_argument("--subset", action="append", choices=sorted(SUBSETS), help="default: all")
+    ap.add_argument("--variant", action="append", choices=sorted(VARIANTS), help="default: all")
     a = ap.parse_args()
+    variants = {k: v for k, v in VARIANTS.items() if k in (a.variant or VARIANTS)}
     subsets = {k: v for k, v in SUBSETS.items() if k in (a.subset or SUBSETS)}
     work = Path(a.work)
     common = [f"--model={a.model}", f"--image_size={a.image_size}", "--min_image_side=16", "--device=cpu",
@@ -97,7 +99,7 @@ def main() -> None:
     results = []
     for subset, (source, classes) in subsets.items():
         data_dir = write_subset(work / "data" / subset, source, classes, a.per_class)
-        for variant, extra in VARIANTS.items():
+        for variant, extra in variants.items():
             for seed in range(42, 42 + a.seeds):
                 run_id = f"{subset}-{'-'.join(extra).replace('--', '').replace('=', '')}-s{seed}"
                 row = {"subset": subset, "variant": variant, "seed": seed,
@@ -108,13 +110,13 @@ def main() -> None:
                       flush=True)
     print()
     for subset in subsets:
-        for variant in VARIANTS:
+        for variant in variants:
             rows = [r for r in results if r["subset"] == subset and r["variant"] == variant]
             med = {k: statistics.median(r[k] for r in rows) for k in ("train_time_s", "process_s")}
             mean = {k: statistics.mean(r[k] for r in rows) for k in ("best_val_acc", "test_acc")}
             print(f"{subset:<16} {variant:<22} median train {med['train_time_s']:6.1f} s, process "
                   f"{med['process_s']:6.1f} s; mean val {mean['best_val_acc']:.3f}, test {mean['test_acc']:.3f}")
-    write_json(Path(a.out), {"argv": sys.argv, "common": common, "variants": VARIANTS,
+    write_json(Path(a.out), {"argv": sys.argv, "common": common, "variants": variants,
                              "date": time.strftime("%Y-%m-%d"), "results": results})
 
 
