@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from lib.errors import SweepError
 from lib.files import locked, read_json, write_json
+from lib.recipes import strategy_uses
 from lib.records import LOCK_FILE, SWEEP_COPY, SWEEP_META, SWEEP_RUNS, ExitCode
 from lib.run_id import valid_run_id
 from lib.sweep import artifacts, budget, confirm, planner, recovery, samplers, storage
@@ -329,7 +330,8 @@ class Runner:
         shown = f"{value:.4f}" if value is not None else "-"
         configs = {t.number: trial_config(t) for t in trials}
         config, keys = configs.get(trial.number, {}), varying_keys(list(configs.values()))
-        recipe = " ".join(f"{k}={cell(config.get(k))}" for k in keys if k in config)
+        strategy = str(config.get("strategy"))   # only the keys its strategy reads (a freeze has no backbone LR)
+        recipe = " ".join(f"{k}={cell(config.get(k))}" for k in keys if k in config and strategy_uses(strategy, k))
         return (f"trial {trial.number} {state.name.lower()} {self.sweep.metric}={shown}"
                 + (f" [{recipe}]" if recipe else ""))
 

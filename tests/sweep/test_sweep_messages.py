@@ -52,6 +52,17 @@ def test_progress_lines_name_the_trial_count_the_total_and_keep_the_clock(tmp_pa
     assert times == sorted(times) and times[-1] >= 2, lines                 # one clock for both passes
 
 
+def test_a_progress_line_names_only_the_keys_its_strategy_reads(tmp_path, capsys):
+    """A freeze trial's line showed `backbone_lr_mult=...`, a key freeze never reads (lib.recipes)."""
+    f = write(tmp_path, fake_sweep("grid", {"strategy": {"values": ["freeze", "partial"]},
+                                            "backbone_lr_mult": {"values": [0.1, 0.01]}, "epochs": {"value": 1}}))
+    assert main(["local", f, "--sweep_dir", str(tmp_path / "out")]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("trial ") and " | " in line]
+    recipes = sorted(line.split("[", 1)[1].split("]", 1)[0] for line in lines)
+    assert recipes == ["backbone_lr_mult=0.01 strategy=partial", "backbone_lr_mult=0.1 strategy=partial",
+                       "strategy=freeze", "strategy=freeze"], lines
+
+
 def test_after_ctrl_c_the_runner_prints_the_table_status_prints(tmp_path):
     """The runner used to print its table while the interrupted trial was still `running` (Python 3.11's
     Thread.join, interrupted by Ctrl-C, calls a running thread stopped); `status` then said `interrupted`."""
