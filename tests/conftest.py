@@ -101,3 +101,12 @@ def base_args(animals, tmp_path, cache_dir):
     return [f"--data_dir={animals}", f"--runs_dir={tmp_path / 'runs'}", f"--cache_dir={cache_dir}",
             "--image_size=32", "--min_image_side=16", "--batch_size=16", "--augment=none",
             "--val_fraction=0.25", "--test_fraction=0.25", "--epochs=2", "--device=cpu"]
+
+
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch):
+    """The working folder of a machine that ran nothing (study_db and study_input tests read from it)."""
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    return folder

@@ -43,15 +43,6 @@ def _trials(url, name) -> dict[str, float]:
     return {t.user_attrs["run_id"]: t.value for t in sweep_study.counted(study)}
 
 
-@pytest.fixture
-def elsewhere(tmp_path, monkeypatch):
-    """The working folder of a machine that ran nothing."""
-    folder = tmp_path / "elsewhere"
-    folder.mkdir()
-    monkeypatch.chdir(folder)
-    return folder
-
-
 def test_report_and_export_from_a_folder_without_the_runs(tmp_path, pg_url, animals, cache_dir, monkeypatch,
                                                           elsewhere, capsys):
     """Two real tiny runs (small_cnn, 32 px); their run.json, metrics and best weights go to a shared folder.

@@ -41,14 +41,6 @@ def _study(url: str, *trials: dict, **study_attrs) -> optuna.Study:
     return study
 
 
-@pytest.fixture
-def elsewhere(tmp_path, monkeypatch):
-    folder = tmp_path / "elsewhere"
-    folder.mkdir()
-    monkeypatch.chdir(folder)
-    return folder
-
-
 @pytest.mark.parametrize("attrs, needle", ids=["dotdot", "absolute", "int", "config-list"], argvalues=[
     ({"run_id": "../escape-x"}, "not a run id"),
     ({"run_id": "ABSOLUTE"}, "not a run id"),
