@@ -9,6 +9,7 @@ import secrets
 import signal
 import string
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -283,11 +284,13 @@ def train_with_oom_retries(cfg: Config, record: RunRecord, tracker, stop, resume
 
 
 def check_writable(folder: str, key: str = "runs_dir") -> None:
-    """Fail before any work when records cannot be written (a file in the way, permissions, full disk)."""
+    """Fail before any work when records cannot be written (a file in the way, permissions, full disk).
+    The probe file is this process's own: the workers of a sweep start together in one runs_dir."""
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        atomic_write(Path(folder) / ".write-test", lambda tmp: Path(tmp).write_text("ok"))
-        (Path(folder) / ".write-test").unlink()
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-") as probe:
+            probe.write(b"ok")
+            probe.flush()
     except OSError as e:
         raise ConfigError(f"{key}={folder!r} is not writable: {e.strerror or e}") from None
 
