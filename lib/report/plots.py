@@ -180,29 +180,34 @@ def tradeoff_figure(fin: pd.DataFrame, metric: str, maximize: bool, has_latency:
 
 def _place_labels(fig, labels: list, fontsize: float = 6.5) -> None:
     """Each label next to its point: above-right if that overlaps no label placed before it and stays in
-    its axes, else the nearest free place a line up or down, right or left of the point (with a leader
-    line). Runs of one size at close scores used to print their labels over each other. The layout is fixed
+    its axes, else the nearest free place up to 8 lines up or down, right or left of the point (with a
+    leader line); with none free, the first place inside the axes. Runs of one size at close scores used to
+    print their labels over each other, and a point at the edge its label out of the picture. The layout is fixed
     first, and the labels take no part in it, so what is measured here is what is drawn."""
     from matplotlib.text import Text
 
     fig.draw_without_rendering()
     renderer = fig.canvas.get_renderer()
     step = fontsize * 1.25
-    tries = [(side, 3 + k * step) for k in (0, 1, -1, 2, -2, 3, -3, 4, -4, 5, -5) for side in (1, -1)]
+    lines = (0, *(sign * k for k in range(1, 9) for sign in (1, -1)))   # 0, 1, -1, ... 8, -8 lines away
+    tries = [(side, 3 + k * step) for k in lines for side in (1, -1)]
     placed = []
     for ax, x, y, text in sorted(labels, key=lambda item: tuple(item[0].transData.transform((item[1], item[2])))[::-1]):
-        room = ax.bbox.expanded(1.0, 1.0)
-        for n, (side, dy) in enumerate([*tries, tries[0]]):
-            moved = (side, dy) != tries[0]
+        room, inside = ax.bbox, None   # the first place inside the axes, should every one overlap a label
+        for tried in [*tries, None]:
+            last = tried is None   # nowhere free: overlap a label rather than leave the picture
+            side, dy = (inside or tries[0]) if last else tried
             note = ax.annotate(text, (x, y), xytext=(3 * side, dy), textcoords="offset points", fontsize=fontsize,
                                ha="left" if side > 0 else "right", va="bottom",
-                               arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "#888"} if moved else None)
+                               arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "#888"}
+                               if (side, dy) != tries[0] else None)
             note.set_in_layout(False)
             note.update_positions(renderer)
             box = Text.get_window_extent(note, renderer)   # the text alone, not its leader line
             fits = room.x0 <= box.x0 and box.x1 <= room.x1 and room.y0 <= box.y0 and box.y1 <= room.y1
-            if n == len(tries) or (fits and not any(box.overlaps(other) for other in placed)):
-                break   # the last: nowhere free, back where it belongs
+            inside = inside or ((side, dy) if fits else None)
+            if last or (fits and not any(box.overlaps(other) for other in placed)):
+                break
             note.remove()
         placed.append(box)
 
