@@ -333,10 +333,6 @@ def test_a_record_from_wandb_does_not_choose_the_images_read(trained, tmp_path, 
     attribution grids it uploads (`data_dir: /` read 9 files from outside the data folder). Now the images
     come from --data_dir only: without it, one line before anything is fetched; with it, the record's own
     data_dir (here a folder of other images) is never opened."""
-    import lib.runs
-    from tests.fakes.wandb_api import FakeApi, FakeArtifact, FakeRun
-
-    monkeypatch.setenv("WANDB_MODE", "offline")
     record = read_json(trained / "run.json")
     data_dir = Path(record["config"]["data_dir"])
     decoy = tmp_path / "decoy"
@@ -344,13 +340,7 @@ def test_a_record_from_wandb_does_not_choose_the_images_read(trained, tmp_path, 
     for image in decoy.rglob("*.png"):       # same names, unreadable: the export fails if it reads them
         image.write_bytes(b"not an image")
     record["config"]["data_dir"] = str(decoy)
-    folder = tmp_path / "artifact"
-    folder.mkdir()
-    (folder / "run.json").write_text(json.dumps(record))
-    shutil.copy(trained / "model.safetensors", folder)
-    api = FakeApi([FakeRun("exp1", "finished", record["config"], record["summary"], [])],
-                  {"ent/proj/model-exp1:best": FakeArtifact([folder / "model.safetensors", folder / "run.json"])})
-    monkeypatch.setattr(lib.runs, "public_api", lambda: api)
+    api = wandb_serves(record, trained, tmp_path, monkeypatch)
     out = tmp_path / "out"
     code, _, err = cli(["export", "ent/proj/sw1", "--out", out], capsys)
     assert code == 2 and len(err) == 1 and "pass --data_dir" in err[0], err
@@ -358,6 +348,23 @@ def test_a_record_from_wandb_does_not_choose_the_images_read(trained, tmp_path, 
     code, _, err = cli(["export", "ent/proj/sw1", "--out", out, "--data_dir", data_dir], capsys)
     assert code == 0, err
     assert read_json(out / "export.json")["parity_images"] == len(record["split"]["test"])
+
+
+def wandb_serves(record: dict, trained: Path, tmp_path: Path, monkeypatch):
+    """A W&B project (the fake public API) whose sweep ent/proj/sw1 has one run, exp1, with ``record`` as
+    its run.json and ``trained``'s weights in its model artifact; the API, to ask what was fetched."""
+    import lib.runs
+    from tests.fakes.wandb_api import FakeApi, FakeArtifact, FakeRun
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    folder = tmp_path / "artifact"
+    folder.mkdir()
+    (folder / "run.json").write_text(json.dumps(record))
+    shutil.copy(trained / "model.safetensors", folder)
+    api = FakeApi([FakeRun("exp1", "finished", record["config"], record["summary"], [])],
+                  {"ent/proj/model-exp1:best": FakeArtifact([folder / "model.safetensors", folder / "run.json"])})
+    monkeypatch.setattr(lib.runs, "public_api", lambda: api)
+    return api
 
 
 # ------------------------------------------------- inputs nobody should trust, messages a person can act on
@@ -379,10 +386,6 @@ def test_export_from_wandb_refuses_a_tampered_record(trained, tmp_path, monkeypa
     """The run.json in a W&B artifact is only as trustworthy as everyone who can write to the project:
     split paths that leave data_dir (the images would be read and uploaded as attribution grids) and
     model names timm would fetch from the hub are refused before anything is read."""
-    import lib.runs
-    from tests.fakes.wandb_api import FakeApi, FakeArtifact, FakeRun
-
-    monkeypatch.setenv("WANDB_MODE", "offline")
     record = read_json(trained / "run.json")
     data_dir, first = Path(record["config"]["data_dir"]), record["split"]["test"][0]
     if tamper == "absolute":
@@ -391,13 +394,7 @@ def test_export_from_wandb_refuses_a_tampered_record(trained, tmp_path, monkeypa
         record["split"]["test"][0] = f"../{data_dir.name}/{first}"
     else:
         record["config"]["model"] = "hf-hub:timm/mobilenetv2_100.ra_in1k"
-    folder = tmp_path / "artifact"
-    folder.mkdir()
-    (folder / "run.json").write_text(json.dumps(record))
-    shutil.copy(trained / "model.safetensors", folder)
-    api = FakeApi([FakeRun("exp1", "finished", record["config"], record["summary"], [])],
-                  {"ent/proj/model-exp1:best": FakeArtifact([folder / "model.safetensors", folder / "run.json"])})
-    monkeypatch.setattr(lib.runs, "public_api", lambda: api)
+    wandb_serves(record, trained, tmp_path, monkeypatch)
     out = tmp_path / "out"
     code, _, err = cli(["export", "ent/proj/sw1", "--out", out, "--attributions", "2", "--data_dir", data_dir],
                        capsys)
