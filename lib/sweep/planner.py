@@ -364,11 +364,13 @@ class Planner:
         study.set_user_attr(ATTR, plain(self.state))
 
     def limits(self, trial, left_s: float) -> dict:
-        """The trial's time limit: it must end before the deadline, its test split included."""
+        """The trial's time limit: it must end before the deadline, its test split included. The whole margin
+        is kept: a seed run at the end, priced at rates measured earlier on a machine that grew busier,
+        once ran its wrap-up (last batch, test, records, exit) into the deadline's SIGTERM."""
         if ATTR not in trial.user_attrs:
             return {}
         test = self.flops(trial.user_attrs[ATTR]["recipe"]).full * self.facts.test * self.rates.fwd
-        return {"time_limit_s": round(max(1.0, left_s - self.margin / 2 - test - self.rates.startup / 2), 1)}
+        return {"time_limit_s": round(max(1.0, left_s - self.margin - test - self.rates.startup / 2), 1)}
 
     def after(self, study, trial, run_dir: Path, duration_s: float) -> None:
         """A planned trial ended: what it measured updates the rates; the first one also checks the image
