@@ -417,9 +417,21 @@ class Planner:
         s["line"] = rules.plan_line(fc, len(s["points"]), s["line_extra"])
 
     def end(self, study) -> None:
+        """The invocation ends. When the deadline came as the last seed run finished, the plan is done:
+        nothing is left for the same command to continue."""
         if self.state.get("invocations"):
             self.state["invocations"][-1]["end"] = time.time()
-            self._save(study)
+        if not self.state.get("done") and self._seeds_done(study):
+            self._finish("done")
+        self._save(study)
+
+    def _seeds_done(self, study) -> bool:
+        rung = len(self.state.get("rungs") or []) - 1
+        if rung < 0 or self.state["rungs"][rung].get("kind") != "seed":
+            return False
+        current = self.state["rungs"][rung]
+        ended = {t.user_attrs[ATTR]["slot"] for t in self._trials(study) if self._of(t, rung) and t.state.is_finished()}
+        return all(i in ended or i in current["skipped"] for i in range(len(current["recipes"])))
 
 
 def _all_reused(cache: str) -> bool:

@@ -166,9 +166,10 @@ def sweep_study_point(point):
     return plain(point)
 
 
-def run_plan(p, study, budget_s, slower=1.0):
+def run_plan(p, study, budget_s, slower=1.0, until=None):
     """Run the planner's trials on a clock: each takes ``slower`` times what the planned rates say (and the
-    planner observes it, as the runner makes it do), and ends with VALUES."""
+    planner observes it, as the runner makes it do), and ends with VALUES; ``until(rung, attrs)``: the
+    deadline comes as that trial ends."""
     truth = rules.Rates(**{**p.state["rates"], "samples": {"fwd": [], "step": [], "per_step": [], "startup": [],
                                                             "epoch": {}}})
     clock, order = 0.0, []
@@ -189,7 +190,31 @@ def run_plan(p, study, budget_s, slower=1.0):
         clock += took
         order.append((a["rung"], a["recipe"], epochs, clock))
         study.tell(trial, VALUES[a["recipe"]] + 0.001 * a["rung"])
+        if until and until(rung, a):
+            break
     return order, clock
+
+
+def last_seed(rung, a):
+    return rung.get("kind") == "seed" and a["slot"] == len(rung["recipes"]) - 1
+
+
+def test_a_plan_whose_last_seed_ends_at_the_deadline_is_done(tmp_path):
+    """The deadline came as the last seed run finished: the runner said "run the same command again to
+    continue" of a plan with nothing left, and exited as if the budget had cut it short."""
+    p, study = planner(tmp_path, 7200)              # time for the last run and two seeds
+    run_plan(p, study, 7200, until=last_seed)
+    assert p.state["rungs"][-1]["kind"] == "seed" and not p.state["done"]
+    p.end(study)
+    assert p.state["done"] and p.state["end"] == "done"
+
+
+def test_a_plan_cut_short_before_its_seeds_is_not_done(tmp_path):
+    p, study = planner(tmp_path, 7200)
+    _, clock = run_plan(p, study, 7200, until=lambda rung, a: rung.get("kind") == "last")
+    p.end(study)
+    assert not p.state["done"] and p.next_trial(study, 7200 - clock) == "start"     # the seeds are left
+    assert p.state["rungs"][-1]["kind"] == "seed"
 
 
 def test_the_plan_ends_within_its_budget_and_the_best_recipe_gets_the_most(tmp_path):
