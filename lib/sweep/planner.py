@@ -216,11 +216,11 @@ class Planner:
             trials = self._trials(study)
             rung = len(self.state["rungs"]) - 1
             current = self.state["rungs"][rung]
-            taken = {t.user_attrs[ATTR]["slot"] for t in trials if self._of(t, rung)}
-            todo = [i for i in range(len(current["recipes"])) if i not in taken and i not in current["skipped"]]
+            todo = self._todo(trials, rung)
             if todo:
                 est = {i: self.estimate(current["recipes"][i], current, study) for i in todo}
-                first = rung == 0 and not taken and usable > self.rates.startup   # it starts whatever its estimate
+                # the screen's first trial starts whatever its estimate
+                first = rung == 0 and not any(self._of(t, rung) for t in trials) and usable > self.rates.startup
                 fits = [i for i in todo if est[i] <= usable] or ([todo[0]] if first else [])
                 late = [i for i in todo if i not in fits]
                 if late:
@@ -232,7 +232,7 @@ class Planner:
                     self._enqueue(study, fits[0], rung, current)
                     return "start"
                 continue
-            if any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
+            if _busy(trials):
                 return "wait"
             self._advance(study, trials, usable)
         self._save(study)
@@ -426,12 +426,22 @@ class Planner:
         self._save(study)
 
     def _seeds_done(self, study) -> bool:
+        """What next_trial would find: the seed rung has no slot left and no trial running or queued."""
         rung = len(self.state.get("rungs") or []) - 1
         if rung < 0 or self.state["rungs"][rung].get("kind") != "seed":
             return False
+        trials = self._trials(study)
+        return not self._todo(trials, rung) and not _busy(trials)
+
+    def _todo(self, trials, rung: int) -> list[int]:
+        """The slots of a rung no trial has taken and the plan has not left out."""
         current = self.state["rungs"][rung]
-        ended = {t.user_attrs[ATTR]["slot"] for t in self._trials(study) if self._of(t, rung) and t.state.is_finished()}
-        return all(i in ended or i in current["skipped"] for i in range(len(current["recipes"])))
+        taken = {t.user_attrs[ATTR]["slot"] for t in trials if self._of(t, rung)}
+        return [i for i in range(len(current["recipes"])) if i not in taken and i not in current["skipped"]]
+
+
+def _busy(trials) -> bool:
+    return any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
 
 
 def _all_reused(cache: str) -> bool:

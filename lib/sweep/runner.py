@@ -386,11 +386,12 @@ class Runner:
         if self.stop_reason:
             print(self.stop_reason)
             return ExitCode.FAILED
-        if self.budget and self.planner is not None and self.planner.state.get("done"):
-            print(f"{self.budget.split(':')[0]} spent as its plan ended: nothing is left to run")
-            return self._outcome()
         if self.budget:
-            print(f"{self.budget.split(':')[0]} spent: run the same command again to continue the sweep")
+            spent = self.budget.split(":")[0]
+            if self.planner is not None and self.planner.state.get("done"):
+                print(f"{spent} spent as its plan ended: nothing is left to run")
+                return self._outcome()
+            print(f"{spent} spent: run the same command again to continue the sweep")
             return ExitCode.BUDGET_SPENT
         return self._outcome()
 
