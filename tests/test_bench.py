@@ -3,10 +3,13 @@ training here; the bench itself is measured, never asserted)."""
 from __future__ import annotations
 
 import csv
+import gzip
 import importlib.util
 import json
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench import datasets, quickstart
@@ -35,6 +38,40 @@ def test_binary_set_is_imbalanced_as_registered(tmp_path):
     images, labels, classes = datasets.REGISTRY["mnist5k-eights"].load()
     assert classes == ("other_359", "eight") and images.shape[1:] == (28, 28)
     assert (labels == 0).sum() == 3 * (labels == 1).sum() == 1500
+
+
+def fashion_or_skip(name):
+    try:
+        return datasets.REGISTRY[name].load()
+    except datasets.MissingPackage as e:   # no apt-get here, or no Debian mirror: the data cannot arrive
+        pytest.skip(str(e))
+
+
+def test_fashion_sets_follow_their_rule():
+    images, labels, classes = fashion_or_skip("fashion-shirts")
+    assert classes == ("other_top", "shirt") and images.shape == (2000, 28, 28) and images.dtype == np.uint8
+    assert (labels == 0).sum() == 3 * (labels == 1).sum() == 1500
+    assert 40 < images.mean() < 140 and images.max() == 255    # real photos on black, not an empty decode
+    images, labels, classes = fashion_or_skip("fashion3k")
+    assert len(classes) == 10 and np.bincount(labels).tolist() == [300] * 10
+
+
+def test_idx_files_read_as_their_header_says(tmp_path):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    path = tmp_path / "x-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as f:   # magic 0x00000803 (unsigned bytes, rank 3), then the dims big-endian
+        f.write(bytes([0, 0, 8, 3]) + np.array(array.shape, dtype=">u4").tobytes() + array.tobytes())
+    assert np.array_equal(datasets._idx(path), array)
+
+
+def test_a_debian_set_without_apt_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(datasets, "DEB_CACHE", tmp_path / "debs")
+    monkeypatch.setattr(datasets, "FASHION_FILES", Path("nowhere/fashion-mnist"))   # not installed system-wide
+    monkeypatch.setattr(datasets.shutil, "which", lambda name: None)
+    assert datasets.main(["--out", str(tmp_path / "out"), "--name", "fashion3k"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "apt install dataset-fashion-mnist" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_package_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
