@@ -8,7 +8,8 @@ and ``export`` calls it when no current report exists. It holds:
   it was compared with; None where no paired test was possible) and ``text`` (the verdict's lines);
 - ``seeds``: the configurations run with several seeds, as mean and std;
 - ``recommended``: ``{run_id, reason}``: the winner, except when the test set cannot tell the top two apart
-  (trust LOW: "treat as a tie and prefer the cheaper X"), where it is X;
+  (trust LOW: "treat as a tie and prefer the cheaper X"), where it is X, the cheaper to ship (the winner
+  when both cost the same: "so the winner X stands");
 - ``expected_best`` and ``more_trials``: what n more trials of this study would be expected to reach
   (lib.report.expected), None below its minimum of trials;
 - ``ranking``: the finished runs best first (``run_id``, ``value``, ``model_size_mb``), the runs it was made of.

@@ -427,14 +427,19 @@ def _runner_line(s: RunTable, best, runner) -> str:
             f"({lead}{on_test}).")
 
 
-def _cheaper(best, runner):
-    """Of two runs the test set cannot tell apart: the smaller model, then fewer trained parameters, then
-    less training time (the winner where nothing is recorded)."""
+def _cost(run) -> tuple[float, float]:
+    """What a run costs from here on: the model to ship, then the weights it moved from the pretrained ones
+    (fewer stay closer to features that held on other data). Its training time is spent and not counted."""
     def inf(v):
         return np.inf if isnan(v) else v
 
-    return min((best, runner), key=lambda x: (inf(x["model_size_mb"]), inf(x["trainable_params"]),
-                                              inf(x["train_time_s"])))
+    return inf(run["model_size_mb"]), inf(run["trainable_params"])
+
+
+def _cheaper(best, runner):
+    """Of two runs the test set cannot tell apart, the cheaper; the winner when they cost the same (the same
+    network trained longer, or with another seed) or nothing is recorded."""
+    return runner if _cost(runner) < _cost(best) else best
 
 
 def _trust_line(s: RunTable, r: Review, best, runner) -> str:
@@ -459,16 +464,20 @@ def _trust_line(s: RunTable, r: Review, best, runner) -> str:
     if runner is not None and r.distinguishable is False:
         r.trust = "LOW"
         cheaper = _cheaper(best, runner)
-        tail = (f"; treat as a tie and prefer the cheaper `{cheaper['run_id']}` ({cheaper['model']}/"
-                f"{cheaper['strategy']}: {num(cheaper['model_size_mb'], '{:.1f}')} MB, "
-                f"{count(cheaper['trainable_params'])} trainable parameters, {time_text(cheaper)})")
+        size = (f"{num(cheaper['model_size_mb'], '{:.1f}')} MB, "
+                f"{count(cheaper['trainable_params'])} trainable parameters")
+        same = _cost(best) == _cost(runner)
+        tail = (f"; treat as a tie: both cost the same to ship ({size}), so the winner `{cheaper['run_id']}` "
+                "stands" if same else
+                f"; treat as a tie and prefer the cheaper `{cheaper['run_id']}` ({cheaper['model']}/"
+                f"{cheaper['strategy']}: {size}, {time_text(cheaper)})")
         tested = (f"McNemar p = {r.mcnemar['p_value']:.3g}, Holm-corrected p = {r.mcnemar['p_holm']:.3g}"
                   if r.mcnemar else "their 95% test intervals overlap")
         r.recommended = {"run_id": cheaper["run_id"],
                          "reason": f"the top two by {s.metric}, `{r.best_id}` and `{r.runner_id}`, are not "
-                                   f"distinguishable on the test set ({tested}): a tie, and `{cheaper['run_id']}` "
-                                   f"is the cheaper ({num(cheaper['model_size_mb'], '{:.1f}')} MB, "
-                                   f"{count(cheaper['trainable_params'])} trainable parameters)"}
+                                   f"distinguishable on the test set ({tested}): a tie, and "
+                                   + (f"both cost the same to ship ({size}): the winner stands" if same else
+                                      f"`{cheaper['run_id']}` is the cheaper ({size})")}
     elif against:
         r.trust = "MEDIUM"
     else:

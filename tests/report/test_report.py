@@ -573,6 +573,19 @@ def test_report_json_holds_the_verdict_and_the_recommended_run(tmp_path, capsys)
     assert f"recommended: run run: {saved['recommended']['reason']}" in out.splitlines()
     assert "Recommended: `run`" in (tmp_path / "out" / "report.md").read_text()
 
+    # the same network at the same cost to ship, trained 5x longer (a planned study's last run against its
+    # shorter rung): the time is spent, so the tie keeps the winner
+    same = tmp_path / "same"
+    for run_id, epochs, val, pred, t in (("long", 27, 0.95, wrong(2), 500.0), ("short", 9, 0.94, wrong(4), 100.0)):
+        write_run(same, run_id, config={"model": "mobilenetv2_100", "strategy": "surgical", "epochs": epochs},
+                  summary=summ(val, 125 - sum(a != b for a, b in zip(pred, Y_TRUE, strict=True)), t=t), y_pred=pred)
+    res = build_report(same, tmp_path / "same_out")
+    saved = json.loads((tmp_path / "same_out" / "report.json").read_text())
+    assert saved["verdict"]["trust"] == "LOW" and saved["recommended"]["run_id"] == "long"
+    assert "both cost the same to ship (10.0 MB, 1.00M trainable parameters): the winner stands" in \
+        saved["recommended"]["reason"]
+    assert "so the winner `long` stands" in " ".join(saved["verdict"]["text"])
+
     clear = tmp_path / "clear"
     for run_id, lr, val, pred in (("good", 0.1, 0.95, wrong(0)), ("bad", 0.01, 0.70, wrong(40))):
         write_run(clear, run_id, config={"model": "resnet18", "strategy": "full", "lr": lr},

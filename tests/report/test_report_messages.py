@@ -100,10 +100,12 @@ def test_a_class_without_val_or_test_images_is_named_with_what_that_does(tmp_pat
 
 
 def test_training_time_says_what_it_counted(tmp_path):
-    """A tie: the verdict prefers the cheaper run, and said `0 s of training` of a freeze run that took 9 s."""
-    for rid, strategy, t, wall, size in (("frz", "freeze", 0.4, 9.2, 9.0), ("prt", "partial", 30.0, 41.0, 9.0)):
+    """A tie: the verdict prefers the cheaper run (the head alone trained), and said `0 s of training` of a
+    freeze run that took 9 s."""
+    for rid, strategy, t, wall, trained in (("frz", "freeze", 0.4, 9.2, 1.3e4), ("prt", "partial", 30.0, 41.0, 1e6)):
         write_run(tmp_path / "runs", rid, config={"model": "mobilenetv2_100", "strategy": strategy, "lr": 0.01},
-                  summary=summ(0.9, 110, t=t, size=size), y_pred=wrong(15), extra={"wall_time_s": wall})
+                  summary=summ(0.9, 110, t=t, size=9.0, trainable=trained), y_pred=wrong(15),
+                  extra={"wall_time_s": wall})
     res = build_report(tmp_path / "runs", tmp_path / "out")
     assert "prefer the cheaper `frz`" in res["verdict"]
     assert "0.4 s in its training epochs, 9.2 s wall clock for the whole run" in res["verdict"]
