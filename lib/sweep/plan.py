@@ -19,7 +19,8 @@ The rules, each following from the data or from a measurement:
 - the last run's epochs: all that is left, up to BiT's schedule for small sets (``EXAMPLES`` images
   seen) while the winner's validation curve was still rising, ``ETA`` times its epochs otherwise;
   augmented (``VIEWS`` cached views) when its training accuracy ran ``GAP_AUGMENT`` above validation;
-- time left after it: the last configuration again with other seeds (the report's seed spread);
+- time left after it: the winner's best run again with other seeds (the report's seed spread): the last
+  run, or its rung before when the last run scored lower;
 - classes imbalanced beyond 2:1 (lib.records.IMBALANCED_RATIO): every run weights its loss;
 - images smaller than ``min_image_side`` all over (8 px digits): the runs keep those of half the median side.
 """

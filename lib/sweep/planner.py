@@ -249,7 +249,7 @@ class Planner:
         best = rules.promote(results, 1, self.maximize)[0]
         later = len(self.state["sizes"]) - 1 - rung
         if kind == "last" or later == 0:
-            return self._seeds(study, best, current, usable)
+            return self._seeds(study, best, self._best_rung(trials, best, rung), usable)
         if later >= 2 and self._middle(study, results, rung, usable):
             return None
         return self._last(study, results, best, usable)
@@ -284,8 +284,19 @@ class Planner:
         print(f"plan: last run: {self.label(winner)} for {last.epochs} epochs ({last.why}): "
               f"~{format_duration(self.estimate(winner, self.state['rungs'][-1], study))}", flush=True)
 
+    def _best_rung(self, trials, recipe: int, last: int) -> dict:
+        """The rung whose run of ``recipe`` scored best (the later on a tie). A last run that scored below the
+        rung before it (longer, or augmented, and no better) is not the run the report will recommend: the
+        seeds repeat the one it will."""
+        sign = 1 if self.maximize else -1
+        scored = [(sign * t.value, r) for r in range(last + 1) for t in trials
+                  if self._of(t, r) and t.state == TrialState.COMPLETE and t.value is not None
+                  and t.user_attrs[ATTR]["recipe"] == recipe]
+        return self.state["rungs"][max(scored)[1]]
+
     def _seeds(self, study, winner: int, rung: dict, usable: float) -> None:
-        """The time left: the best configuration again with the next seeds (their own splits)."""
+        """The time left: the best run of the best configuration again with the next seeds (their own
+        splits), so the report's seed spread is the recommended configuration's."""
         seed = int(_recipe_config(self.sweep, self.state["points"][winner], {}).seed)
         run = {"kind": "seed", "epochs": rung["epochs"], "extra": rung.get("extra") or {}, "skipped": []}
         est = self.estimate(winner, run, study)
@@ -293,7 +304,8 @@ class Planner:
         if not n:
             return self._finish(f"no time for another seed (~{format_duration(est)})")
         self.state["rungs"].append({**run, "recipes": [winner] * n, "seeds": [seed + i for i in range(1, n + 1)]})
-        print(f"plan: {n} more seed(s) of {self.label(winner)}: ~{format_duration(n * est)}", flush=True)
+        which = "" if rung is self.state["rungs"][-2] else f" at {rung['epochs']} epochs (its best run)"
+        print(f"plan: {n} more seed(s) of {self.label(winner)}{which}: ~{format_duration(n * est)}", flush=True)
 
     def _finish(self, why: str) -> None:
         self.state["done"] = True

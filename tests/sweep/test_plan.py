@@ -166,10 +166,10 @@ def sweep_study_point(point):
     return plain(point)
 
 
-def run_plan(p, study, budget_s, slower=1.0, until=None):
+def run_plan(p, study, budget_s, slower=1.0, until=None, score=None):
     """Run the planner's trials on a clock: each takes ``slower`` times what the planned rates say (and the
-    planner observes it, as the runner makes it do), and ends with VALUES; ``until(rung, attrs)``: the
-    deadline comes as that trial ends."""
+    planner observes it, as the runner makes it do), and ends with VALUES (or ``score(rung, attrs)``);
+    ``until(rung, attrs)``: the deadline comes as that trial ends."""
     truth = rules.Rates(**{**p.state["rates"], "samples": {"fwd": [], "step": [], "per_step": [], "startup": [],
                                                             "epoch": {}}})
     clock, order = 0.0, []
@@ -189,7 +189,7 @@ def run_plan(p, study, budget_s, slower=1.0, until=None):
         trial.set_user_attr("run", {"summary": {"epochs_run": epochs, "best_epoch": epochs, "train_val_gap": 0.01}})
         clock += took
         order.append((a["rung"], a["recipe"], epochs, clock))
-        study.tell(trial, VALUES[a["recipe"]] + 0.001 * a["rung"])
+        study.tell(trial, score(rung, a) if score else VALUES[a["recipe"]] + 0.001 * a["rung"])
         if until and until(rung, a):
             break
     return order, clock
@@ -215,6 +215,24 @@ def test_a_plan_cut_short_before_its_seeds_is_not_done(tmp_path):
     p.end(study)
     assert not p.state["done"] and p.next_trial(study, 7200 - clock) == "start"     # the seeds are left
     assert p.state["rungs"][-1]["kind"] == "seed"
+
+
+@pytest.mark.parametrize("last_scores", [0.99, 0.90])
+def test_seeds_repeat_the_best_run_of_the_winner(tmp_path, capsys, last_scores):
+    """The last run better than its rung before: the seeds repeat it. Worse (its longer schedule did not
+    pay): they repeat the earlier run, the one the report recommends, not the one that lost."""
+    p, study = planner(tmp_path, 7200)
+
+    def score(rung, a):
+        return last_scores if rung.get("kind") == "last" else VALUES[a["recipe"]] + 0.001 * a["rung"]
+    run_plan(p, study, 7200, score=score)
+    rungs = p.state["rungs"]
+    last = next(i for i, r in enumerate(rungs) if r.get("kind") == "last")
+    seeds = rungs[-1]
+    assert seeds["kind"] == "seed" and set(seeds["recipes"]) == set(rungs[last]["recipes"]) == {3}
+    repeated = rungs[last] if last_scores > 0.95 else rungs[last - 1]
+    assert seeds["epochs"] == repeated["epochs"] and seeds["extra"] == (repeated.get("extra") or {})
+    assert (f"at {repeated['epochs']} epochs (its best run)" in capsys.readouterr().out) == (last_scores < 0.95)
 
 
 def test_the_plan_ends_within_its_budget_and_the_best_recipe_gets_the_most(tmp_path):
