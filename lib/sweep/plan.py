@@ -12,9 +12,11 @@ The rules, each following from the data or from a measurement:
   model's pretraining size (224) (BiT-HyperRule, Kolesnikov et al. 2020); smaller, down the ladder
   ``SIZES``, until the screen and a last run ``ETA`` x ``ETA`` times as long fit the budget (a middle
   rung is left out before the size goes down);
-- the screen's epochs: enough for ``SCREEN_STEPS`` optimizer steps, at least ``MIN_EPOCHS``; each later
-  rung ``ETA`` times the epochs of the one before, if the time left pays for it and for a last run
-  ``ETA`` times longer again;
+- the screen's epochs: enough for ``SCREEN_STEPS`` optimizer steps, at least ``MIN_EPOCHS``, and more while
+  the whole ladder and its seeds still fit (successive halving sized to its total budget): a longer
+  screen ranks the recipes on more of their curves, and the time a flattening curve would leave unused
+  at the end goes to it; each later rung ``ETA`` times the epochs of the one before, if the time left
+  pays for it and for a last run ``ETA`` times longer again;
 - who goes on: the best third by the sweep's metric (ties: the cheaper run);
 - the last run's epochs: all that is left, up to BiT's schedule for small sets (``EXAMPLES`` images
   seen) while the winner's validation curve was still rising, ``ETA`` times its epochs otherwise;
@@ -238,11 +240,30 @@ def ladder(flops: list[Flops], keys: list[str], facts: Facts, rates: Rates, size
     return out
 
 
+def seed_seconds(flops: list[Flops], facts: Facts, rates: Rates, size: int, epochs: int) -> float:
+    """One seed run of an average recipe: its own split, so its own front."""
+    return statistics.mean(run_seconds(f.at(size), facts, epochs, rates, j) for j, f in enumerate(flops))
+
+
+def longest_screen(flops: list[Flops], keys: list[str], facts: Facts, rates: Rates, budget_s: float, size: int,
+                   e0: int, rungs: list[int]) -> int:
+    """The screen's epochs at ``size``: the most, from ``e0``, at which the whole ladder (each rung ETA times
+    the one before, the last run too) and ``MAX_SEEDS`` seeds of the last run fit the budget, priced as the
+    rest of the forecast is (an average recipe); ``e0`` when they do not fit, and no more than keeps the
+    last run within ``max_epochs``."""
+    def cost(e):
+        steps = ladder(flops, keys, facts, rates, size, e, rungs)
+        return sum(sec for _, _, sec in steps) + MAX_SEEDS * seed_seconds(flops, facts, rates, size, steps[-1][1])
+    high = max(e0, max_epochs(facts) // ETA ** (len(rungs) - 1))
+    return most_epochs(cost, budget_s, e0, high) or e0
+
+
 def forecast(flops: list[Flops], keys: list[str], facts: Facts, rates: Rates, budget_s: float,
              target: tuple[int, str], pinned: dict) -> Forecast:
     """The whole plan as it looks before it starts: the largest size (up to the data's) at which the screen
-    and the ladder's last run fit the budget, the middle rungs that fit beside them, and the last run's
-    epochs from what they leave (the rungs are sized again with measured costs when they start)."""
+    and the ladder's last run fit the budget, the screen's epochs the budget pays for, the middle rungs that
+    fit beside them, and the last run's epochs from what they leave (the rungs are sized again with
+    measured costs when they start)."""
     e0, n = screen_epochs(facts), len(flops)
     rungs = rung_sizes(n)
     sizes = [int(pinned["image_size"])] if "image_size" in pinned else \
@@ -251,6 +272,9 @@ def forecast(flops: list[Flops], keys: list[str], facts: Facts, rates: Rates, bu
         steps = ladder(flops, keys, facts, rates, size, e0, rungs)
         if steps[0][2] + steps[-1][2] * (len(steps) > 1) <= budget_s:   # the screen and the last run
             break
+    if len(steps) > 1:
+        e0 = longest_screen(flops, keys, facts, rates, budget_s, size, e0, rungs)
+        steps = ladder(flops, keys, facts, rates, size, e0, rungs)
     why = target[1] if size == target[0] else f"{size} px: at {target[0]} px the plan would not fit the budget"
     if "image_size" in pinned:
         why = f"{size} px (set)"
@@ -263,15 +287,17 @@ def forecast(flops: list[Flops], keys: list[str], facts: Facts, rates: Rates, bu
             continue   # the middle rung is left out; the last run keeps its share
         plan.append((count, epochs))
         spent += seconds
-    if affordable == n and len(steps) > 1:   # the last run: what is left, up to the epochs it may use
-        at = [f.at(size) for f in flops]
+    if affordable == n and len(steps) > 1:   # the last run: ETA times the rung before (as a curve that has
+        at = [f.at(size) for f in flops]       # flattened gets it; one still rising gets more), then seeds
 
         def last(e):
             return statistics.mean(run_seconds(f, facts, e, rates, j, front_cached=True) for j, f in enumerate(at))
-        epochs = most_epochs(last, budget_s - spent, plan[-1][1] + 1, max_epochs(facts))
+        epochs = most_epochs(last, budget_s - spent, plan[-1][1] + 1, min(ETA * plan[-1][1], max_epochs(facts)))
         if epochs is not None:
             plan.append((1, epochs))
             spent += last(epochs)
+            seed_s = seed_seconds(flops, facts, rates, size, epochs)
+            spent += seed_count(budget_s - spent, seed_s) * seed_s
     return Forecast(size, why, e0, plan, spent, affordable)
 
 

@@ -81,7 +81,29 @@ def test_screen_epochs_give_enough_steps():
 
 def test_a_size_set_by_the_user_is_kept():
     fc = rules.forecast(FLOPS, KEYS, FACTS, measured(), 1200, TARGET, {"image_size": 96})
-    assert fc.size == 96 and fc.rungs[0] == (8, rules.screen_epochs(FACTS)) and len(fc.rungs) == 3
+    assert fc.size == 96 and fc.rungs[0][0] == 8 and len(fc.rungs) == 3
+
+
+@pytest.mark.parametrize("budget_s", [2400, 7200])
+def test_the_screen_takes_what_the_ladder_and_its_seeds_leave(budget_s):
+    """A screen of the fewest epochs that rank recipes left half of a 20-minute budget unused once the
+    winner's curve flattened (fashion3k: 10m26s of 20m); the screen now grows while the whole ladder, a
+    last run ETA times the rung before and the seeds still fit."""
+    rates = measured()
+    fc = rules.forecast(FLOPS, KEYS, FACTS, rates, budget_s, TARGET, {})
+    e0 = fc.screen_epochs
+    assert e0 > rules.screen_epochs(FACTS) and [e for _, e in fc.rungs] == [e0, 3 * e0, 9 * e0]
+
+    def whole(e):
+        steps = rules.ladder(FLOPS, KEYS, FACTS, rates, fc.size, e, rules.rung_sizes(len(FLOPS)))
+        return sum(sec for _, _, sec in steps) + rules.MAX_SEEDS * rules.seed_seconds(FLOPS, FACTS, rates, fc.size,
+                                                                                        steps[-1][1])
+    capped = 9 * (e0 + 1) > rules.max_epochs(FACTS)          # a last run past BiT's schedule buys nothing
+    assert whole(e0) <= budget_s and (capped or whole(e0 + 1) > budget_s)
+    assert (0.75 * budget_s if not capped else 0) <= fc.seconds <= budget_s
+    assert capped == (budget_s == 7200)
+    tight = rules.forecast(FLOPS, KEYS, FACTS, rates, 1200, TARGET, {})   # no time to spare: the fewest epochs
+    assert tight.screen_epochs == rules.screen_epochs(FACTS)
 
 
 def test_only_a_grid_that_leaves_the_epochs_to_the_plan_is_planned(tmp_path):
@@ -166,10 +188,11 @@ def sweep_study_point(point):
     return plain(point)
 
 
-def run_plan(p, study, budget_s, slower=1.0, until=None, score=None):
+def run_plan(p, study, budget_s, slower=1.0, until=None, score=None, flat=False):
     """Run the planner's trials on a clock: each takes ``slower`` times what the planned rates say (and the
-    planner observes it, as the runner makes it do), and ends with VALUES (or ``score(rung, attrs)``);
-    ``until(rung, attrs)``: the deadline comes as that trial ends."""
+    planner observes it, as the runner makes it do), and ends with VALUES (or ``score(rung, attrs)``), its
+    best epoch its last (``flat``: a third of the way); ``until(rung, attrs)``: the deadline comes as that
+    trial ends."""
     truth = rules.Rates(**{**p.state["rates"], "samples": {"fwd": [], "step": [], "per_step": [], "startup": [],
                                                             "epoch": {}}})
     clock, order = 0.0, []
@@ -186,7 +209,8 @@ def run_plan(p, study, budget_s, slower=1.0, until=None, score=None):
         front = slower * fl.front * (FACTS.train * views + FACTS.val) * truth.fwd
         p.observe(a, {"duration_s": took, "train_time_s": (0 if cached else front) + epochs * epoch,
                       "epoch_s": [epoch] * epochs, "views": views, "computed_front": not cached})
-        trial.set_user_attr("run", {"summary": {"epochs_run": epochs, "best_epoch": epochs, "train_val_gap": 0.01}})
+        best = max(1, epochs // 3) if flat else epochs
+        trial.set_user_attr("run", {"summary": {"epochs_run": epochs, "best_epoch": best, "train_val_gap": 0.01}})
         clock += took
         order.append((a["rung"], a["recipe"], epochs, clock))
         study.tell(trial, score(rung, a) if score else VALUES[a["recipe"]] + 0.001 * a["rung"])
@@ -247,6 +271,17 @@ def test_the_plan_ends_within_its_budget_and_the_best_recipe_gets_the_most(tmp_p
     spent = {j: sum(e for _, k, e, _ in order if k == j) for j in range(8)}
     assert max(spent, key=spent.get) == 3                                           # most epochs to the best
     assert p.state["done"]
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_the_plan_spends_its_budget_whether_or_not_the_curve_flattens(tmp_path, flat):
+    """Flat curves cap the last run at ETA times the rung before; the screen was sized for that, so the
+    study still spends most of its budget (with a screen of the fewest epochs it ended after half of it on
+    fashion3k and fashion-shirts, and here after 51% when flat)."""
+    p, study = planner(tmp_path, 4800)
+    _, clock = run_plan(p, study, 4800, flat=flat)
+    assert 0.8 * 4800 <= clock <= 4800 - p.margin and p.state["done"]
+    assert [r.get("kind", "rung") for r in p.state["rungs"]][:3] == ["rung", "rung", "last"]
 
 
 def test_without_time_for_the_middle_rung_the_screen_winner_gets_the_last_run(tmp_path, capsys):
