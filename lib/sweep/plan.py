@@ -16,7 +16,8 @@ The rules, each following from the data or from a measurement:
   the whole ladder and its seeds still fit (successive halving sized to its total budget): a longer
   screen ranks the recipes on more of their curves, and the time a flattening curve would leave unused
   at the end goes to it; each later rung ``ETA`` times the epochs of the one before, if the time left
-  pays for it and for a last run ``ETA`` times longer again;
+  pays for it and for a last run ``ETA`` times longer again (and more, at measured rates, while that
+  last run and its seeds still fit);
 - who goes on: the best third by the sweep's metric (ties: the cheaper run);
 - the last run's epochs: all that is left, up to BiT's schedule for small sets (``EXAMPLES`` images
   seen) while the winner's validation curve was still rising, ``ETA`` times its epochs otherwise;
@@ -256,6 +257,14 @@ def longest_screen(flops: list[Flops], keys: list[str], facts: Facts, rates: Rat
         return sum(sec for _, _, sec in steps) + MAX_SEEDS * seed_seconds(flops, facts, rates, size, steps[-1][1])
     high = max(e0, max_epochs(facts) // ETA ** (len(rungs) - 1))
     return most_epochs(cost, budget_s, e0, high) or e0
+
+
+def middle_epochs(cost, usable_s: float, low: int, facts: Facts) -> int:
+    """A middle rung's epochs, once the runs before it measured this machine: ``low`` (ETA times the rung
+    before), more while ``cost(E)`` (the rung, a last run ETA times longer, and its seeds) fits the time
+    left, no more than keeps that last run within ``max_epochs``. The screen was sized on prior rates; what
+    they overestimated goes here rather than unused at the end."""
+    return most_epochs(cost, usable_s, low, max(low, max_epochs(facts) // ETA)) or low
 
 
 def forecast(flops: list[Flops], keys: list[str], facts: Facts, rates: Rates, budget_s: float,

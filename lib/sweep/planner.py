@@ -259,10 +259,19 @@ class Planner:
         for a last run ETA times longer again of whichever of its recipes wins."""
         promoted = rules.promote(results, self.state["sizes"][rung + 1], self.maximize)
         facts, rates = self.facts, self.rates
+
+        def rung_s(e):
+            return sum(rules.run_seconds(self.flops(j), facts, e, rates, j, front_cached=True) for j in promoted)
+
+        def last_s(e, seeds=0):   # a last run ETA times longer of whichever wins, and seeds on their own splits
+            e = min(rules.ETA * e, rules.max_epochs(facts))
+            return statistics.mean(rules.run_seconds(self.flops(j), facts, e, rates, j, front_cached=True)
+                                   + seeds * rules.run_seconds(self.flops(j), facts, e, rates, j) for j in promoted)
         epochs = min(rules.ETA * self.state["rungs"][rung]["epochs"], rules.max_epochs(facts))
-        cost = sum(rules.run_seconds(self.flops(j), facts, epochs, rates, j, front_cached=True) for j in promoted)
-        last = statistics.mean(rules.run_seconds(self.flops(j), facts, min(rules.ETA * epochs, rules.max_epochs(facts)),
-                                                 rates, j, front_cached=True) for j in promoted)
+        cost, last = rung_s(epochs), last_s(epochs)
+        if cost + last <= usable:
+            epochs = rules.middle_epochs(lambda e: rung_s(e) + last_s(e, rules.MAX_SEEDS), usable, epochs, facts)
+            cost = rung_s(epochs)
         if cost + last > usable:
             print(f"plan: no time for the best {len(promoted)} at {epochs} epochs (~{format_duration(cost)}) and a "
                   f"longer last run (~{format_duration(last)}): {format_duration(max(usable, 0))} left: straight to "

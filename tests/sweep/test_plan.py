@@ -284,6 +284,17 @@ def test_the_plan_spends_its_budget_whether_or_not_the_curve_flattens(tmp_path, 
     assert [r.get("kind", "rung") for r in p.state["rungs"]][:3] == ["rung", "rung", "last"]
 
 
+def test_time_the_prior_rates_overestimated_goes_to_the_middle_rung(tmp_path):
+    """The screen is sized on prior rates; runs twice as fast as planned leave time that a middle rung of
+    ETA times the screen would leave unused at the end: the middle rung grows while its last run and the
+    seeds still fit."""
+    p, study = planner(tmp_path, 2400)
+    _, clock = run_plan(p, study, 2400, slower=0.5, flat=True)
+    rungs = p.state["rungs"]
+    assert rungs[1]["epochs"] > rules.ETA * rungs[0]["epochs"]
+    assert 0.8 * 2400 <= clock <= 2400 - p.margin
+
+
 def test_without_time_for_the_middle_rung_the_screen_winner_gets_the_last_run(tmp_path, capsys):
     p, study = planner(tmp_path, 1200)
     _, clock = run_plan(p, study, 1200)
