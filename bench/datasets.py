@@ -18,7 +18,8 @@ minority (1 in 4) the one to catch, as a defect is: MNIST-5k's 8s among 3s, 5s a
 Fashion-MNIST's shirts among T-shirts, pullovers and coats.
 
 All are grayscale and smaller than the kit's default ``min_image_side`` (32): ``kit_sets`` holds the
-``--set`` flags a study needs to read them, and the bench passes them to every arm.
+``--set`` flags a study needs to read them: the bench passes them to the fixed arm (today's quickstart,
+run as written); the README's command gets none (its plan handles small images).
 """
 from __future__ import annotations
 
