@@ -18,7 +18,8 @@ The rules, each following from the data or from a measurement:
   at the end goes to it; each later rung ``ETA`` times the epochs of the one before, if the time left
   pays for it and for a last run ``ETA`` times longer again (and more, at measured rates, while that
   last run and its seeds still fit);
-- who goes on: the best third by the sweep's metric (ties: the cheaper run);
+- who goes on: the best third by the sweep's metric (ties: the cheaper run), and more of the ranked
+  rest while the time left still pays for the last run and its seeds (cheap recipes at BiT's schedule);
 - the last run's epochs: all that is left, up to BiT's schedule for small sets (``EXAMPLES`` images
   seen) while the winner's validation curve was still rising, ``ETA`` times its epochs otherwise;
   augmented (``VIEWS`` cached views) when its training accuracy ran ``GAP_AUGMENT`` above validation;
@@ -204,7 +205,7 @@ def screen_seconds(flops: list[Flops], keys: list[str], facts: Facts, epochs: in
 
 
 def most_epochs(cost, budget_s: float, low: int, high: int) -> int | None:
-    """The most epochs E in [low, high] with cost(E) <= budget_s (cost grows with E), or None."""
+    """The most E (epochs, or recipes) in [low, high] with cost(E) <= budget_s (cost grows with E), or None."""
     if high < low or cost(low) > budget_s:
         return None
     while low < high:
@@ -265,6 +266,15 @@ def middle_epochs(cost, usable_s: float, low: int, facts: Facts) -> int:
     left, no more than keeps that last run within ``max_epochs``. The screen was sized on prior rates; what
     they overestimated goes here rather than unused at the end."""
     return most_epochs(cost, usable_s, low, max(low, max_epochs(facts) // ETA)) or low
+
+
+def middle_width(cost, usable_s: float, low: int, high: int) -> int:
+    """A middle rung's recipes at its epochs: ``low`` (the best 1/ETA), more of the ranked rest while
+    ``cost(m)`` (the rung's m runs, and a last run of the dearest of them with its seeds) fits the time
+    left. A grid of cheap recipes reaches BiT's schedule with time to spare: successive halving then
+    prunes less, so a recipe that ranks lower on a short run (full fine-tuning converges later than a
+    frozen head) still gets the longer one."""
+    return most_epochs(cost, usable_s, low, high) or low
 
 
 def forecast(flops: list[Flops], keys: list[str], facts: Facts, rates: Rates, budget_s: float,

@@ -256,30 +256,41 @@ class Planner:
 
     def _middle(self, study, results: list[dict], rung: int, usable: float) -> bool:
         """The next rung of successive halving (ETA times the epochs), if the time left pays for it and then
-        for a last run ETA times longer again of whichever of its recipes wins."""
-        promoted = rules.promote(results, self.state["sizes"][rung + 1], self.maximize)
+        for a last run ETA times longer again of whichever of its recipes wins; longer, then wider (more of
+        the rung's recipes, best first), while that last run and its seeds still fit."""
+        ranked = rules.promote(results, len(results), self.maximize)
+        third = self.state["sizes"][rung + 1]
+        promoted = ranked[:third]
         facts, rates = self.facts, self.rates
 
-        def rung_s(e):
-            return sum(rules.run_seconds(self.flops(j), facts, e, rates, j, front_cached=True) for j in promoted)
+        def run_s(j, e, seeds=0):   # cached front; seeds on their own splits compute theirs
+            return (rules.run_seconds(self.flops(j), facts, e, rates, j, front_cached=True)
+                    + seeds * rules.run_seconds(self.flops(j), facts, e, rates, j))
 
-        def last_s(e, seeds=0):   # a last run ETA times longer of whichever wins, and seeds on their own splits
-            e = min(rules.ETA * e, rules.max_epochs(facts))
-            return statistics.mean(rules.run_seconds(self.flops(j), facts, e, rates, j, front_cached=True)
-                                   + seeds * rules.run_seconds(self.flops(j), facts, e, rates, j) for j in promoted)
+        def rung_s(e, js=promoted):
+            return sum(run_s(j, e) for j in js)
+
+        def last_s(e, seeds=0):   # a last run ETA times longer of whichever wins
+            return statistics.mean(run_s(j, min(rules.ETA * e, rules.max_epochs(facts)), seeds) for j in promoted)
         epochs = min(rules.ETA * self.state["rungs"][rung]["epochs"], rules.max_epochs(facts))
         cost, last = rung_s(epochs), last_s(epochs)
         if cost + last <= usable:
             epochs = rules.middle_epochs(lambda e: rung_s(e) + last_s(e, rules.MAX_SEEDS), usable, epochs, facts)
-            cost = rung_s(epochs)
+            final = min(rules.ETA * epochs, rules.max_epochs(facts))
+            promoted = ranked[:rules.middle_width(
+                lambda m: rung_s(epochs, ranked[:m]) + max(run_s(j, final, rules.MAX_SEEDS) for j in ranked[:m]),
+                usable, third, len(ranked))]
+            cost = rung_s(epochs, promoted)
         if cost + last > usable:
             print(f"plan: no time for the best {len(promoted)} at {epochs} epochs (~{format_duration(cost)}) and a "
                   f"longer last run (~{format_duration(last)}): {format_duration(max(usable, 0))} left: straight to "
                   f"the last run", flush=True)
             return False
         self.state["rungs"].append({"epochs": epochs, "recipes": promoted, "skipped": []})
+        wider = (f" ({len(promoted) - third} more than the best third: their runs cost little beside the time left)"
+                 if len(promoted) > third else "")
         print(f"plan: the best {len(promoted)} ({', '.join(self.label(j) for j in promoted)}) for {epochs} epochs: "
-              f"~{format_duration(cost)}", flush=True)
+              f"~{format_duration(cost)}{wider}", flush=True)
         return True
 
     def _last(self, study, results: list[dict], winner: int, usable: float) -> None:

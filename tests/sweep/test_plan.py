@@ -295,6 +295,23 @@ def test_time_the_prior_rates_overestimated_goes_to_the_middle_rung(tmp_path):
     assert 0.8 * 2400 <= clock <= 2400 - p.margin
 
 
+def test_time_left_at_bits_schedule_widens_the_middle_rung(tmp_path, capsys):
+    """Cheap recipes reach BiT's schedule (the last run's cap) with time to spare (fashion-shirts: the plan
+    ended after 288 s of 20 min): the middle rung takes more of the ranked recipes, best first, while a last
+    run of the dearest of them and its seeds still fit; without the time it keeps the best third."""
+    p, study = planner(tmp_path, 7200)
+    _, clock = run_plan(p, study, 7200, slower=0.5)
+    rungs = p.state["rungs"]
+    ranked = sorted(VALUES, key=VALUES.get, reverse=True)
+    assert rungs[1]["epochs"] == rules.max_epochs(FACTS) // rules.ETA             # at the cap
+    assert len(rungs[1]["recipes"]) > 3 and rungs[1]["recipes"] == ranked[:len(rungs[1]["recipes"])]
+    assert "more than the best third" in capsys.readouterr().out
+    assert rungs[-1]["kind"] == "seed" and clock <= 7200 - p.margin
+    p, study = planner(tmp_path, 4800)
+    run_plan(p, study, 4800)
+    assert p.state["rungs"][1]["recipes"] == ranked[:3]
+
+
 def test_without_time_for_the_middle_rung_the_screen_winner_gets_the_last_run(tmp_path, capsys):
     p, study = planner(tmp_path, 1200)
     _, clock = run_plan(p, study, 1200)
