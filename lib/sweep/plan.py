@@ -205,7 +205,7 @@ def screen_seconds(flops: list[Flops], keys: list[str], facts: Facts, epochs: in
 
 
 def most_epochs(cost, budget_s: float, low: int, high: int) -> int | None:
-    """The most E (epochs, or recipes) in [low, high] with cost(E) <= budget_s (cost grows with E), or None."""
+    """The most epochs E in [low, high] with cost(E) <= budget_s (cost grows with E), or None."""
     if high < low or cost(low) > budget_s:
         return None
     while low < high:
@@ -269,12 +269,15 @@ def middle_epochs(cost, usable_s: float, low: int, facts: Facts) -> int:
 
 
 def middle_width(cost, usable_s: float, low: int, high: int) -> int:
-    """A middle rung's recipes at its epochs: ``low`` (the best 1/ETA), more of the ranked rest while
-    ``cost(m)`` (the rung's m runs, and a last run of the dearest of them with its seeds) fits the time
-    left. A grid of cheap recipes reaches BiT's schedule with time to spare: successive halving then
-    prunes less, so a recipe that ranks lower on a short run (full fine-tuning converges later than a
-    frozen head) still gets the longer one."""
-    return most_epochs(cost, usable_s, low, high) or low
+    """A middle rung's recipes at its epochs: ``low`` (the best 1/ETA), then one more of the ranked rest at
+    a time while ``cost(m)`` (the rung's m runs, and a last run and its seeds priced for an average of them,
+    as the rung's epochs were) fits the time left. A grid of cheap recipes reaches BiT's schedule with time
+    to spare: successive halving then prunes less, so a recipe that ranks lower on a short run (full
+    fine-tuning converges later than a frozen head) still gets the longer one."""
+    m = low
+    while m < high and cost(m + 1) <= usable_s:
+        m += 1
+    return m
 
 
 def forecast(flops: list[Flops], keys: list[str], facts: Facts, rates: Rates, budget_s: float,

@@ -270,15 +270,14 @@ class Planner:
         def rung_s(e, js=promoted):
             return sum(run_s(j, e) for j in js)
 
-        def last_s(e, seeds=0):   # a last run ETA times longer of whichever wins
-            return statistics.mean(run_s(j, min(rules.ETA * e, rules.max_epochs(facts)), seeds) for j in promoted)
+        def last_s(e, seeds=0, js=promoted):   # a last run ETA times longer of whichever wins
+            return statistics.mean(run_s(j, min(rules.ETA * e, rules.max_epochs(facts)), seeds) for j in js)
         epochs = min(rules.ETA * self.state["rungs"][rung]["epochs"], rules.max_epochs(facts))
         cost, last = rung_s(epochs), last_s(epochs)
         if cost + last <= usable:
             epochs = rules.middle_epochs(lambda e: rung_s(e) + last_s(e, rules.MAX_SEEDS), usable, epochs, facts)
-            final = min(rules.ETA * epochs, rules.max_epochs(facts))
             promoted = ranked[:rules.middle_width(
-                lambda m: rung_s(epochs, ranked[:m]) + max(run_s(j, final, rules.MAX_SEEDS) for j in ranked[:m]),
+                lambda m: rung_s(epochs, ranked[:m]) + last_s(epochs, rules.MAX_SEEDS, ranked[:m]),
                 usable, third, len(ranked))]
             cost = rung_s(epochs, promoted)
         if cost + last > usable:

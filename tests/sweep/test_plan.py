@@ -298,7 +298,7 @@ def test_time_the_prior_rates_overestimated_goes_to_the_middle_rung(tmp_path):
 def test_time_left_at_bits_schedule_widens_the_middle_rung(tmp_path, capsys):
     """Cheap recipes reach BiT's schedule (the last run's cap) with time to spare (fashion-shirts: the plan
     ended after 288 s of 20 min): the middle rung takes more of the ranked recipes, best first, while a last
-    run of the dearest of them and its seeds still fit; without the time it keeps the best third."""
+    run and its seeds (priced for an average of them) still fit; without the time it keeps the best third."""
     p, study = planner(tmp_path, 7200)
     _, clock = run_plan(p, study, 7200, slower=0.5)
     rungs = p.state["rungs"]
