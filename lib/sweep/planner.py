@@ -267,19 +267,20 @@ class Planner:
             return (rules.run_seconds(self.flops(j), facts, e, rates, j, front_cached=True)
                     + seeds * rules.run_seconds(self.flops(j), facts, e, rates, j))
 
-        def rung_s(e, js=promoted):
+        def rung_s(js, e):
             return sum(run_s(j, e) for j in js)
 
-        def last_s(e, seeds=0, js=promoted):   # a last run ETA times longer of whichever wins
+        def last_s(js, e, seeds=0):   # a last run ETA times longer of whichever of ``js`` wins
             return statistics.mean(run_s(j, min(rules.ETA * e, rules.max_epochs(facts)), seeds) for j in js)
         epochs = min(rules.ETA * self.state["rungs"][rung]["epochs"], rules.max_epochs(facts))
-        cost, last = rung_s(epochs), last_s(epochs)
+        cost, last = rung_s(promoted, epochs), last_s(promoted, epochs)
         if cost + last <= usable:
-            epochs = rules.middle_epochs(lambda e: rung_s(e) + last_s(e, rules.MAX_SEEDS), usable, epochs, facts)
+            epochs = rules.middle_epochs(lambda e: rung_s(promoted, e) + last_s(promoted, e, rules.MAX_SEEDS),
+                                         usable, epochs, facts)
             promoted = ranked[:rules.middle_width(
-                lambda m: rung_s(epochs, ranked[:m]) + last_s(epochs, rules.MAX_SEEDS, ranked[:m]),
+                lambda m: rung_s(ranked[:m], epochs) + last_s(ranked[:m], epochs, rules.MAX_SEEDS),
                 usable, third, len(ranked))]
-            cost = rung_s(epochs, promoted)
+            cost = rung_s(promoted, epochs)
         if cost + last > usable:
             print(f"plan: no time for the best {len(promoted)} at {epochs} epochs (~{format_duration(cost)}) and a "
                   f"longer last run (~{format_duration(last)}): {format_duration(max(usable, 0))} left: straight to "
