@@ -245,7 +245,7 @@ class Planner:
         kind = current.get("kind", "rung")
         results = [self._result(t) for t in trials if self._of(t, rung) and t.state == TrialState.COMPLETE]
         if kind == "seed" or not results:
-            return self._finish("done" if kind == "seed" else f"no run of rung {rung} finished")
+            return self._finish("its seeds ran" if kind == "seed" else f"no run of rung {rung} finished")
         best = rules.promote(results, 1, self.maximize)[0]
         later = len(self.state["sizes"]) - 1 - rung
         if kind == "last" or later == 0:
@@ -454,7 +454,7 @@ class Planner:
         if self.state.get("invocations"):
             self.state["invocations"][-1]["end"] = time.time()
         if not self.state.get("done") and self._seeds_done(study):
-            self._finish("done")
+            self._finish("its seeds ran")
         self._save(study)
 
     def _seeds_done(self, study) -> bool:

@@ -230,7 +230,7 @@ def test_a_plan_whose_last_seed_ends_at_the_deadline_is_done(tmp_path):
     run_plan(p, study, 7200, until=last_seed)
     assert p.state["rungs"][-1]["kind"] == "seed" and not p.state["done"]
     p.end(study)
-    assert p.state["done"] and p.state["end"] == "done"
+    assert p.state["done"] and p.state["end"] == "its seeds ran"
 
 
 def test_a_plan_cut_short_before_its_seeds_is_not_done(tmp_path):
