@@ -37,6 +37,7 @@ from lib.sweep.study import counted, flat, plain
 
 ATTR = "plan"                    # the study's user attribute holding the plan
 HEADER_SAMPLE = 64               # image headers read for the native size
+SEEDS_RAN = "its seeds ran"      # why a plan that ran to its end is done (status prints it)
 FRONT_KEYS = ("model", "strategy", "unfreeze_blocks", "unfreeze_unit", "surgical_unit", "phase1_epochs",
               "unfreeze_every", "train_bn")   # what decides a recipe's frozen front (and its FLOPs)
 
@@ -245,7 +246,7 @@ class Planner:
         kind = current.get("kind", "rung")
         results = [self._result(t) for t in trials if self._of(t, rung) and t.state == TrialState.COMPLETE]
         if kind == "seed" or not results:
-            return self._finish("its seeds ran" if kind == "seed" else f"no run of rung {rung} finished")
+            return self._finish(SEEDS_RAN if kind == "seed" else f"no run of rung {rung} finished")
         best = rules.promote(results, 1, self.maximize)[0]
         later = len(self.state["sizes"]) - 1 - rung
         if kind == "last" or later == 0:
@@ -454,7 +455,7 @@ class Planner:
         if self.state.get("invocations"):
             self.state["invocations"][-1]["end"] = time.time()
         if not self.state.get("done") and self._seeds_done(study):
-            self._finish("its seeds ran")
+            self._finish(SEEDS_RAN)
         self._save(study)
 
     def _seeds_done(self, study) -> bool:
