@@ -21,8 +21,9 @@ The rules, each following from the data or from a measurement:
 - who goes on: the best third by the sweep's metric (ties: the cheaper run), and more of the ranked
   rest while the time left still pays for the last run and its seeds (cheap recipes at BiT's schedule);
 - the last run's epochs: all that is left, up to BiT's schedule for small sets (``EXAMPLES`` images
-  seen) while the winner's validation curve was still rising, ``ETA`` times its epochs otherwise;
-  augmented (``VIEWS`` cached views) when its training accuracy ran ``GAP_AUGMENT`` above validation;
+  seen) while the winner's validation curve was still rising, ``ETA`` times its epochs otherwise; as
+  the sweep sets it otherwise (the quickstart: no augmentation; four cached augmented views, tried on
+  the last runs that overfit, scored no higher on validation and cost 20-40% more: docs/quickstart.md);
 - time left after it: the winner's best run again with other seeds (the report's seed spread): the last
   run, or its rung before when the last run scored lower;
 - classes imbalanced beyond 2:1 (lib.records.IMBALANCED_RATIO): every run weights its loss;
@@ -45,8 +46,6 @@ SIZES = (224, 192, 160, 128, 96, 64)  # the sizes a plan may take, largest first
                                       # network sees a 1x1 map; a tight budget drops runs instead
 EXAMPLES = 500 * 512     # BiT's schedule for sets under 20k images: 500 steps of 512 images...
 MAX_EPOCHS = 100         # ...in epochs, at most this many
-GAP_AUGMENT = 0.05       # training accuracy this far above validation: the last run augments
-VIEWS = 4                # augmented views cached for it (lib.train.features)
 MAX_SEEDS = 2            # extra seeds of the last configuration when time is left
 PLANNED = ("image_size", "epochs", "augment", "augment_views", "class_weighting", "min_image_side")   # a plan's keys
 
@@ -349,32 +348,20 @@ def still_rising(best_epoch: int | None, epochs: int | None) -> bool:
 @dataclass
 class Last:
     epochs: int
-    augment: bool
-    views: int
     why: str
 
 
-def last_run(prev: dict, fl: Flops, facts: Facts, rates: Rates, recipe: int, left_s: float,
-             pinned: dict) -> Last | None:
-    """The last run of the winner: ``prev`` is its latest run (``epochs``, ``best_epoch``, ``gap``). None when
-    the time left buys no run longer than that one."""
+def last_run(prev: dict, fl: Flops, facts: Facts, rates: Rates, recipe: int, left_s: float) -> Last | None:
+    """The last run of the winner: ``prev`` is its latest run (``epochs``, ``best_epoch``). None when the time
+    left buys no run longer than that one."""
     rising = still_rising(prev.get("best_epoch"), prev["epochs"])
     cap = max_epochs(facts) if rising else min(max_epochs(facts), ETA * prev["epochs"])
-    gap = prev.get("gap")
-    overfits = gap is not None and gap > GAP_AUGMENT and "augment" not in pinned
-    why = (f"its validation curve was {'still rising' if rising else 'flat'} at epoch {prev['epochs']} "
-           f"(best {prev.get('best_epoch')})")
-    low = prev["epochs"] + 1
-    for views in ((VIEWS, 2) if overfits else ()):
-        epochs = most_epochs(lambda e, v=views: run_seconds(fl, facts, e, rates, recipe, views=v), left_s,
-                             max(low, views), cap)
-        if epochs is not None:
-            return Last(epochs, True, views, f"{why}; training ran {100 * gap:.0f} points above validation: "
-                                             f"augmented, {views} cached views")
-    epochs = most_epochs(lambda e: run_seconds(fl, facts, e, rates, recipe, front_cached=True), left_s, low, cap)
+    epochs = most_epochs(lambda e: run_seconds(fl, facts, e, rates, recipe, front_cached=True), left_s,
+                         prev["epochs"] + 1, cap)
     if epochs is None:
         return None
-    return Last(epochs, False, 1, why + ("" if gap is None or not overfits else "; too little time to augment"))
+    return Last(epochs, f"its validation curve was {'still rising' if rising else 'flat'} at epoch "
+                        f"{prev['epochs']} (best {prev.get('best_epoch')})")
 
 
 def seed_count(left_s: float, run_s: float) -> int:

@@ -190,7 +190,7 @@ class Planner:
         small = rules.small_images(facts, pinned, min_side)
         order = sorted(range(len(points)), key=lambda j: rules.run_seconds(flops[j].at(fc.size), facts,
                                                                             fc.screen_epochs, rates, j))
-        extra = " (augmented if it overfits), seeds with the time left"
+        extra = ", seeds with the time left"
         self.state = {"v": 1, "made_for_s": budget_s, "made_at": time.strftime("%Y-%m-%d %H:%M:%S"),
                       "facts": asdict(facts), "points": points, "keys": keys,
                       "flops": [asdict(f) for f in flops], "rates": rates.as_dict(), "pinned": pinned,
@@ -296,18 +296,16 @@ class Planner:
 
     def _last(self, study, results: list[dict], winner: int, usable: float) -> None:
         prev = next(r for r in results if r["recipe"] == winner)
-        last = rules.last_run(prev, self.flops(winner), self.facts, self.rates, winner, usable, self.state["pinned"])
+        last = rules.last_run(prev, self.flops(winner), self.facts, self.rates, winner, usable)
         if last is None:
             return self._finish(f"no time for a run of {self.label(winner)} longer than {prev['epochs']} epochs")
-        extra = {"augment": "light", "augment_views": last.views} if last.augment else {}
-        self.state["rungs"].append({"kind": "last", "epochs": last.epochs, "recipes": [winner], "skipped": [],
-                                    "extra": extra})
+        self.state["rungs"].append({"kind": "last", "epochs": last.epochs, "recipes": [winner], "skipped": []})
         print(f"plan: last run: {self.label(winner)} for {last.epochs} epochs ({last.why}): "
               f"~{format_duration(self.estimate(winner, self.state['rungs'][-1], study))}", flush=True)
 
     def _best_rung(self, trials, recipe: int, last: int) -> dict:
         """The rung whose run of ``recipe`` scored best (the later on a tie). A last run that scored below the
-        rung before it (longer, or augmented, and no better) is not the run the report will recommend: the
+        rung before it (longer, and no better) is not the run the report will recommend: the
         seeds repeat the one it will."""
         sign = 1 if self.maximize else -1
         scored = [(sign * t.value, r) for r in range(last + 1) for t in trials
@@ -319,7 +317,7 @@ class Planner:
         """The time left: the best run of the best configuration again with the next seeds (their own
         splits), so the report's seed spread is the recommended configuration's."""
         seed = int(_recipe_config(self.sweep, self.state["points"][winner], {}).seed)
-        run = {"kind": "seed", "epochs": rung["epochs"], "extra": rung.get("extra") or {}, "skipped": []}
+        run = {"kind": "seed", "epochs": rung["epochs"], "skipped": []}
         est = self.estimate(winner, run, study)
         n = rules.seed_count(usable, est)
         if not n:
@@ -351,10 +349,8 @@ class Planner:
         return "/".join(parts) + (f" lr {cfg['lr']:g}" if isinstance(cfg.get("lr"), (int, float)) else "")
 
     def estimate(self, j: int, rung: dict, study) -> float:
-        views = (rung.get("extra") or {}).get("augment_views", 1)
-        cached = rung.get("kind") != "seed" and views == 1 and self._front_cached(study, j)
-        return rules.run_seconds(self.flops(j), self.facts, rung["epochs"], self.rates, j, views=views,
-                                 front_cached=cached)
+        cached = rung.get("kind") != "seed" and self._front_cached(study, j)
+        return rules.run_seconds(self.flops(j), self.facts, rung["epochs"], self.rates, j, front_cached=cached)
 
     def _front_cached(self, study, j: int) -> bool:
         key = self.state["keys"][j]
@@ -374,12 +370,11 @@ class Planner:
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
         return {"recipe": t.user_attrs[ATTR]["recipe"], "value": t.value, "seconds": seconds,
                 "epochs": summary.get("epochs_run") or self.state["rungs"][t.user_attrs[ATTR]["rung"]]["epochs"],
-                "best_epoch": summary.get("best_epoch"), "gap": summary.get("train_val_gap")}
+                "best_epoch": summary.get("best_epoch")}
 
     def _enqueue(self, study, slot: int, rung: int, current: dict) -> None:
         j = current["recipes"][slot]
-        values = {"epochs": current["epochs"], "image_size": self.state["size"], **self.state["constants"],
-                  **(current.get("extra") or {})}
+        values = {"epochs": current["epochs"], "image_size": self.state["size"], **self.state["constants"]}
         attrs = {"rung": rung, "slot": slot, "recipe": j, "size": self.state["size"]}
         if current.get("kind") == "seed":
             values["seed"] = attrs["seed"] = current["seeds"][slot]
