@@ -23,7 +23,7 @@ The rules, each following from the data or from a measurement:
 - the last run's epochs: all that is left, up to BiT's schedule for small sets (``EXAMPLES`` images
   seen) while the winner's validation curve was still rising, ``ETA`` times its epochs otherwise; as
   the sweep sets it otherwise (the quickstart: no augmentation; four cached augmented views, tried on
-  the last runs that overfit, scored no higher on validation and cost 20-40% more: docs/quickstart.md);
+  the last runs that overfit, scored no higher on validation and cost 19-39% more: docs/quickstart.md);
 - time left after it: the winner's best run again with other seeds (the report's seed spread): the last
   run, or its rung before when the last run scored lower;
 - classes imbalanced beyond 2:1 (lib.records.IMBALANCED_RATIO): every run weights its loss;
@@ -47,7 +47,7 @@ SIZES = (224, 192, 160, 128, 96, 64)  # the sizes a plan may take, largest first
 EXAMPLES = 500 * 512     # BiT's schedule for sets under 20k images: 500 steps of 512 images...
 MAX_EPOCHS = 100         # ...in epochs, at most this many
 MAX_SEEDS = 2            # extra seeds of the last configuration when time is left
-PLANNED = ("image_size", "epochs", "augment", "augment_views", "class_weighting", "min_image_side")   # a plan's keys
+PLANNED = ("image_size", "epochs", "class_weighting", "min_image_side")   # the keys a plan sets
 
 
 @dataclass(frozen=True)
