@@ -21,8 +21,8 @@ The rules, each following from the data or from a measurement:
 - who goes on: the best third by the sweep's metric (ties: the cheaper run), and more of the ranked
   rest while the time left still pays for the last run and its seeds (cheap recipes at BiT's schedule);
 - the last run's epochs: all that is left, up to BiT's schedule for small sets (``EXAMPLES`` images
-  seen) while the winner's validation curve was still rising, ``ETA`` times its epochs otherwise; as
-  the sweep sets it otherwise (the quickstart: no augmentation; four cached augmented views, tried on
+  seen) while the winner's validation curve was still rising, ``ETA`` times its epochs otherwise;
+  its augmentation as the sweep sets it (the quickstart: none; four cached augmented views, tried on
   the last runs that overfit, scored no higher on validation and cost 19-39% more: docs/quickstart.md);
 - time left after it: the winner's best run again with other seeds (the report's seed spread): the last
   run, or its rung before when the last run scored lower;
@@ -128,11 +128,11 @@ def prior_rates(cpu_s_per_gflop: float, slowdown: float, threads: int) -> Rates:
     return Rates(fwd=fwd, step=4.5 * fwd, per_step=STEP_CPU_S * slowdown, startup=STARTUP_CPU_S * slowdown)
 
 
-def run_seconds(fl: Flops, facts: Facts, epochs: int, rates: Rates, recipe: int | None = None, views: int = 1,
+def run_seconds(fl: Flops, facts: Facts, epochs: int, rates: Rates, recipe: int | None = None,
                 front_cached: bool = False) -> float:
-    """One run: start-up, the front over train (each view) and val unless cached, epochs of steps and
-    validation, the test split through the whole model."""
-    front = 0.0 if front_cached else fl.front * (facts.train * views + facts.val) * rates.fwd
+    """One run: start-up, the front over train and val unless cached, epochs of steps and validation, the
+    test split through the whole model."""
+    front = 0.0 if front_cached else fl.front * (facts.train + facts.val) * rates.fwd
     epoch = rates.epoch_s(fl, facts, recipe) + fl.net * facts.val * rates.fwd
     return rates.startup + front + epochs * epoch + fl.full * facts.test * rates.fwd
 
